@@ -1,0 +1,7 @@
+"""``python -m edge_swarm`` is the ``edge-swarm`` command."""
+
+import sys
+
+from edge_swarm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,285 @@
+"""The agent process: adapters around the pure ``Participant`` machine.
+
+On start the agent connects, copies the ledger from a gateway (validating every entry),
+replays it into its machine, and adopts the latest final checkpoint if the ledger has moved
+past the model it holds. From then on, ledger events, envelopes and checkpoints come in on
+MQTT; the machine says when to train, merge, attest, commit or adopt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from typing import Any
+
+from edge_swarm.config import NodeConfig
+from edge_swarm.io.mqtt import Message
+from edge_swarm.learn.data import load_local
+from edge_swarm.learn.model import ModelSpec, init_params
+from edge_swarm.learn.train import LocalTraining, train_local
+from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
+from edge_swarm.swarm import protocol as P
+from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
+from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
+from edge_swarm.swarm.inbox import Dropped, EnvelopeInbox, RoundView
+from edge_swarm.swarm.merge import MergeRule
+from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
+from edge_swarm.swarm.mirror import LedgerMirror, MirrorError
+from ledger_lite import Entry, make_tx
+
+log = logging.getLogger(__name__)
+
+CODEC_FLOAT32 = 0
+
+
+class Agent(NodeRuntime):
+    """One edge device taking part in the swarm."""
+
+    role = "agent"
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        super().__init__(cfg)
+        assert cfg.data_path is not None
+        self.X, self.y = load_local(cfg.data_path)
+        self.mirror = LedgerMirror(cfg.genesis_hash)
+        self.synced = False
+        self._query_id = ""
+        self._query_sent = 0.0
+        self.holder: ModelHolder | None = None
+        self.machine: P.Participant | None = None
+        self.inbox: EnvelopeInbox | None = None
+        self.local: LocalTraining | None = None
+        self.samples: dict[int, dict[str, int]] = {}
+        self.latest_checkpoint: Checkpoint | None = None
+        self.adopting: tuple[int, str] | None = None
+        self.last_train_s = 0.0
+        self.rounds_done: list[int] = []
+
+    # -- set-up and ledger sync
+    def setup(self) -> None:
+        t = self.topics
+        for topic in (
+            t.ledger_events(),
+            t.ledger_reply(self.cfg.node_id),
+            t.delta_filter(),
+            t.model_latest(),
+        ):
+            self.mqtt.subscribe(topic, qos=1)
+        self._send_query()
+
+    def _send_query(self) -> None:
+        self._query_id = secrets.token_hex(8)
+        self._query_sent = time.monotonic()
+        q = Query(self.cfg.node_id, self._query_id, start=self.mirror.next_height)
+        self.mqtt.publish(self.topics.ledger_query(), q.encode(), qos=1)
+
+    def on_tick(self, now: int) -> None:
+        if not self.synced or self.mirror.gap:
+            if time.monotonic() - self._query_sent > 2.0:  # no reply: ask again, bounded by run
+                self._send_query()
+        if self.machine is not None and self.synced:
+            self._act(self.machine.handle(P.Tick(now)))
+
+    def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
+        if kind == "ledger_events":
+            self._offer_entries([self._json_entry(msg.payload)])
+        elif kind == "ledger_reply":
+            self._on_reply(msg.payload)
+        elif kind == "delta" and rnd is not None and node is not None:
+            self._on_envelope(msg.payload, rnd, node)
+        elif kind == "model_latest":
+            self._on_checkpoint(msg.payload)
+
+    @staticmethod
+    def _json_entry(payload: bytes) -> dict[str, Any] | None:
+        import json
+
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def _on_reply(self, payload: bytes) -> None:
+        try:
+            reply = Reply.decode(payload)
+        except MessageError as exc:
+            self.drops.drop("bad reply", str(exc))
+            return
+        if reply.refused is not None:
+            log.warning("the ledger refused our submission %s: %s", reply.req, reply.refused)
+            return
+        if reply.req != self._query_id:
+            return
+        self._offer_entries(reply.entries)
+        if self.mirror.next_height <= reply.tip_height:
+            self._send_query()  # another page
+        elif not self.synced:
+            self._finish_sync()
+
+    def _offer_entries(self, raws: list[dict[str, Any] | None]) -> None:
+        for raw in raws:
+            if raw is None:
+                self.drops.drop("bad ledger event", "not a JSON object")
+                continue
+            try:
+                applied = self.mirror.offer(raw)
+            except MirrorError as exc:
+                self.drops.drop("bad ledger entry", str(exc))
+                continue
+            for entry in applied:
+                self._on_entry(entry)
+
+    def _on_entry(self, entry: Entry) -> None:
+        if entry.kind == "genesis":
+            self._start_from_genesis(entry.payload["params"])
+            return
+        if self.machine is None or self.inbox is None:
+            return
+        p = entry.payload
+        if entry.kind == "round_open":
+            self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))
+            self.round_seen = p["round"]
+        elif entry.kind == "delta_commit":
+            self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
+        actions = self.machine.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
+        if self.synced:
+            self._act(actions)
+
+    def _start_from_genesis(self, params: dict[str, Any]) -> None:
+        spec = ModelSpec.from_dict(params["model"])
+        self.local = LocalTraining.from_dict(params["local"])
+        rule = MergeRule.from_dict(params["merge"])
+        self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
+        self.inbox = EnvelopeInbox(
+            self.cfg.swarm, spec.n_params, self._public_key, self.cfg.max_envelope_bytes
+        )
+        self.machine = P.Participant(self.cfg.node_id, self.holder.hash)
+        self.machine.replaying = True
+
+    def _public_key(self, node: str) -> str | None:
+        state = self.mirror.state
+        if state is None or not state.is_active(node, now_ms()):
+            return None
+        return state.public_key(node)
+
+    def _finish_sync(self) -> None:
+        if self.machine is None:
+            log.error("the ledger has no genesis yet; waiting")
+            return
+        self.synced = True
+        self.machine.replaying = False
+        log.info("ledger synced to height %d", self.mirror.next_height - 1)
+        self._act(self.machine.catch_up())
+
+    # -- envelopes and checkpoints
+    def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
+        if self.inbox is None or self.machine is None:
+            return
+        try:
+            ok = self.inbox.offer(payload, rnd, node)
+        except Dropped as exc:
+            self.drops.drop(exc.reason, f"envelope on round {rnd} from {node}: {exc}")
+            return
+        self._act(self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256)))
+
+    def _on_checkpoint(self, payload: bytes) -> None:
+        try:
+            ck = decode_checkpoint(payload)
+        except CheckpointError as exc:
+            self.drops.drop("bad checkpoint", str(exc))
+            return
+        if ck.swarm != self.cfg.swarm:
+            self.drops.drop("bad checkpoint", f"for swarm {ck.swarm}")
+            return
+        self.latest_checkpoint = ck
+        self._try_adopt()
+
+    def _try_adopt(self) -> None:
+        ck, want = self.latest_checkpoint, self.adopting
+        if ck is None or want is None or self.machine is None or self.holder is None:
+            return
+        final = self.machine.finals.get(ck.round)
+        # The ledger, not the checkpoint, says which bytes are final.
+        if final is None or final != ck.model_hash or ck.round < want[0]:
+            return
+        if not self.holder.adopt(ck):
+            self.drops.drop("bad checkpoint", f"round {ck.round} does not hash to its claim")
+            return
+        log.info("adopted checkpoint of round %d (%s)", ck.round, ck.model_hash[:12])
+        self.adopting = None
+        self._act(self.machine.handle(P.CheckpointAdopted(ck.round, ck.model_hash)))
+        self._telemetry(ck.round)
+
+    # -- actions
+    def _act(self, actions: list[P.Action]) -> None:
+        work = list(actions)
+        while work:
+            action = work.pop(0)
+            work.extend(self._do(action))
+
+    def _do(self, action: P.Action) -> list[P.Action]:
+        assert self.machine is not None and self.holder is not None
+        if isinstance(action, P.Train):
+            return self.machine.handle(self._train(action))
+        if isinstance(action, P.Append):
+            self._submit(action)
+        elif isinstance(action, P.Merge):
+            return self.machine.handle(self._merge(action))
+        elif isinstance(action, P.Commit):
+            self.holder.commit(action.round)
+            self.rounds_done.append(action.round)
+            self._telemetry(action.round)
+        elif isinstance(action, P.AdoptCheckpoint):
+            self.adopting = (action.round, action.model_hash)
+            self._try_adopt()
+        return []
+
+    def _train(self, action: P.Train) -> P.TrainingDone:
+        assert self.holder is not None and self.local is not None
+        base = self.holder.params
+        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.node_id}/{action.round}".encode()).digest()[:8], "little")
+        t0 = time.perf_counter()
+        new, metrics = train_local(self.holder.spec, base, self.X, self.y, self.local, seed)
+        self.last_train_s = time.perf_counter() - t0
+        header = EnvelopeHeader(
+            swarm=self.cfg.swarm,
+            round=action.round,
+            node=self.cfg.node_id,
+            base_hash=action.base_hash,
+            codec=CODEC_FLOAT32,
+            n_params=self.holder.spec.n_params,
+            n_samples=len(self.y),
+        )
+        frame = encode_envelope(header, new - base, sign=self.key.sign)
+        sha = hashlib.sha256(frame).hexdigest()
+        assert self.inbox is not None
+        self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo
+        self.mqtt.publish(self.topics.delta(action.round, self.cfg.node_id), frame, qos=1)
+        log.info("round %d: trained in %.2f s, published %d bytes", action.round, self.last_train_s, len(frame))
+        summary = {
+            "loss": round(float(metrics["loss"]), 6),
+            "accuracy": round(float(metrics["accuracy"]), 6),
+            "train_s": round(self.last_train_s, 6),
+        }
+        return P.TrainingDone(action.round, sha, len(self.y), summary)
+
+    def _merge(self, action: P.Merge) -> P.MergeDone | P.MergeFailed:
+        assert self.inbox is not None and self.holder is not None
+        try:
+            contributions = self.inbox.take(action.round, action.included, self.samples.get(action.round, {}))
+        except KeyError as exc:
+            log.warning("round %d: cannot merge: %s", action.round, exc)
+            return P.MergeFailed(action.round, str(exc))
+        cand = self.holder.merge(action.round, contributions)
+        self.inbox.forget_before(action.round)
+        return P.MergeDone(action.round, cand.model_hash, cand.state_hash)
+
+    def _submit(self, action: P.Append) -> None:
+        tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload)
+        self.mqtt.publish(self.topics.ledger_submit(), Submission(tx.to_dict()).encode(), qos=1)
+
+    def _telemetry(self, rnd: int) -> None:
+        self.publish_telemetry(rnd, {"train_s": round(self.last_train_s, 6)})

@@ -1,0 +1,133 @@
+"""The ``edge-swarm`` command.
+
+Each subcommand imports what it needs when it runs, so that ``edge-swarm agent`` on a Pi
+loads numpy, paho and the ledger code, and nothing of scikit-learn, matplotlib or amqtt.
+Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("edge_swarm")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # The broker and client libraries are chatty at INFO; their warnings still show.
+    for name in ("amqtt", "transitions", "paho"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _run_node(args: argparse.Namespace, role: str) -> int:
+    from edge_swarm.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-swarm {role}: {exc}", file=sys.stderr)
+        return 2
+    if cfg.role != role:
+        print(f"edge-swarm {role}: {args.config} configures a {cfg.role}, not a {role}", file=sys.stderr)
+        return 2
+    node: Any
+    try:
+        if role == "agent":
+            from edge_swarm.agent import Agent
+
+            node = Agent(cfg)
+        else:
+            from edge_swarm.gateway import Gateway
+
+            node = Gateway(cfg)
+    except (OSError, ValueError) as exc:
+        print(f"edge-swarm {role}: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.run()
+    except RuntimeError as exc:
+        print(f"edge-swarm {role}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from edge_swarm.io.broker import run_embedded_broker
+
+    print(f"embedded MQTT broker (amqtt) on {args.host}:{args.port}; Ctrl-C stops it")
+    run_embedded_broker(args.host, args.port)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge_swarm.demo_cli import run_demo
+
+    return run_demo(args)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from edge_swarm.audit import run_audit
+
+    return run_audit(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-swarm",
+        description="Swarm Learning on edge devices: agents train one model together over MQTT; "
+        "every round is recorded on a permissioned hash-chain ledger.",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run a whole swarm on this machine and compare it with training alone and pooled")
+    d.add_argument("--workload", default="digits", choices=["digits", "breast_cancer"])
+    d.add_argument("--agents", type=int, default=8, help="number of agent processes (default 8)")
+    d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
+    d.add_argument("--broker", default="embedded", choices=["embedded", "mosquitto"])
+    d.add_argument("--workdir", type=Path, default=Path("demo-run"), help="where keys, ledger, logs and the plot go (default ./demo-run)")
+    d.add_argument("--keep", action="store_true", help="keep an existing workdir instead of starting clean")
+    d.set_defaults(func=_demo)
+
+    for role in ("agent", "gateway"):
+        r = sub.add_parser(role, help=f"run a{'n' if role == 'agent' else ''} {role} from its TOML config")
+        r.add_argument("--config", required=True, type=Path, help="the node's TOML file")
+        r.set_defaults(func=lambda a, role=role: _run_node(a, role))
+
+    b = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt) in the foreground")
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--port", type=int, default=1883)
+    b.set_defaults(func=_broker)
+
+    a = sub.add_parser("audit", help="who contributed what to each round, from a ledger file")
+    a.add_argument("ledger", type=Path, help="the gateway's ledger.sqlite")
+    a.add_argument("--round", type=int, help="only this round")
+    a.add_argument("--json", action="store_true", help="one JSON object per round")
+    a.set_defaults(func=_audit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Typed configuration of a node, read from TOML.
+
+A node's file names who it is, where its key, data and state live, and which broker to use.
+Everything the swarm agrees on (model, training, merge rule, round timing) is not here: it
+lives in the ledger's genesis, so that no device can quietly train differently.
+
+Relative paths in a file are resolved against the file's own directory, so that a bundle can
+be unpacked anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on Jetson images
+    import tomli as tomllib
+
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the MQTT broker is; ``keepalive_s`` also bounds how fast a dead node is noticed."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive_s: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"broker.port: {self.port} is not a TCP port")
+        if self.keepalive_s < 1:
+            raise ConfigError("broker.keepalive_s must be at least 1")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Timing constants of the process wiring, in seconds (tests shrink them)."""
+
+    tick_s: float = 0.05
+    connect_timeout_s: float = 15.0
+    sync_timeout_s: float = 15.0
+    telemetry_every_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node (agent or gateway) of one swarm."""
+
+    node_id: str
+    role: str
+    swarm: str
+    key_path: Path
+    state_dir: Path
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    genesis_hash: str | None = None
+    data_path: Path | None = None
+    ledger_path: Path | None = None
+    bootstrap_path: Path | None = None
+    timing: Timing = field(default_factory=Timing)
+    max_envelope_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("node_id", "swarm"):
+            if not _ID.match(getattr(self, name)):
+                raise ConfigError(f"node.{name}: {getattr(self, name)!r} must match [A-Za-z0-9_.-]")
+        if self.role not in ("agent", "gateway"):
+            raise ConfigError(f"node.role: {self.role!r} is not 'agent' or 'gateway'")
+        if self.genesis_hash is not None and not _HEX64.match(self.genesis_hash):
+            raise ConfigError("node.genesis_hash must be 64 lowercase hex characters")
+        if self.role == "agent" and self.data_path is None:
+            raise ConfigError("agent.data is required for an agent")
+        if self.role == "gateway" and self.ledger_path is None:
+            raise ConfigError("gateway.ledger is required for a gateway")
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read a node's TOML file; raise ``ConfigError`` naming the bad field."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(raw, base=path.parent)
+
+
+def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
+    """Build a ``NodeConfig`` from parsed TOML; paths resolve against ``base``."""
+    node = _table(raw, "node")
+    broker = _table(raw, "broker", required=False)
+    timing = _table(raw, "timing", required=False)
+
+    def path_of(table: dict[str, Any], key: str, where: str) -> Path | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}.{key} must be a path string")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    try:
+        return NodeConfig(
+            node_id=_str(node, "id", "node"),
+            role=_str(node, "role", "node"),
+            swarm=_str(node, "swarm", "node"),
+            key_path=path_of(node, "key", "node") or _missing("node.key"),
+            state_dir=path_of(node, "state_dir", "node") or _missing("node.state_dir"),
+            genesis_hash=node.get("genesis_hash"),
+            broker=BrokerConfig(**broker),
+            data_path=path_of(_table(raw, "agent", required=False), "data", "agent"),
+            ledger_path=path_of(_table(raw, "gateway", required=False), "ledger", "gateway"),
+            bootstrap_path=path_of(_table(raw, "gateway", required=False), "bootstrap", "gateway"),
+            timing=Timing(**timing),
+        )
+    except TypeError as exc:  # an unknown key in [broker] or [timing]
+        raise ConfigError(f"unknown setting: {exc}") from None
+
+
+def _table(raw: dict[str, Any], name: str, required: bool = True) -> dict[str, Any]:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(f"[{name}] table is missing")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _str(table: dict[str, Any], key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key} is required and must be a string")
+    return value
+
+
+def _missing(name: str) -> Path:
+    raise ConfigError(f"{name} is required")
+
+
+def dump_config(cfg: NodeConfig) -> str:
+    """Render a config as TOML (absolute paths), as the demo and bundles write it."""
+    lines = [
+        "[node]",
+        f'id = "{cfg.node_id}"',
+        f'role = "{cfg.role}"',
+        f'swarm = "{cfg.swarm}"',
+        f'key = "{cfg.key_path}"',
+        f'state_dir = "{cfg.state_dir}"',
+    ]
+    if cfg.genesis_hash:
+        lines.append(f'genesis_hash = "{cfg.genesis_hash}"')
+    lines += [
+        "",
+        "[broker]",
+        f'host = "{cfg.broker.host}"',
+        f"port = {cfg.broker.port}",
+        f"keepalive_s = {cfg.broker.keepalive_s}",
+    ]
+    if cfg.data_path is not None:
+        lines += ["", "[agent]", f'data = "{cfg.data_path}"']
+    if cfg.ledger_path is not None:
+        lines += ["", "[gateway]", f'ledger = "{cfg.ledger_path}"']
+        if cfg.bootstrap_path is not None:
+            lines.append(f'bootstrap = "{cfg.bootstrap_path}"')
+    t = cfg.timing
+    lines += [
+        "",
+        "[timing]",
+        f"tick_s = {t.tick_s}",
+        f"connect_timeout_s = {t.connect_timeout_s}",
+        f"sync_timeout_s = {t.sync_timeout_s}",
+        f"telemetry_every_s = {t.telemetry_every_s}",
+    ]
+    return "\n".join(lines) + "\n"

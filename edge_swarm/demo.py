@@ -1,0 +1,193 @@
+"""One swarm on one machine, end to end: the demo, the benchmarks and the e2e tests run this.
+
+``run_swarm`` writes the workload's per-agent partitions, provisions keys, genesis and
+configs, starts a broker (embedded amqtt by default, or a Mosquitto process), a gateway
+process and one process per agent, watches the rounds through an observer, and stops
+everything when the round budget is spent, whatever happens in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_swarm.config import BrokerConfig, Timing
+from edge_swarm.launch import SwarmProcesses
+from edge_swarm.learn.data import WORKLOADS, Workload, write_partitions
+from edge_swarm.learn.model import ModelSpec
+from edge_swarm.learn.train import LocalTraining, evaluate
+from edge_swarm.observer import RoundRecord, SwarmObserver
+from edge_swarm.provision import SwarmLayout, SwarmParams, provision_swarm
+from edge_swarm.swarm.merge import MergeRule
+
+log = logging.getLogger(__name__)
+
+# The settings that meet the standard workload's targets (benchmarks/README.md has the figures).
+DEFAULT_LOCAL = LocalTraining(epochs=5, lr=0.1, batch_size=32, momentum=0.0)
+DEFAULT_MERGE = MergeRule(name="fedavgm", server_lr=1.0, momentum=0.5)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One swarm run; defaults are the standard workload (shared/WORKLOAD.md)."""
+
+    workdir: Path
+    workload: str = "digits"
+    n_agents: int = 8
+    alpha: float = 0.5
+    seed: int = 0
+    rounds: int = 20
+    hidden: tuple[int, ...] = (32,)
+    local: LocalTraining = DEFAULT_LOCAL
+    merge: MergeRule = DEFAULT_MERGE
+    broker: str = "embedded"  # or "mosquitto"
+    swarm: str = "demo"
+    keepalive_s: int = 5
+    round_deadline_s: float = 60.0
+    attest_timeout_s: float = 20.0
+    start_grace_s: float = 60.0
+    min_peers: int = 2
+    start_agents: tuple[str, ...] | None = None  # None: all of them
+    timeout_s: float = 900.0
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    layout: SwarmLayout
+    workload: Workload
+    parts: list[Path]
+    rounds: list[RoundRecord]
+    peak_rss_kb: dict[str, int]
+    bytes_per_agent_round: dict[str, list[tuple[int, int, int]]]
+    cold_start_s: float
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float:
+        accs = [r.accuracy for r in self.rounds if r.accuracy is not None]
+        return accs[-1] if accs else float("nan")
+
+
+def model_spec(n_features: int, n_classes: int, hidden: tuple[int, ...]) -> ModelSpec:
+    return ModelSpec(sizes=(n_features, *hidden, n_classes), activation="relu")
+
+
+@contextlib.contextmanager
+def start_broker(kind: str, workdir: Path) -> Iterator[BrokerConfig]:
+    """Start a broker on a free loopback port for the run's lifetime."""
+    from edge_swarm.io.broker import EmbeddedBroker, MosquittoBroker
+
+    broker: Any
+    if kind == "embedded":
+        broker = EmbeddedBroker(host="127.0.0.1", port=0)
+    elif kind == "mosquitto":
+        broker = MosquittoBroker(port=0, workdir=workdir / "mosquitto")
+    else:
+        raise ValueError(f"unknown broker kind {kind!r}: use 'embedded' or 'mosquitto'")
+    broker.start()
+    try:
+        yield BrokerConfig(host="127.0.0.1", port=broker.port)
+    finally:
+        broker.stop()
+
+
+def prepare(cfg: RunConfig, broker: BrokerConfig) -> tuple[Workload, list[Path], SwarmLayout]:
+    """Write partitions and provision the swarm in ``cfg.workdir``."""
+    workload = WORKLOADS[cfg.workload]()
+    parts = write_partitions(workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data")
+    agent_parts = [p for p in parts if p.name.startswith("agent-")]
+    spec = model_spec(workload.X_train.shape[1], int(workload.y_train.max()) + 1, cfg.hidden)
+    params = SwarmParams(
+        model=spec,
+        local=cfg.local,
+        merge=cfg.merge,
+        rounds=cfg.rounds,
+        min_peers=cfg.min_peers,
+        round_deadline_s=cfg.round_deadline_s,
+        attest_timeout_s=cfg.attest_timeout_s,
+        start_grace_s=cfg.start_grace_s,
+        init_seed=cfg.seed,
+        extra={"workload": cfg.workload},
+    )
+    broker = BrokerConfig(broker.host, broker.port, keepalive_s=cfg.keepalive_s)
+    layout = provision_swarm(cfg.workdir, cfg.swarm, params, agent_parts, broker, Timing())
+    return workload, agent_parts, layout
+
+
+def run_swarm(
+    cfg: RunConfig,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    during: Callable[[SwarmProcesses, SwarmObserver], None] | None = None,
+) -> RunResult:
+    """Run a whole swarm and return what was observed; raises ``RuntimeError`` on failure.
+
+    ``during(processes, observer)`` runs after the start, for tests that kill or add nodes;
+    it must return once its scenario is set up (the run then waits for the last round).
+    """
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    with start_broker(cfg.broker, cfg.workdir) as broker:
+        workload, parts, layout = prepare(cfg, broker)
+
+        def accuracy(spec: ModelSpec, params: np.ndarray) -> float:
+            return evaluate(spec, params, workload.X_test, workload.y_test)["accuracy"]
+
+        observer = SwarmObserver(cfg.swarm, broker.host, broker.port, accuracy, on_round)
+        observer.start()
+        procs = SwarmProcesses.from_layout(layout.gateway_config, layout.agent_configs, cfg.workdir / "logs")
+        t0 = time.monotonic()
+        try:
+            procs.start(list(cfg.start_agents) if cfg.start_agents is not None else None)
+            if not observer.wait_for(lambda: 1 in observer.rounds, timeout=120):
+                raise RuntimeError(_failure("no round opened within 120 s", procs))
+            cold_start = time.monotonic() - t0
+            if during is not None:
+                during(procs, observer)
+            if not observer.wait_for(
+                lambda: _finished(observer, cfg.rounds) or bool(procs.failed()), cfg.timeout_s
+            ) or not _finished(observer, cfg.rounds):
+                raise RuntimeError(_failure(f"the swarm did not finish {cfg.rounds} rounds", procs))
+            wall = time.monotonic() - t0
+            # The last telemetry reports follow the last checkpoint by a moment.
+            observer.wait_for(lambda: _telemetry_done(observer, procs, cfg.rounds), timeout=10)
+        finally:
+            procs.stop()
+            observer.stop()
+    rounds = [observer.rounds[r] for r in sorted(observer.rounds)]
+    return RunResult(
+        config=cfg,
+        layout=layout,
+        workload=workload,
+        parts=parts,
+        rounds=rounds,
+        peak_rss_kb=observer.peak_rss_kb(),
+        bytes_per_agent_round={n: observer.bytes_per_round(n) for n in observer.telemetry},
+        cold_start_s=cold_start,
+        wall_s=wall,
+    )
+
+
+def _finished(observer: SwarmObserver, rounds: int) -> bool:
+    rec = observer.rounds.get(rounds)
+    return rec is not None and rec.final_ms > 0 and (rec.accuracy is not None or not rec.included)
+
+
+def _telemetry_done(observer: SwarmObserver, procs: SwarmProcesses, rounds: int) -> bool:
+    alive = [n for n, p in procs.agents.items() if p.alive]
+    return all(any(t.round >= rounds for t in observer.telemetry.get(n, [])) for n in alive)
+
+
+def _failure(what: str, procs: SwarmProcesses) -> str:
+    lines = [what]
+    for p in [procs.gateway, *procs.agents.values()]:
+        state = "running" if p.alive else f"exited {p.proc.returncode if p.proc else '-'}"
+        lines.append(f"--- {p.node} ({state}), last lines of {p.log_path}:\n{p.tail(8)}")
+    return "\n".join(lines)

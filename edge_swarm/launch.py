@@ -1,0 +1,101 @@
+"""Starting and stopping a swarm's processes on one machine: a broker, a gateway, agents.
+
+Used by ``edge-swarm demo``, the benchmarks and the end-to-end tests, so that all three run
+the swarm exactly as a site would: separate processes started with the project's own
+command line, talking only through the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class NodeProcess:
+    """One running node started from its config file; its output goes to a log file."""
+
+    node: str
+    config: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, role: str, extra_env: dict[str, str] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        cmd = [sys.executable, "-m", "edge_swarm", role, "--config", str(self.config)]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no clean disconnect; the broker sends the node's last will."""
+        if self.proc is not None and self.alive:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_log()
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_log()
+        return self.proc.returncode
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@dataclass
+class SwarmProcesses:
+    """The gateway and agents of one provisioned swarm."""
+
+    gateway: NodeProcess
+    agents: dict[str, NodeProcess]
+
+    @classmethod
+    def from_layout(cls, gateway_config: Path, agent_configs: dict[str, Path], logs: Path) -> SwarmProcesses:
+        gw = NodeProcess("gateway-1", gateway_config, logs / "gateway-1.log")
+        agents = {n: NodeProcess(n, c, logs / f"{n}.log") for n, c in agent_configs.items()}
+        return cls(gw, agents)
+
+    def start(self, agents: list[str] | None = None) -> None:
+        self.gateway.start("gateway")
+        for node in agents if agents is not None else list(self.agents):
+            self.agents[node].start("agent")
+
+    def stop(self) -> None:
+        for p in self.agents.values():
+            p.stop()
+        self.gateway.stop()
+
+    def failed(self) -> list[NodeProcess]:
+        """Processes that exited on their own with an error."""
+        procs = [self.gateway, *self.agents.values()]
+        return [p for p in procs if p.proc is not None and p.proc.poll() not in (None, 0, -9, -15)]

@@ -1,0 +1,218 @@
+"""A read-only watcher of a swarm over MQTT: rounds from the ledger events, global accuracy
+from the retained checkpoints, bytes and memory from the agents' telemetry.
+
+The demo, the benchmarks and the end-to-end tests use it to see what a person would see. It
+never publishes. It trusts nothing it reads for more than reporting: entries are parsed by
+``ledger_lite``, checkpoints are hashed against the ledger's ``model_final`` before use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_swarm.io.mqtt import Message, MqttClient
+from edge_swarm.learn.model import ModelSpec, model_hash
+from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
+from edge_swarm.swarm.messages import MessageError, Status, Telemetry
+from edge_swarm.swarm.topics import Topics, TopicError
+from ledger_lite import Entry
+from ledger_lite.errors import LedgerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    """Everything observed about one round."""
+
+    round: int
+    opened_ms: int = 0
+    closed_ms: int = 0
+    final_ms: int = 0
+    included: list[str] = field(default_factory=list)
+    close_reason: str = ""
+    commits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attesters: list[str] = field(default_factory=list)
+    model_hash: str = ""
+    accuracy: float | None = None
+    envelope_bytes: int = 0  # every delta envelope published in the round, as seen by a subscriber
+    params: np.ndarray | None = None
+
+    @property
+    def seconds(self) -> float:
+        return max(0, self.final_ms - self.opened_ms) / 1000.0
+
+    @property
+    def slowest_train_s(self) -> float:
+        return max((float(c.get("train_s", 0.0)) for c in self.commits.values()), default=0.0)
+
+    @property
+    def overhead_s(self) -> float:
+        """Round time not spent training: coordination, transfer, merge, attestation."""
+        return max(0.0, self.seconds - self.slowest_train_s)
+
+
+class SwarmObserver:
+    """Subscribes to a swarm's ledger events, checkpoints, status and telemetry."""
+
+    def __init__(
+        self,
+        swarm: str,
+        host: str,
+        port: int,
+        evaluate: Callable[[ModelSpec, np.ndarray], float] | None = None,
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
+        self.topics = Topics(swarm)
+        self.swarm = swarm
+        self.evaluate = evaluate
+        self.on_round = on_round
+        self.rounds: dict[int, RoundRecord] = {}
+        self.status: dict[str, str] = {}
+        self.telemetry: dict[str, list[Telemetry]] = {}
+        self.entries: list[Entry] = []
+        self._checkpoints: dict[int, Checkpoint] = {}
+        self._queue: queue.Queue[Message] = queue.Queue()
+        self.mqtt = MqttClient(
+            client_id=f"{swarm}.observer.{int(time.time() * 1000) % 10**9}",
+            host=host,
+            port=port,
+            on_message=self._queue.put,
+            max_payload=256 * 1024 * 1024,
+        )
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.mqtt.start()
+        if not self.mqtt.wait_connected(timeout):
+            raise RuntimeError("the observer could not reach the broker")
+        t = self.topics
+        for topic in (
+            t.ledger_events(),
+            t.model_latest(),
+            t.fleet_status_filter(),
+            t.fleet_telemetry_filter(),
+            t.delta_filter(),
+        ):
+            self.mqtt.subscribe(topic, qos=1)
+
+    def stop(self) -> None:
+        self.mqtt.stop()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Handle messages until ``predicate()`` holds or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                msg = self._queue.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+            self._handle(msg)
+        return True
+
+    def final_round(self) -> int:
+        return max((r.round for r in self.rounds.values() if r.model_hash), default=0)
+
+    # -- handling
+    def _handle(self, msg: Message) -> None:
+        try:
+            parsed = self.topics.parse(msg.topic)
+        except TopicError:
+            return
+        kind = parsed.kind
+        try:
+            if kind == "delta" and parsed.round is not None:
+                self._record(parsed.round).envelope_bytes += len(msg.payload)
+            elif kind == "ledger_events":
+                self._on_entry(Entry.from_dict(json.loads(msg.payload)))
+            elif kind == "model_latest":
+                self._on_checkpoint(decode_checkpoint(msg.payload))
+            elif kind == "fleet_status" and msg.payload:
+                st = Status.decode(msg.payload)
+                self.status[st.node] = st.state
+            elif kind == "fleet_telemetry":
+                tm = Telemetry.decode(msg.payload)
+                self.telemetry.setdefault(tm.node, []).append(tm)
+        except (ValueError, LedgerError, CheckpointError, MessageError) as exc:
+            log.warning("observer ignored a message on %s: %s", msg.topic, exc)
+
+    def _record(self, rnd: int) -> RoundRecord:
+        return self.rounds.setdefault(rnd, RoundRecord(rnd))
+
+    def _on_entry(self, e: Entry) -> None:
+        self.entries.append(e)
+        p = e.payload
+        if e.kind == "round_open":
+            self._record(p["round"]).opened_ms = e.ts
+        elif e.kind == "delta_commit":
+            self._record(p["round"]).commits[e.author] = dict(p["metrics"], n_samples=p["n_samples"])
+        elif e.kind == "round_close":
+            rec = self._record(p["round"])
+            rec.closed_ms, rec.included, rec.close_reason = e.ts, list(p["included"]), p["reason"]
+            if not rec.included:
+                rec.final_ms = e.ts
+                self._report(rec)
+        elif e.kind == "model_final":
+            rec = self._record(p["round"])
+            rec.final_ms, rec.model_hash, rec.attesters = e.ts, p["model_hash"], p["attesters"]
+            self._maybe_evaluate(rec)
+
+    def _on_checkpoint(self, ck: Checkpoint) -> None:
+        self._checkpoints[ck.round] = ck
+        rec = self.rounds.get(ck.round)
+        if rec is not None:
+            self._maybe_evaluate(rec)
+
+    def _maybe_evaluate(self, rec: RoundRecord) -> None:
+        ck = self._checkpoints.get(rec.round)
+        if ck is None or not rec.model_hash or rec.params is not None:
+            return
+        spec = ModelSpec.from_dict(ck.spec)
+        if model_hash(spec, ck.params) != rec.model_hash:
+            log.warning("checkpoint of round %d does not match the ledger", rec.round)
+            return
+        rec.params = ck.params
+        if self.evaluate is not None:
+            rec.accuracy = self.evaluate(spec, ck.params)
+        self._report(rec)
+
+    def _report(self, rec: RoundRecord) -> None:
+        if self.on_round is not None:
+            self.on_round(rec)
+
+    # -- per-agent figures
+    def bytes_per_round(self, node: str) -> list[tuple[int, int, int]]:
+        """(round, bytes out, bytes in) of ``node`` between successive telemetry reports."""
+        reports = sorted(self.telemetry.get(node, []), key=lambda t: t.round)
+        out, prev_out, prev_in = [], 0, 0
+        for t in reports:
+            b_out, b_in = int(t.values["bytes_out"]), int(t.values["bytes_in"])
+            out.append((t.round, b_out - prev_out, b_in - prev_in))
+            prev_out, prev_in = b_out, b_in
+        return out
+
+    def round_bytes(self, rnd: int) -> tuple[int, int]:
+        """Bytes out and in of all agents in round ``rnd`` (summed)."""
+        tot_out = tot_in = 0
+        for node in self.telemetry:
+            for r, b_out, b_in in self.bytes_per_round(node):
+                if r == rnd:
+                    tot_out, tot_in = tot_out + b_out, tot_in + b_in
+        return tot_out, tot_in
+
+    def peak_rss_kb(self) -> dict[str, int]:
+        return {
+            node: int(max(t.values.get("peak_rss_kb", 0) for t in reports))
+            for node, reports in self.telemetry.items()
+            if reports
+        }

@@ -1,0 +1,141 @@
+"""Setting up a swarm on disk: keys, the genesis, enrolments, and each node's config file.
+
+This is what an operator does once per site (``edge-swarm demo`` does it in a scratch
+directory). The genesis fixes what every node must agree on: the model, how to train
+locally, the merge rule and the round timing. Enrolment entries are signed by the admin key
+and chained after the genesis in a bootstrap file from which the gateway creates its ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_swarm.config import BrokerConfig, NodeConfig, Timing, dump_config
+from edge_swarm.learn.model import ModelSpec
+from edge_swarm.learn.train import LocalTraining
+from edge_swarm.swarm.merge import MergeRule
+from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, make_genesis, make_tx
+
+ADMIN_ID = "admin"
+
+
+@dataclass(frozen=True)
+class SwarmParams:
+    """What the genesis fixes for every node of the swarm."""
+
+    model: ModelSpec
+    local: LocalTraining
+    merge: MergeRule
+    rounds: int = 20
+    min_peers: int = 2
+    round_deadline_s: float = 60.0
+    attest_timeout_s: float = 20.0
+    start_grace_s: float = 30.0
+    init_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "local": self.local.to_dict(),
+            "merge": self.merge.to_dict(),
+            "rounds": self.rounds,
+            "min_peers": self.min_peers,
+            "round_deadline_s": self.round_deadline_s,
+            "attest_timeout_s": self.attest_timeout_s,
+            "start_grace_s": self.start_grace_s,
+            "init_seed": self.init_seed,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class SwarmLayout:
+    """Where a provisioned swarm's files are."""
+
+    root: Path
+    swarm: str
+    genesis_hash: str
+    gateway_config: Path
+    agent_configs: dict[str, Path]
+    ledger_path: Path
+
+
+def agent_id(i: int) -> str:
+    return f"agent-{i:02d}"
+
+
+def provision_swarm(
+    root: Path,
+    swarm: str,
+    params: SwarmParams,
+    data_paths: list[Path],
+    broker: BrokerConfig,
+    timing: Timing | None = None,
+) -> SwarmLayout:
+    """Write keys, bootstrap ledger entries and configs for one gateway and one agent a path."""
+    root.mkdir(parents=True, exist_ok=True)
+    keys = root / "keys"
+    keys.mkdir(exist_ok=True)
+    admin = _key(keys / "admin.key")
+    genesis = make_genesis(admin, ADMIN_ID, swarm, DEFAULT_POLICY, params.to_dict())
+    entries: list[Entry] = [genesis]
+
+    def enroll(node: str, role: str, key: SigningKey) -> None:
+        payload = {"node": node, "role": role, "pubkey": key.public_hex, "expires_ms": None}
+        tx = make_tx(admin, swarm, "enroll", ADMIN_ID, payload)
+        entries.append(tx.chain(len(entries), entries[-1].hash))
+
+    timing = timing or Timing()
+    gw_key_path = keys / "gateway-1.key"
+    enroll("gateway-1", "gateway", _key(gw_key_path))
+    agent_configs: dict[str, Path] = {}
+    for i, data in enumerate(data_paths, start=1):
+        node = agent_id(i)
+        key_path = keys / f"{node}.key"
+        enroll(node, "agent", _key(key_path))
+        cfg = NodeConfig(
+            node_id=node,
+            role="agent",
+            swarm=swarm,
+            key_path=key_path,
+            state_dir=root / "state" / node,
+            broker=broker,
+            genesis_hash=genesis.hash,
+            data_path=data,
+            timing=timing,
+        )
+        agent_configs[node] = _write(root / "config" / f"{node}.toml", dump_config(cfg))
+
+    bootstrap = root / "bootstrap.jsonl"
+    bootstrap.write_text("".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in entries))
+    ledger_path = root / "state" / "gateway-1" / "ledger.sqlite"
+    gw = NodeConfig(
+        node_id="gateway-1",
+        role="gateway",
+        swarm=swarm,
+        key_path=gw_key_path,
+        state_dir=ledger_path.parent,
+        broker=broker,
+        genesis_hash=genesis.hash,
+        ledger_path=ledger_path,
+        bootstrap_path=bootstrap,
+        timing=timing,
+    )
+    gw_config = _write(root / "config" / "gateway-1.toml", dump_config(gw))
+    return SwarmLayout(root, swarm, genesis.hash, gw_config, agent_configs, ledger_path)
+
+
+def _key(path: Path) -> SigningKey:
+    key = SigningKey.generate()
+    key.save(path)
+    return key
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,234 @@
+"""What an agent process and a gateway process share: the event loop around the MQTT adapter,
+the model they hold, and the merge they both perform.
+
+Threads: paho's network thread only puts messages on a bounded queue (the aiomqtt habit);
+one loop thread takes them off, dispatches them, and ticks the pure state machine. So the
+machines, the ledger copy and the model are only ever touched by one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_swarm.config import NodeConfig
+from edge_swarm.io.mqtt import Message, MqttClient, Will
+from edge_swarm.learn.model import ModelSpec, model_hash
+from edge_swarm.swarm.checkpoint import Checkpoint, state_hash
+from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
+from edge_swarm.swarm.messages import Status, Telemetry
+from edge_swarm.swarm.topics import Topics, TopicError
+from ledger_lite import SigningKey
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 10_000  # messages waiting for the loop; past this they are dropped and counted
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def peak_rss_kb() -> int:
+    """Peak resident set size of this process in KiB (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+class RateLimitedLog:
+    """Logs the first few drops of each reason at warning, then every 100th (zeroconf's habit)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.counts: Counter[str] = Counter()
+
+    def drop(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        n = self.counts[reason]
+        if n <= 3 or n % 100 == 0:
+            self.logger.warning("dropped (%s, #%d): %s", reason, n, detail)
+
+
+@dataclass
+class Candidate:
+    params: np.ndarray
+    state: MergeState
+    model_hash: str
+    state_hash: str
+
+
+class ModelHolder:
+    """The current global model of a node, and the merged candidate awaiting ``model_final``."""
+
+    def __init__(self, spec: ModelSpec, params: np.ndarray, rule: MergeRule) -> None:
+        self.spec = spec
+        self.rule = rule
+        self.params = params
+        self.state = MergeState.empty()
+        self.round = 0
+        self.hash = model_hash(spec, params)
+        self.candidates: dict[int, Candidate] = {}
+
+    @property
+    def state_array(self) -> np.ndarray:
+        v = self.state.velocity
+        return np.zeros(0, np.float32) if v is None else v
+
+    def merge(self, rnd: int, contributions: list[Contribution]) -> Candidate:
+        result = merge(self.rule, self.params, contributions, self.state)
+        velocity = result.state.velocity
+        cand = Candidate(
+            params=result.params,
+            state=result.state,
+            model_hash=model_hash(self.spec, result.params),
+            state_hash=state_hash(velocity),
+        )
+        self.candidates[rnd] = cand
+        return cand
+
+    def commit(self, rnd: int) -> None:
+        cand = self.candidates.pop(rnd)
+        self.params, self.state, self.hash, self.round = (
+            cand.params,
+            cand.state,
+            cand.model_hash,
+            rnd,
+        )
+        self.candidates = {r: c for r, c in self.candidates.items() if r > rnd}
+
+    def adopt(self, ck: Checkpoint) -> bool:
+        """Take a checkpoint if its bytes hash to what it claims; return whether it was taken."""
+        if ck.spec != self.spec.to_dict() or ck.params.size != self.spec.n_params:
+            return False
+        if model_hash(self.spec, ck.params) != ck.model_hash:
+            return False
+        if state_hash(ck.state if ck.state.size else None) != ck.state_hash:
+            return False
+        velocity = ck.state if ck.state.size else None
+        self.params, self.hash, self.round = ck.params, ck.model_hash, ck.round
+        self.state = MergeState(velocity=velocity)
+        self.candidates.clear()
+        return True
+
+    def checkpoint(self, swarm: str) -> Checkpoint:
+        return Checkpoint(
+            swarm=swarm,
+            round=self.round,
+            spec=self.spec.to_dict(),
+            model_hash=self.hash,
+            state_hash=state_hash(self.state.velocity),
+            params=self.params,
+            state=self.state_array,
+        )
+
+
+class NodeRuntime:
+    """The loop of one node: MQTT in, a queue, one thread of handling, status out."""
+
+    role = "node"
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.key = SigningKey.load(cfg.key_path)
+        self.topics = Topics(cfg.swarm)
+        self.queue: queue.Queue[Message] = queue.Queue(maxsize=QUEUE_LIMIT)
+        self.stopping = threading.Event()
+        self.drops = RateLimitedLog(log)
+        self.round_seen = 0
+        self.mqtt = MqttClient(
+            client_id=f"{cfg.swarm}.{cfg.node_id}",
+            host=cfg.broker.host,
+            port=cfg.broker.port,
+            on_message=self._enqueue,
+            will=Will(self.topics.fleet_status(cfg.node_id), self._status("offline"), retain=True),
+            keepalive=cfg.broker.keepalive_s,
+            max_payload=cfg.max_envelope_bytes,
+        )
+
+    # -- hooks for subclasses
+    def setup(self) -> None:
+        """Subscribe and get ready; called once connected."""
+
+    def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
+        """Handle one message whose topic parsed as ``kind``."""
+
+    def on_tick(self, now: int) -> None:
+        """Called after every message and at least every ``timing.tick_s``."""
+
+    # -- the loop
+    def run(self) -> None:
+        """Connect, set up, and loop until ``stop()``; raises ``RuntimeError`` if unreachable."""
+        self.mqtt.start()
+        timeout = self.cfg.timing.connect_timeout_s
+        if not self.mqtt.wait_connected(timeout):
+            self.mqtt.stop()
+            b = self.cfg.broker
+            raise RuntimeError(
+                f"could not reach the MQTT broker at {b.host}:{b.port} within {timeout:.0f} s; "
+                "is it running (edge-swarm broker) and is [broker] in the config right?"
+            )
+        try:
+            self.setup()
+            self.publish_status("online")
+            while not self.stopping.is_set():
+                try:
+                    msg: Message | None = self.queue.get(timeout=self.cfg.timing.tick_s)
+                except queue.Empty:
+                    msg = None
+                if msg is not None:
+                    self._dispatch(msg)
+                self.on_tick(now_ms())
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def shutdown(self) -> None:
+        try:
+            self.publish_status("offline", wait=True)
+        finally:
+            self.mqtt.stop()
+
+    def _enqueue(self, msg: Message) -> None:
+        try:
+            self.queue.put_nowait(msg)
+        except queue.Full:
+            self.drops.drop("queue full", msg.topic)
+
+    def _dispatch(self, msg: Message) -> None:
+        try:
+            parsed = self.topics.parse(msg.topic)
+        except TopicError:
+            self.drops.drop("bad topic", msg.topic)
+            return
+        try:
+            self.on_message(parsed.kind, parsed.round, parsed.node, msg)
+        except Exception:  # one bad message must never end the process
+            log.exception("error while handling a message on %s", msg.topic)
+
+    # -- outputs
+    def _status(self, state: str) -> bytes:
+        return Status(self.cfg.node_id, self.role, state, self.round_seen).encode()
+
+    def publish_status(self, state: str, wait: bool = False) -> None:
+        topic = self.topics.fleet_status(self.cfg.node_id)
+        self.mqtt.publish(topic, self._status(state), qos=1, retain=True, wait=wait)
+
+    def publish_telemetry(self, rnd: int, values: dict[str, Any]) -> None:
+        stats = self.mqtt.stats
+        base = {
+            "bytes_out": stats.bytes_out,
+            "bytes_in": stats.bytes_in,
+            "peak_rss_kb": peak_rss_kb(),
+            "drops": sum(self.drops.counts.values()),
+        }
+        body = Telemetry(self.cfg.node_id, rnd, {**base, **values}).encode()
+        self.mqtt.publish(self.topics.fleet_telemetry(self.cfg.node_id), body, qos=1)

@@ -1,0 +1,142 @@
+"""The envelope inbox: where delta envelopes from the network are checked and kept.
+
+Every envelope is untrusted. ``offer`` checks, in order of cost: size, frame, topic against
+header, swarm, round, sender enrolment, base model, length, signature, finite values. Only
+then is the decoded delta kept, keyed by (round, node, envelope sha256), because the ledger's
+``delta_commit`` names the exact envelope a node stands behind. Anything else raises
+``Dropped`` with a short reason that the wiring counts and logs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_swarm.swarm.codec import EnvelopeError, decode_delta, decode_envelope
+from edge_swarm.swarm.merge import Contribution
+
+MAX_PER_SENDER = 4  # distinct envelopes kept per (round, node): bounds a flooding sender
+
+
+class Dropped(Exception):
+    """An envelope refused before use; ``reason`` is a short counted label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Accepted:
+    round: int
+    node: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """What the ledger says about a round the inbox may accept envelopes for."""
+
+    round: int
+    base_hash: str
+
+
+class EnvelopeInbox:
+    """Checks and keeps envelopes; pure apart from the callables it is given.
+
+    ``public_key(node)`` returns the enrolled, unrevoked key of a node or ``None``.
+    """
+
+    def __init__(
+        self,
+        swarm: str,
+        n_params: int,
+        public_key: Callable[[str], str | None],
+        max_size: int,
+    ) -> None:
+        self.swarm = swarm
+        self.n_params = n_params
+        self.public_key = public_key
+        self.max_size = max_size
+        self.rounds: dict[int, RoundView] = {}
+        self.drops: Counter[str] = Counter()
+        self._kept: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+        self._samples: dict[tuple[int, str, str], int] = {}
+
+    def expect(self, view: RoundView) -> None:
+        """Accept envelopes for this round (called on ``round_open``)."""
+        self.rounds[view.round] = view
+
+    def offer(self, payload: bytes, topic_round: int, topic_node: str) -> Accepted:
+        """Check one envelope; keep it and return ``Accepted`` or raise ``Dropped``."""
+        try:
+            return self._offer(payload, topic_round, topic_node)
+        except Dropped as exc:
+            self.drops[exc.reason] += 1
+            raise
+
+    def _offer(self, payload: bytes, topic_round: int, topic_node: str) -> Accepted:
+        if len(payload) > self.max_size:
+            raise Dropped("oversized", f"{len(payload)} bytes")
+        try:
+            env = decode_envelope(payload, max_size=self.max_size)
+        except EnvelopeError as exc:
+            raise Dropped("malformed", str(exc)) from None
+        h = env.header
+        if (h.round, h.node) != (topic_round, topic_node):
+            raise Dropped("topic mismatch", f"header says round {h.round} node {h.node}")
+        if h.swarm != self.swarm:
+            raise Dropped("wrong swarm", h.swarm)
+        view = self.rounds.get(h.round)
+        if view is None:
+            raise Dropped("wrong round", f"round {h.round} is not open here")
+        key = self.public_key(h.node)
+        if key is None:
+            raise Dropped("unknown node", h.node)
+        if h.base_hash != view.base_hash:
+            raise Dropped("wrong base", h.base_hash[:12])
+        if h.n_params != self.n_params:
+            raise Dropped("wrong length", f"{h.n_params} != {self.n_params}")
+        if not env.verify(key):
+            raise Dropped("bad signature", h.node)
+        kept = self._kept.setdefault((h.round, h.node), {})
+        if env.sha256 not in kept:
+            if len(kept) >= MAX_PER_SENDER:
+                raise Dropped("flooding", h.node)
+            try:
+                kept[env.sha256] = decode_delta(env, self.n_params)
+            except EnvelopeError as exc:
+                raise Dropped("bad values", str(exc)) from None
+            self._samples[(h.round, h.node, env.sha256)] = h.n_samples
+        return Accepted(h.round, h.node, env.sha256)
+
+    def has(self, rnd: int, node: str, sha256: str) -> bool:
+        return sha256 in self._kept.get((rnd, node), {})
+
+    def take(
+        self, rnd: int, included: tuple[tuple[str, str], ...], n_samples: dict[str, int]
+    ) -> list[Contribution]:
+        """The contributions named by ``round_close``; raise ``KeyError`` naming a missing one.
+
+        Sample counts come from the ledger's ``delta_commit`` (what the node signed there),
+        and must agree with the envelope header.
+        """
+        out = []
+        for node, sha in included:
+            delta = self._kept.get((rnd, node), {}).get(sha)
+            if delta is None:
+                raise KeyError(f"envelope {sha[:12]} of {node} for round {rnd} never arrived")
+            if self._samples[(rnd, node, sha)] != n_samples[node]:
+                raise KeyError(f"{node}: sample count in envelope and ledger disagree")
+            out.append(Contribution(node=node, delta=delta, n_samples=n_samples[node]))
+        return out
+
+    def forget_before(self, rnd: int) -> None:
+        """Drop everything older than ``rnd`` (memory stays bounded over many rounds)."""
+        for key in [k for k in self._kept if k[0] < rnd]:
+            del self._kept[key]
+        self._samples = {k: v for k, v in self._samples.items() if k[0] >= rnd}
+        self.rounds = {r: v for r, v in self.rounds.items() if r >= rnd}

@@ -1,0 +1,75 @@
+"""An agent's light copy of the ledger, fed from ``ledger/events`` and query replies.
+
+Entries arrive from the network, possibly twice or out of order. The mirror applies them
+strictly in height order, validating each one with ``ledger_lite``'s own rules (signature,
+enrolment, policy, linkage) before it is believed; a gap is buffered (bounded) and reported
+so that the wiring asks the gateway for the missing heights. The first entry must be the
+genesis the node was configured with, when it was given one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger_lite import Entry, LedgerState
+from ledger_lite.errors import LedgerError
+
+MAX_AHEAD = 4096  # entries buffered beyond a gap before the oldest are dropped
+
+
+class MirrorError(Exception):
+    """An entry from the network that is not valid at its height."""
+
+
+class LedgerMirror:
+    """Validated, height-ordered replay of a remote ledger."""
+
+    def __init__(self, genesis_hash: str | None = None) -> None:
+        self.genesis_hash = genesis_hash
+        self.state: LedgerState | None = None
+        self.next_height = 0
+        self.tip_hash: str | None = None
+        self._ahead: dict[int, Entry] = {}
+
+    @property
+    def gap(self) -> bool:
+        """True when later entries wait for missing ones."""
+        return bool(self._ahead)
+
+    def offer(self, raw: dict[str, Any]) -> list[Entry]:
+        """Take one entry as a dict; return the entries applied now, in order.
+
+        Raises ``MirrorError`` for an entry that does not parse or does not validate.
+        """
+        try:
+            entry = Entry.from_dict(raw)
+        except LedgerError as exc:
+            raise MirrorError(f"unparseable entry: {exc}") from None
+        if entry.height < self.next_height:
+            return []  # already applied: a duplicate or a replayed event
+        if entry.height > self.next_height:
+            if len(self._ahead) >= MAX_AHEAD:
+                self._ahead.pop(max(self._ahead))
+            self._ahead[entry.height] = entry
+            return []
+        applied = [self._apply(entry)]
+        while self.next_height in self._ahead:
+            applied.append(self._apply(self._ahead.pop(self.next_height)))
+        return applied
+
+    def _apply(self, entry: Entry) -> Entry:
+        try:
+            if self.state is None:
+                if self.genesis_hash is not None and entry.hash != self.genesis_hash:
+                    raise MirrorError(
+                        f"genesis {entry.hash[:12]} is not the configured {self.genesis_hash[:12]}"
+                    )
+                self.state = LedgerState.from_genesis(entry)
+            else:
+                self.state.apply(entry)
+        except LedgerError as exc:
+            self._ahead.clear()  # what was buffered behind a bad entry cannot be trusted
+            raise MirrorError(f"entry {entry.height} refused: {exc}") from None
+        self.next_height = entry.height + 1
+        self.tip_hash = entry.hash
+        return entry
