@@ -1,0 +1,234 @@
+"""The round state machines, driven by hand: no network, no clock but the one we pass."""
+
+from __future__ import annotations
+
+from edge_swarm.swarm import protocol as P
+
+H0, H1, H2 = "0" * 64, "1" * 64, "2" * 64
+S = "5" * 64
+
+
+def policy(**kw: int) -> P.RoundPolicy:
+    base = {
+        "rounds": 3,
+        "min_peers": 2,
+        "round_deadline_ms": 1000,
+        "attest_timeout_ms": 500,
+        "start_grace_ms": 10_000,
+    }
+    return P.RoundPolicy(**{**base, **kw})
+
+
+def coordinator(agents: list[str], online: list[str] | None = None, **kw: int) -> P.Coordinator:
+    c = P.Coordinator(policy(**kw), H0, started_ms=0)
+    for a in agents:
+        c.handle(P.Appended("enroll", "admin", {"node": a, "role": "agent"}, 0))
+    for a in online if online is not None else agents:
+        c.handle(P.PeerSeen(a, True))
+    return c
+
+
+def append(c: P.Coordinator, action: P.Action, ts: int, author: str = "gw") -> list[P.Action]:
+    assert isinstance(action, P.Append)
+    return c.handle(P.Appended(action.kind, author, action.payload, ts))
+
+
+def commit(node: str, rnd: int, sha: str = "a" * 64) -> P.Appended:
+    payload = {"round": rnd, "node": node, "envelope_sha256": sha, "n_samples": 10, "metrics": {}}
+    return P.Appended("delta_commit", node, payload, 0)
+
+
+def attest(node: str, rnd: int, mh: str) -> P.Appended:
+    return P.Appended("model_attest", node, {"round": rnd, "model_hash": mh, "state_hash": S}, 0)
+
+
+def test_opens_only_when_everyone_is_online_or_grace_is_over() -> None:
+    c = coordinator(["a", "b", "c"], online=["a", "b"])
+    assert c.handle(P.Tick(100)) == []
+    (act,) = c.handle(P.Tick(10_000))
+    assert isinstance(act, P.Append) and act.kind == "round_open"
+    assert act.payload == {"round": 1, "base_model_hash": H0, "deadline_ms": 11_000}
+    assert c.handle(P.Tick(10_001)) == []  # pending: no second open
+
+
+def test_never_opens_below_min_peers() -> None:
+    c = coordinator(["a", "b"], online=["a"])
+    assert c.handle(P.Tick(50_000)) == []
+
+
+def test_closes_when_all_expected_committed_sorted() -> None:
+    c = coordinator(["b", "a"])
+    (op,) = c.handle(P.Tick(1))
+    append(c, op, 1)
+    assert c.handle(commit("b", 1)) == []
+    (close,) = c.handle(commit("a", 1))
+    assert close.kind == "round_close"
+    assert close.payload["included"] == ["a", "b"]
+    (merge,) = append(c, close, 5)
+    assert merge == P.Merge(1, (("a", "a" * 64), ("b", "a" * 64)))
+
+
+def test_offline_peer_is_not_waited_for_and_deadline_closes() -> None:
+    c = coordinator(["a", "b", "c"])
+    append(c, c.handle(P.Tick(0))[0], 0)
+    c.handle(commit("a", 1))
+    assert c.handle(commit("b", 1)) == []
+    (close,) = c.handle(P.PeerSeen("c", False))
+    assert close.payload["included"] == ["a", "b"]
+    assert close.payload["reason"] == "all expected peers committed"
+
+    c = coordinator(["a", "b", "c"])
+    append(c, c.handle(P.Tick(0))[0], 0)
+    c.handle(commit("a", 1))
+    c.handle(commit("b", 1))
+    assert c.handle(P.Tick(999)) == []
+    (close,) = c.handle(P.Tick(1000))
+    assert close.payload == {"round": 1, "included": ["a", "b"], "reason": "deadline"}
+
+
+def test_too_few_commits_void_the_round_and_the_next_one_opens() -> None:
+    c = coordinator(["a", "b", "c"])
+    append(c, c.handle(P.Tick(0))[0], 0)
+    c.handle(commit("a", 1))
+    (close,) = c.handle(P.Tick(1000))
+    assert close.payload["included"] == []
+    assert append(c, close, 1000) == []
+    (op,) = c.handle(P.Tick(1001))
+    assert op.payload["round"] == 2 and op.payload["base_model_hash"] == H0
+
+
+def test_commits_for_other_rounds_are_ignored() -> None:
+    c = coordinator(["a", "b"])
+    append(c, c.handle(P.Tick(0))[0], 0)
+    c.handle(commit("a", 7))
+    c.handle(commit("b", 1))
+    assert c.current is not None and set(c.current.commits) == {"b"}
+
+
+def _closed(c: P.Coordinator, nodes: list[str]) -> None:
+    append(c, c.handle(P.Tick(0))[0], 0)
+    actions: list[P.Action] = []
+    for n in nodes:
+        actions = c.handle(commit(n, 1))
+    append(c, actions[0], 10)
+
+
+def test_final_needs_a_strict_majority_of_included() -> None:
+    c = coordinator(["a", "b", "c", "d"])
+    _closed(c, ["a", "b", "c", "d"])
+    assert c.handle(attest("a", 1, H1)) == []
+    assert c.handle(attest("b", 1, H1)) == []  # 2 of 4 is not a majority
+    assert c.handle(attest("c", 1, H2)) == []
+    (final,) = c.handle(attest("d", 1, H1))
+    assert final.payload == {"round": 1, "model_hash": H1, "state_hash": S, "attesters": ["a", "b", "d"]}
+    (publish,) = append(c, final, 20)
+    assert publish == P.PublishCheckpoint(1, H1)
+    assert c.model_hash == H1
+
+
+def test_attest_timeout_falls_back_to_own_merge() -> None:
+    c = coordinator(["a", "b", "c"])
+    _closed(c, ["a", "b", "c"])
+    (own_attest,) = c.handle(P.MergeDone(1, H2, S))
+    assert own_attest == P.Append("model_attest", {"round": 1, "model_hash": H2, "state_hash": S})
+    assert c.handle(P.Tick(400)) == []
+    (final,) = c.handle(P.Tick(510))
+    assert final.payload["model_hash"] == H2 and final.payload["attesters"] == []
+
+
+def test_round_budget_ends_the_swarm() -> None:
+    c = coordinator(["a", "b"], rounds=1)
+    _closed(c, ["a", "b"])
+    c.handle(attest("a", 1, H1))
+    (final,) = c.handle(attest("b", 1, H1))
+    actions = append(c, final, 30)
+    assert P.SwarmDone(1) in actions and c.done
+    assert c.handle(P.Tick(99_999)) == []
+
+
+def test_replay_folds_without_acting_then_resume_asks_for_the_merge() -> None:
+    live = coordinator(["a", "b"])
+    log: list[P.Appended] = []
+    op = live.handle(P.Tick(0))[0]
+    for ev in (P.Appended("round_open", "gw", op.payload, 0), commit("a", 1), commit("b", 1)):
+        log.append(ev)
+        live.handle(ev)
+    log.append(P.Appended("round_close", "gw", {"round": 1, "included": ["a", "b"], "reason": "x"}, 5))
+
+    again = coordinator(["a", "b"])
+    again.replaying = True
+    for ev in log:
+        assert again.handle(ev) == []
+    assert again.resume() == [P.Merge(1, (("a", "a" * 64), ("b", "a" * 64)))]
+
+
+# ----------------------------------------------------------------------- participant
+
+
+def opened(rnd: int = 1, base: str = H0, deadline: int = 1000) -> P.Appended:
+    payload = {"round": rnd, "base_model_hash": base, "deadline_ms": deadline}
+    return P.Appended("round_open", "gw", payload, 0)
+
+
+def closed(rnd: int, included: list[str]) -> P.Appended:
+    return P.Appended("round_close", "gw", {"round": rnd, "included": included, "reason": "x"}, 0)
+
+
+def final(rnd: int, mh: str) -> P.Appended:
+    payload = {"round": rnd, "model_hash": mh, "state_hash": S, "attesters": []}
+    return P.Appended("model_final", "gw", payload, 0)
+
+
+def test_participant_full_round() -> None:
+    p = P.Participant("a", H0)
+    assert p.handle(opened()) == [P.Train(1, H0)]
+    assert p.handle(P.Tick(10)) == []  # trains once
+    (sub,) = p.handle(P.TrainingDone(1, "e" * 64, 50, {"loss": 1.0}))
+    assert sub.kind == "delta_commit" and sub.payload["envelope_sha256"] == "e" * 64
+    p.handle(commit("a", 1, "e" * 64))
+    p.handle(commit("b", 1, "f" * 64))
+    p.handle(P.EnvelopeStored(1, "a", "e" * 64))
+    assert p.handle(closed(1, ["a", "b"])) == []  # b's envelope is not here yet
+    (merge,) = p.handle(P.EnvelopeStored(1, "b", "f" * 64))
+    assert merge == P.Merge(1, (("a", "e" * 64), ("b", "f" * 64)))
+    (att,) = p.handle(P.MergeDone(1, H1, S))
+    assert att.kind == "model_attest" and att.payload["model_hash"] == H1
+    assert p.handle(final(1, H1)) == [P.Commit(1, H1)]
+    assert p.model_hash == H1
+    assert p.handle(opened(2, H1)) == [P.Train(2, H1)]
+
+
+def test_participant_with_the_wrong_bytes_adopts_the_checkpoint() -> None:
+    p = P.Participant("a", H0)
+    p.handle(opened())
+    p.handle(commit("a", 1, "e" * 64))
+    p.handle(P.EnvelopeStored(1, "a", "e" * 64))
+    p.handle(closed(1, ["a"]))
+    p.handle(P.MergeDone(1, H2, S))
+    assert p.handle(final(1, H1)) == [P.AdoptCheckpoint(1, H1)]
+    assert p.handle(opened(2, H1)) == []  # no training until the checkpoint is in
+    assert p.handle(P.CheckpointAdopted(1, H1)) == [P.Train(2, H1)]
+
+
+def test_participant_does_not_train_on_another_base_or_past_deadline() -> None:
+    p = P.Participant("a", H0)
+    assert p.handle(opened(base=H1)) == []
+    p = P.Participant("a", H0)
+    p.handle(P.Tick(2000))
+    assert p.handle(opened(deadline=1000)) == []
+
+
+def test_late_joiner_replays_then_adopts_and_trains() -> None:
+    p = P.Participant("late", H0)
+    p.replaying = True
+    history = [opened(1), commit("a", 1), closed(1, ["a"]), final(1, H1), opened(2, H1, 5000)]
+    for ev in history:
+        assert p.handle(ev) == []
+    assert p.catch_up() == [P.AdoptCheckpoint(1, H1)]
+    assert p.handle(P.CheckpointAdopted(1, H1)) == [P.Train(2, H1)]
+
+
+def test_checkpoint_for_a_round_not_final_is_ignored() -> None:
+    p = P.Participant("a", H0)
+    assert p.handle(P.CheckpointAdopted(3, H2)) == []
+    assert p.model_hash == H0
