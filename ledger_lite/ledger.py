@@ -1,0 +1,154 @@
+"""A single-node ledger: a verified `SqliteStore` plus the `LedgerState` folded from it.
+
+`submit(tx)` chains a signed transaction at the tip, validates it against the state,
+appends it durably, then folds it in; if any step refuses or fails, nothing changes. One
+re-entrant lock serialises submissions, so MQTT callback threads may call in directly.
+`append(entry)` takes an entry already chained elsewhere (what a Raft follower will do
+with the leader's log, in a later issue) through the same validate → append → fold path.
+
+`on_append` callbacks run after each durable append, in height order, under the lock: keep
+them short (hand the entry to a queue). A callback that raises is logged and ignored: the
+entry is already committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .entry import Entry, Tx
+from .errors import LedgerError, Refused
+from .state import LedgerState
+from .store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+AppendCallback = Callable[[Entry], None]
+
+
+class Ledger:
+    """Store + state. Build with `create` (new file) or `open` (existing file), or from an
+    already opened, non-empty `SqliteStore`. Raises LedgerError for an empty store."""
+
+    def __init__(self, store: SqliteStore, *, _state: LedgerState | None = None) -> None:
+        state = _state if _state is not None else store.verified_state
+        if state is None:
+            raise LedgerError(f"{store.path} holds no genesis entry: use Ledger.create")
+        self._store = store
+        self._state = state
+        self._lock = threading.RLock()
+        self.on_append: list[AppendCallback] = []
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], genesis: Entry) -> Ledger:
+        """Start a new ledger at `path` with `genesis`.
+
+        Raises Refused (height 0) for an invalid genesis, LedgerError if `path` already
+        holds entries, CorruptStore as `SqliteStore` does.
+        """
+        store = SqliteStore(path)
+        try:
+            if len(store):
+                raise LedgerError(f"{path} already holds a ledger ({len(store)} entries)")
+            state = LedgerState.from_genesis(genesis)
+            store.append(genesis)
+        except BaseException:
+            store.close()
+            raise
+        log.info("created ledger %s for swarm %s (genesis %s)", path, state.swarm, state.tip)
+        return cls(store, _state=state)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Ledger:
+        """Open and fully re-verify an existing ledger.
+
+        Raises FileNotFoundError, CorruptStore(height), or LedgerError if it is empty.
+        """
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such ledger file: {path}")
+        store = SqliteStore(path)
+        try:
+            return cls(store)
+        except BaseException:
+            store.close()
+            raise
+
+    # -- writing -----------------------------------------------------------------------
+
+    def submit(self, tx: Tx) -> Entry:
+        """Chain `tx` at the tip, validate, append durably, fold; return the new entry.
+
+        Raises Refused (with the reason code) and changes nothing if the chain refuses it;
+        LedgerError if the store fails to write (state unchanged as well).
+        """
+        with self._lock:
+            entry = tx.chain(self._state.height + 1, self._state.tip)
+            self._append(entry)
+            return entry
+
+    def append(self, entry: Entry) -> None:
+        """Validate and append an entry chained elsewhere; as `submit` otherwise."""
+        with self._lock:
+            self._append(entry)
+
+    def _append(self, entry: Entry) -> None:
+        try:
+            self._state.validate(entry)
+        except Refused as exc:
+            log.debug("refused %s from %s: %s", entry.kind, entry.author, exc)
+            raise
+        self._store.append(entry)
+        self._state._fold(entry)
+        for callback in list(self.on_append):
+            try:
+                callback(entry)
+            except Exception:
+                log.exception("on_append callback %r failed at height %d", callback, entry.height)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def entries(self, from_height: int = 0, limit: int | None = None) -> list[Entry]:
+        """Entries from `from_height` on, in order, at most `limit` of them."""
+        return self._store.range(from_height, limit)
+
+    def get(self, height: int) -> Entry | None:
+        """The entry at `height`, or None."""
+        return self._store.get(height)
+
+    @property
+    def tip(self) -> str:
+        """Hash of the last entry."""
+        return self._state.tip
+
+    @property
+    def height(self) -> int:
+        """Height of the last entry (0 when only the genesis is there)."""
+        return self._state.height
+
+    @property
+    def state(self) -> LedgerState:
+        """The live state, read-only to callers. Reads are not locked: while another
+        thread submits, two attributes read one after the other may straddle an entry."""
+        return self._state
+
+    @property
+    def swarm(self) -> str:
+        """The swarm id named in the genesis."""
+        return self._state.swarm
+
+    def close(self) -> None:
+        """Close the store."""
+        with self._lock:
+            self._store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self._store.path)!r}, height={self.height}, tip={self.tip[:12]}…)"

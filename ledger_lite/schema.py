@@ -1,0 +1,140 @@
+"""Payload schemas, one per kind, checked by a small hand-written checker.
+
+Why not jsonschema: there are ten fixed, flat shapes; a table of field → check functions
+is shorter than the schemas would be, has no dependency to install on a Pi, runs in a few
+microseconds per entry, and gives messages that name the field.
+
+Rules: every listed field is required and checked; unknown fields are refused, except that
+``config`` and ``fleet_command`` payloads are free-form objects and ``params`` (genesis)
+and ``metrics`` (delta_commit) are free-form objects inside their payload. Hashes and public
+keys are 64 lowercase hex chars; counts, rounds and times are ints in [0, 2**63).
+Cross-entry rules (``delta_commit.node == author``, revoking a known node) live in
+`LedgerState.validate`, not here: this module sees one payload at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .entry import KINDS, ROLES, is_hex64, is_id, is_uint
+
+MAX_TEXT = 1024
+"""Longest free-text field (a revoke or close reason), in characters."""
+
+Check = Callable[[Any], str | None]  # returns a problem description, or None if fine
+
+
+def _id(v: Any) -> str | None:
+    return None if is_id(v) else "must be an id matching [A-Za-z0-9_.-]{1,64}"
+
+
+def _hex64(v: Any) -> str | None:
+    return None if is_hex64(v) else "must be 64 lowercase hex chars"
+
+
+def _uint(v: Any) -> str | None:
+    return None if is_uint(v) else "must be an int in [0, 2**63)"
+
+
+def _uint_or_null(v: Any) -> str | None:
+    return None if v is None else _uint(v)
+
+
+def _text(v: Any) -> str | None:
+    if not isinstance(v, str) or len(v) > MAX_TEXT:
+        return f"must be a string of at most {MAX_TEXT} chars"
+    return None
+
+
+def _role(v: Any) -> str | None:
+    return None if isinstance(v, str) and v in ROLES else f"must be one of {list(ROLES)}"
+
+
+def _object(v: Any) -> str | None:
+    return None if isinstance(v, dict) else "must be a JSON object"
+
+
+def _sorted_ids(v: Any) -> str | None:
+    """A list of ids, strictly increasing (so sorted and without duplicates)."""
+    if not isinstance(v, list) or not all(is_id(x) for x in v):
+        return "must be a list of ids"
+    if any(a >= b for a, b in zip(v, v[1:], strict=False)):
+        return "must be sorted and unique"
+    return None
+
+
+def _admins(v: Any) -> str | None:
+    if not isinstance(v, dict) or not v:
+        return "must be a non-empty object {id: pubkey_hex}"
+    for node, pub in v.items():
+        if not is_id(node) or not is_hex64(pub):
+            return f"entry {node!r:.70} must map an id to 64 lowercase hex chars"
+    return None
+
+
+def _policy(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return "must be an object {kind: [roles]}"
+    for kind, roles in v.items():
+        if kind not in KINDS or kind == "genesis":
+            return f"names unknown kind {kind!r:.70}"
+        if not isinstance(roles, list) or any(_role(r) for r in roles):
+            return f"{kind}: roles must be a list drawn from {list(ROLES)}"
+        if len(set(roles)) != len(roles):
+            return f"{kind}: roles repeat"
+    return None
+
+
+# kind -> (field checks, free-form?) ; free-form payloads accept any JSON object.
+SCHEMAS: dict[str, tuple[Mapping[str, Check], bool]] = {
+    "genesis": ({"swarm": _id, "admins": _admins, "policy": _policy, "params": _object}, False),
+    "enroll": ({"node": _id, "role": _role, "pubkey": _hex64, "expires_ms": _uint_or_null}, False),
+    "revoke": ({"node": _id, "reason": _text}, False),
+    "round_open": ({"round": _uint, "base_model_hash": _hex64, "deadline_ms": _uint}, False),
+    "delta_commit": (
+        {
+            "round": _uint,
+            "node": _id,
+            "envelope_sha256": _hex64,
+            "n_samples": _uint,
+            "metrics": _object,
+        },
+        False,
+    ),
+    "round_close": ({"round": _uint, "included": _sorted_ids, "reason": _text}, False),
+    "model_attest": ({"round": _uint, "model_hash": _hex64, "state_hash": _hex64}, False),
+    "model_final": (
+        {"round": _uint, "model_hash": _hex64, "state_hash": _hex64, "attesters": _sorted_ids},
+        False,
+    ),
+    "config": ({}, True),
+    "fleet_command": ({}, True),
+}
+assert set(SCHEMAS) == KINDS, "every kind needs a schema"
+
+
+def payload_problem(kind: str, payload: Any) -> str | None:
+    """Describe what is wrong with `payload` for `kind`, or return None if it conforms.
+
+    Pure and total: never raises, whatever `kind` and `payload` are.
+    """
+    spec = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        return f"unknown kind {kind!r:.70}"
+    fields, free_form = spec
+    if not isinstance(payload, dict):
+        return "payload must be a JSON object"
+    if free_form:
+        return None
+    missing = [name for name in fields if name not in payload]
+    if missing:
+        return f"{kind}: missing {missing}"
+    extra = sorted(str(k) for k in payload if k not in fields)
+    if extra:
+        return f"{kind}: unknown fields {extra[:5]}"
+    for name, check in fields.items():
+        problem = check(payload[name])
+        if problem:
+            return f"{kind}.{name} {problem}"
+    return None

@@ -1,0 +1,209 @@
+"""The ledger state: the fold of the chain, and the rules every entry must pass.
+
+How it works: `LedgerState.from_genesis` checks the genesis entry and seeds the state
+(swarm id, admins, policy, params). Each later entry goes through `validate`, which is pure
+(it reads the state and the entry and raises `Refused` or returns), then `_fold` updates
+the members, the tip and the set of seen transaction ids. `apply` = validate + fold.
+Every replica and every verifier runs exactly this code, so they agree on what is valid.
+
+Invariants after each apply: ``height`` is the last entry's height and ``tip`` its hash;
+every tx id in the chain is in ``seen``; ``members`` holds the genesis admins (role
+``admin``, never expiring) plus every enrolled node, revoked ones marked with the height
+of their first revocation. A later ``enroll`` of the same id replaces its record (key
+rotation, or re-admission under a new key after a revocation). Checks run cheapest first;
+the signature (the costly one) runs last but one, before the cross-entry rules.
+
+Authority is judged at the entry's own ``ts`` (an expired author is one whose
+``expires_ms < entry.ts``); bounding ``ts`` against a clock is the orderer's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import errors as E
+from .entry import GENESIS_PREV, KINDS, MAX_ENTRY_BYTES, Entry
+from .errors import Refused
+from .keys import verify
+from .schema import payload_problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """An identity allowed to author entries (until revoked or expired)."""
+
+    role: str
+    pubkey: str
+    expires_ms: int | None = None
+    revoked_at_height: int | None = None
+
+    def active_at(self, ts_ms: int) -> bool:
+        """True iff not revoked and not expired at `ts_ms`."""
+        if self.revoked_at_height is not None:
+            return False
+        return self.expires_ms is None or self.expires_ms >= ts_ms
+
+
+class LedgerState:
+    """The fold of a chain. Build with `from_genesis`; extend with `apply`.
+
+    Not thread-safe by itself: `Ledger` serialises access. Attributes are read-only to
+    callers: swarm, genesis_hash, admins, policy, params, members, tip, height, seen.
+    """
+
+    def __init__(self, genesis: Entry) -> None:
+        """Seed from a genesis entry already checked by `from_genesis`."""
+        p = genesis.payload
+        self.swarm: str = genesis.swarm
+        self.genesis_hash: str = genesis.hash
+        self.admins: dict[str, str] = dict(p["admins"])
+        self.policy: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in p["policy"].items()}
+        self.params: dict[str, Any] = p["params"]
+        self.members: dict[str, Member] = {
+            admin: Member("admin", pub) for admin, pub in self.admins.items()
+        }
+        self.tip: str = genesis.hash
+        self.height: int = 0
+        self.seen: set[str] = {genesis.tx_id}
+
+    @classmethod
+    def from_genesis(cls, entry: Entry) -> LedgerState:
+        """Check `entry` as a genesis entry and return the state it founds.
+
+        Raises Refused (height 0): ``bad_genesis`` for a wrong height/prev_hash/kind, a
+        payload swarm differing from the entry's or an author not among the admins;
+        ``oversized``, ``bad_payload`` or ``bad_signature`` as for any entry.
+        """
+
+        def refuse(reason: str, detail: str) -> Refused:
+            return Refused(reason, detail, height=0)
+
+        if entry.height != 0 or entry.prev_hash != GENESIS_PREV or entry.kind != "genesis":
+            raise refuse(E.BAD_GENESIS, "genesis needs height 0, prev_hash 0*64, kind genesis")
+        if len(entry.canonical()) > MAX_ENTRY_BYTES:
+            raise refuse(E.OVERSIZED, f"entry is over {MAX_ENTRY_BYTES} bytes")
+        problem = payload_problem("genesis", entry.payload)
+        if problem:
+            raise refuse(E.BAD_PAYLOAD, problem)
+        if entry.payload["swarm"] != entry.swarm:
+            raise refuse(E.BAD_GENESIS, "payload swarm differs from entry swarm")
+        pubkey = entry.payload["admins"].get(entry.author)
+        if pubkey is None:
+            raise refuse(E.BAD_GENESIS, f"author {entry.author!r} is not a genesis admin")
+        if not verify(pubkey, entry.tx.signing_bytes(), bytes.fromhex(entry.sig)):
+            raise refuse(E.BAD_SIGNATURE, f"signature does not verify for {entry.author!r}")
+        return cls(entry)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def member(self, node: str) -> Member | None:
+        """The member record of `node` (revoked ones included), or None if never enrolled."""
+        return self.members.get(node)
+
+    def is_active(self, node: str, at_ts: int) -> bool:
+        """True iff `node` is enrolled, unrevoked and unexpired at `at_ts` (ms)."""
+        m = self.members.get(node)
+        return m is not None and m.active_at(at_ts)
+
+    def public_key(self, node: str) -> str | None:
+        """The enrolled public key hex of `node` (even if revoked), or None."""
+        m = self.members.get(node)
+        return None if m is None else m.pubkey
+
+    def roles_for(self, kind: str) -> tuple[str, ...]:
+        """The roles the policy allows to append `kind` (empty if none)."""
+        return self.policy.get(kind, ())
+
+    # -- validation and folding --------------------------------------------------------
+
+    def validate(self, entry: Entry) -> None:
+        """Raise Refused (with the entry's height) unless `entry` may extend this chain.
+
+        Pure: never changes the state. Reasons, in the order checked: wrong_height,
+        wrong_prev_hash, wrong_swarm, unknown_kind (or bad_genesis for a second genesis),
+        oversized, bad_payload, unknown_author, revoked_author, expired_author,
+        role_not_allowed, replay, bad_signature, node_mismatch (delta_commit.node must be
+        the author), unknown_node (revoke of a node never enrolled).
+        """
+        h = entry.height
+        if h != self.height + 1:
+            raise Refused(E.WRONG_HEIGHT, f"expected height {self.height + 1}, got {h}", h)
+        if entry.prev_hash != self.tip:
+            raise Refused(E.WRONG_PREV_HASH, f"expected prev_hash {self.tip[:16]}…", h)
+        if entry.swarm != self.swarm:
+            raise Refused(E.WRONG_SWARM, f"entry for swarm {entry.swarm!r}, not {self.swarm!r}", h)
+        if entry.kind == "genesis":
+            raise Refused(E.BAD_GENESIS, "genesis is only valid at height 0", h)
+        if entry.kind not in KINDS:
+            raise Refused(E.UNKNOWN_KIND, f"unknown kind {entry.kind!r}", h)
+        size = len(entry.canonical())
+        if size > MAX_ENTRY_BYTES:
+            raise Refused(E.OVERSIZED, f"entry is {size} bytes, limit {MAX_ENTRY_BYTES}", h)
+        problem = payload_problem(entry.kind, entry.payload)
+        if problem:
+            raise Refused(E.BAD_PAYLOAD, problem, h)
+        self._check_author(entry)
+        if entry.tx_id in self.seen:
+            raise Refused(E.REPLAY, f"transaction {entry.tx_id[:16]}… is already in the chain", h)
+        pubkey = self.members[entry.author].pubkey
+        if not verify(pubkey, entry.tx.signing_bytes(), bytes.fromhex(entry.sig)):
+            raise Refused(E.BAD_SIGNATURE, f"signature does not verify for {entry.author!r}", h)
+        self._check_semantics(entry)
+
+    def _check_author(self, entry: Entry) -> None:
+        """Author enrolled, unrevoked, unexpired at entry.ts, with a role the policy allows."""
+        h, author = entry.height, entry.author
+        m = self.members.get(author)
+        if m is None:
+            raise Refused(E.UNKNOWN_AUTHOR, f"{author!r} is not enrolled", h)
+        if m.revoked_at_height is not None:
+            raise Refused(
+                E.REVOKED_AUTHOR, f"{author!r} was revoked at height {m.revoked_at_height}", h
+            )
+        if m.expires_ms is not None and m.expires_ms < entry.ts:
+            raise Refused(E.EXPIRED_AUTHOR, f"{author!r} expired at {m.expires_ms} ms", h)
+        allowed = self.roles_for(entry.kind)
+        if m.role not in allowed:
+            raise Refused(
+                E.ROLE_NOT_ALLOWED,
+                f"role {m.role!r} may not append {entry.kind!r} (allowed: {list(allowed)})",
+                h,
+            )
+
+    def _check_semantics(self, entry: Entry) -> None:
+        """Rules that relate the payload to the author or to earlier entries."""
+        p, h = entry.payload, entry.height
+        if entry.kind == "delta_commit" and p["node"] != entry.author:
+            raise Refused(E.NODE_MISMATCH, f"delta_commit.node {p['node']!r} is not the author", h)
+        if entry.kind == "revoke" and p["node"] not in self.members:
+            raise Refused(E.UNKNOWN_NODE, f"cannot revoke {p['node']!r}: never enrolled", h)
+
+    def apply(self, entry: Entry) -> None:
+        """Validate `entry` (raising Refused, state untouched) then fold it in."""
+        self.validate(entry)
+        self._fold(entry)
+
+    def _fold(self, entry: Entry) -> None:
+        """Fold an entry that `validate` accepted."""
+        p = entry.payload
+        if entry.kind == "enroll":
+            self.members[p["node"]] = Member(p["role"], p["pubkey"], p["expires_ms"])
+            log.debug("enrolled %s as %s at height %d", p["node"], p["role"], entry.height)
+        elif entry.kind == "revoke":
+            m = self.members[p["node"]]
+            if m.revoked_at_height is None:  # a repeated revoke keeps the first height
+                self.members[p["node"]] = replace(m, revoked_at_height=entry.height)
+            log.debug("revoked %s at height %d", p["node"], entry.height)
+        self.seen.add(entry.tx_id)
+        self.tip = entry.hash
+        self.height = entry.height
+
+    def __repr__(self) -> str:
+        return (
+            f"LedgerState(swarm={self.swarm!r}, height={self.height}, "
+            f"tip={self.tip[:12]}…, members={len(self.members)})"
+        )

@@ -1,0 +1,200 @@
+"""SQLite persistence for one ledger replica: one row per entry, verified on open.
+
+Layout: ``entries(height INTEGER PRIMARY KEY, hash TEXT, body BLOB)`` where ``body`` is
+the entry's canonical bytes and ``hash`` its SHA-256 hex (an index for lookups, never
+trusted: verification recomputes it). ``PRAGMA user_version`` holds the format version;
+later tables (Merkle nodes, Raft metadata) will sit beside ``entries`` under a new version.
+
+Durability: WAL journal with ``synchronous=FULL``, so every committed append is fsynced to
+the WAL before `append` returns, and each append is a single transaction. A crash, even a
+power cut, therefore leaves either the whole entry or none of it — never half an entry,
+and never a row whose body and hash disagree. (``NORMAL`` would be faster but may lose the
+last commits on power loss, which a ledger that peers have already seen must not do.)
+
+One process writes a ledger file at a time; the in-process lock makes a store safe to
+share between threads. Opening re-verifies the whole chain and raises `CorruptStore`
+naming the first bad height.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from .entry import GENESIS_PREV, Entry
+from .errors import CorruptStore, DecodeError, LedgerError
+from .state import LedgerState
+from .verify import ChainVerifier
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entries ("
+    "height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
+)
+
+
+class SqliteStore:
+    """The entries of one ledger in a SQLite file.
+
+    `SqliteStore(path)` opens or creates the file (WAL, synchronous=FULL) and verifies
+    every stored entry; `verify_only=True` opens an existing file read-only (never creating
+    or writing it), as the CLI does. Raises CorruptStore(height) if the stored chain fails
+    verification, FileNotFoundError for a missing file in verify_only mode, LedgerError
+    for a file of a newer format. After opening, `verified_state` is the LedgerState the
+    verification folded (None for an empty store); `Ledger` takes it over.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, verify_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = verify_only
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        try:
+            self.verified_state: LedgerState | None = self._verify()
+        except BaseException:
+            self._conn.close()
+            raise
+        state = self.verified_state
+        self._tip: tuple[int, str] | None = None if state is None else (state.height, state.tip)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no such ledger file: {self.path}")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > FORMAT_VERSION:
+                raise LedgerError(f"{self.path}: ledger format {version} is newer than this code")
+            if version == 0:  # a new file: write the layout once
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"{self.path}: not a usable ledger file: {exc}") from exc
+            raise
+        return conn
+
+    def _verify(self) -> LedgerState | None:
+        """Re-verify every stored row; CorruptStore at the first bad one."""
+        verifier = ChainVerifier()
+        try:
+            for height, stored_hash, body in self._conn.execute(
+                "SELECT height, hash, body FROM entries ORDER BY height"
+            ):
+                if not verifier.add_row(height, stored_hash, body):
+                    break
+        except sqlite3.Error as exc:
+            raise CorruptStore(verifier.next_height, f"unreadable: {exc}") from exc
+        if verifier.failed:
+            assert verifier.bad_height is not None and verifier.reason is not None
+            log.error(
+                "ledger %s corrupt at height %d: %s",
+                self.path,
+                verifier.bad_height,
+                verifier.reason,
+            )
+            raise CorruptStore(verifier.bad_height, verifier.reason)
+        return verifier.state
+
+    # -- writing -----------------------------------------------------------------------
+
+    def append(self, entry: Entry) -> None:
+        """Append `entry` durably in one transaction.
+
+        The store checks only linkage (next height, prev_hash = tip hash); validating the
+        entry is the caller's job (`Ledger` does it). Raises LedgerError on a read-only
+        store, a linkage mismatch, or a row another writer already took.
+        """
+        if self.read_only:
+            raise LedgerError("store opened verify_only: read-only")
+        with self._lock:
+            height, prev = (-1, GENESIS_PREV) if self._tip is None else self._tip
+            if entry.height != height + 1 or entry.prev_hash != prev:
+                raise LedgerError(
+                    f"append at height {entry.height} does not extend tip at height {height}"
+                )
+            body, digest = entry.canonical(), entry.hash
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(
+                    "INSERT INTO entries(height, hash, body) VALUES (?, ?, ?)",
+                    (entry.height, digest, body),
+                )
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise LedgerError(f"append at height {entry.height} failed: {exc}") from exc
+            self._tip = (entry.height, digest)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[Entry]:
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        out = []
+        for height, body in rows:
+            try:
+                out.append(Entry.from_bytes(body))
+            except DecodeError as exc:  # changed under us since the verification on open
+                raise CorruptStore(height, f"body does not parse: {exc}") from exc
+        return out
+
+    def range(self, from_height: int = 0, limit: int | None = None) -> list[Entry]:
+        """Entries with height >= `from_height`, in order, at most `limit` of them."""
+        return self._rows(
+            "SELECT height, body FROM entries WHERE height >= ? ORDER BY height LIMIT ?",
+            (from_height, -1 if limit is None else max(limit, 0)),
+        )
+
+    def load(self) -> list[Entry]:
+        """Every entry, in height order."""
+        return self.range(0)
+
+    def __iter__(self) -> Iterator[Entry]:
+        """Iterate in height order, reading in pages so a long chain is never all in memory."""
+        height = 0
+        while page := self.range(height, 512):
+            yield from page
+            height = page[-1].height + 1
+
+    def get(self, height: int) -> Entry | None:
+        """The entry at `height`, or None."""
+        found = self._rows("SELECT height, body FROM entries WHERE height = ?", (height,))
+        return found[0] if found else None
+
+    def tip(self) -> Entry | None:
+        """The last entry, or None if the store is empty."""
+        return None if self._tip is None else self.get(self._tip[0])
+
+    def __len__(self) -> int:
+        return 0 if self._tip is None else self._tip[0] + 1
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = ", verify_only" if self.read_only else ""
+        return f"SqliteStore({str(self.path)!r}{mode}, entries={len(self)})"
