@@ -1,0 +1,227 @@
+"""Local datasets: the standard workload, non-IID partitions, and partition files.
+
+How it works:
+    `standard_workload` rebuilds shared/WORKLOAD.md's split of scikit-learn's digits;
+    `dirichlet_partition` is its per-class Dirichlet label split; `write_partitions` puts
+    one ``agent-XX.npz`` per agent (plus ``test.npz``) on disk and `load_local` is what an
+    agent uses to read its own partition back.
+
+Invariants:
+    - scikit-learn is imported lazily inside the workload builders only: devices do not
+      have it, and `load_local` needs nothing but numpy.
+    - `load_local` treats every file as untrusted: ``.npz`` files are opened with
+      ``allow_pickle=False`` (a pickle in a data file would run arbitrary code on load),
+      and every shape, dtype and value is checked before the arrays are returned.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TEST_SIZE = 0.2
+SPLIT_SEED = 0
+MAX_LABEL = 1_000_000
+
+
+class DataError(ValueError):
+    """A local data file is missing, unreadable, or not a valid (X, y) dataset."""
+
+
+@dataclass(frozen=True, eq=False)
+class Workload:
+    """A train/test split: float32 features (n, d) and int64 labels (n,)."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features."""
+        return int(self.X_train.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (largest label + 1)."""
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+
+def _split(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=TEST_SIZE, stratify=y, random_state=SPLIT_SEED)
+
+
+def standard_workload() -> Workload:
+    """The standard workload: digits / 16 as float32, int64 labels, stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    X_train, X_test, y_train, y_test = _split(X, y)
+    return Workload(X_train, y_train, X_test, y_test)
+
+
+def breast_cancer_workload() -> Workload:
+    """Breast cancer (30 features, 2 classes), standardised with the train set's mean/std."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    X_train, X_test, y_train, y_test = _split(data.data, data.target.astype(np.int64))
+    mean = X_train.mean(axis=0)
+    std = X_train.std(axis=0)
+    std[std == 0] = 1.0
+    return Workload(
+        ((X_train - mean) / std).astype(np.float32),
+        y_train,
+        ((X_test - mean) / std).astype(np.float32),
+        y_test,
+    )
+
+
+WORKLOADS: dict[str, Callable[[], Workload]] = {
+    "digits": standard_workload,
+    "breast_cancer": breast_cancer_workload,
+}
+
+
+def dirichlet_partition(y: np.ndarray, n_agents: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """Per-class Dirichlet split of the indices of ``y`` over ``n_agents`` agents.
+
+    One ``default_rng(seed)``; for each class present, in ascending order: its indices
+    (ascending) are shuffled, ``p = rng.dirichlet([alpha] * n_agents)``, cut at
+    ``(cumsum(p) * len(idx)).astype(int)[:-1]``, and piece i goes to agent i. Returns one
+    sorted int64 index array per agent (an agent may receive none).
+    """
+    if n_agents < 1:
+        raise ValueError(f"n_agents must be >= 1, got {n_agents}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(n_agents)]
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        rng.shuffle(idx)
+        p = rng.dirichlet([alpha] * n_agents)
+        cuts = (np.cumsum(p) * len(idx)).astype(int)[:-1]
+        for i, piece in enumerate(np.split(idx, cuts)):
+            parts[i].append(piece)
+    return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+
+
+def write_partitions(
+    workload: Workload, n_agents: int, alpha: float, seed: int, out_dir: str | Path
+) -> list[Path]:
+    """Write ``agent-00.npz`` ... and ``test.npz`` (keys X, y) into ``out_dir``.
+
+    Returns the agent files in agent order followed by the test file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, idx in enumerate(dirichlet_partition(workload.y_train, n_agents, alpha, seed)):
+        path = out / f"agent-{i:02d}.npz"
+        np.savez(path, X=workload.X_train[idx], y=workload.y_train[idx])
+        paths.append(path)
+    test = out / "test.npz"
+    np.savez(test, X=workload.X_test, y=workload.y_test)
+    paths.append(test)
+    return paths
+
+
+def load_local(path: str | Path, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one local dataset: ``.npz`` (arrays X and y) or ``.csv`` (last column = label).
+
+    A CSV header line is optional (skipped if any field is not a number). Returns
+    ``(X float32 (n, d), y int64 (n,))`` with n >= 1, finite X and labels >= 0; if
+    ``n_features`` is given, d must equal it. Raises DataError otherwise.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".csv"):
+        raise DataError(f"{path}: unsupported file type {suffix!r} (want .npz or .csv)")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from exc
+    X, y = _read_npz(path, raw) if suffix == ".npz" else _read_csv(path, raw)
+    return _validate(path, X, y, n_features)
+
+
+def _read_npz(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        # allow_pickle=False: object arrays would be unpickled, i.e. code from the file run.
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            missing = {"X", "y"} - set(npz.files)
+            if missing:
+                raise DataError(f"{path}: missing arrays {sorted(missing)} (want X and y)")
+            return npz["X"], npz["y"]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a valid .npz of plain arrays: {exc}") from exc
+
+
+def _read_csv(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text: {exc}") from exc
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(f.strip() for f in r)]
+    if rows and not _is_numeric_row(rows[0]):
+        rows = rows[1:]  # header
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    width = len(rows[0])
+    if width < 2:
+        raise DataError(f"{path}: need at least one feature column and a label column")
+    for line, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise DataError(f"{path}: data row {line} has {len(row)} fields, expected {width}")
+        if not _is_numeric_row(row):
+            raise DataError(f"{path}: data row {line} has a non-numeric field")
+    table = np.array([[float(f) for f in row] for row in rows], dtype=np.float64)
+    return table[:, :-1], table[:, -1]
+
+
+def _is_numeric_row(row: list[str]) -> bool:
+    try:
+        for field in row:
+            float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate(
+    path: Path, X: np.ndarray, y: np.ndarray, n_features: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if X.ndim != 2 or y.ndim != 1:
+        raise DataError(f"{path}: X must be 2-D and y 1-D, got {X.shape} and {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{path}: empty dataset {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise DataError(f"{path}: {X.shape[1]} features, the model expects {n_features}")
+    if X.dtype.kind not in "iuf" or y.dtype.kind not in "iuf":
+        raise DataError(f"{path}: X and y must be numeric, got {X.dtype} and {y.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        X32 = X.astype(np.float32)
+    if not np.all(np.isfinite(X32)):
+        raise DataError(f"{path}: X holds NaN or infinite values (or values beyond float32)")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+        raise DataError(f"{path}: labels must be whole numbers")
+    if y.min() < 0 or y.max() > MAX_LABEL:
+        raise DataError(f"{path}: labels must be in 0..{MAX_LABEL}")
+    return X32, y.astype(np.int64)
