@@ -1,0 +1,386 @@
+"""The delta envelope: a versioned, signed binary frame carrying one parameter delta.
+
+How it works
+------------
+All integers little-endian, packed with ``struct``::
+
+    offset  size  field
+    0       4     magic  b"ESWD"
+    4       1     version (u8, = 1)
+    5       1     codec (u8; see CODEC_*)
+    6       1     flags (u8; see FLAG_*)
+    7       1+n   swarm id (u8 length + UTF-8)
+    ...     4     round (u32)
+    ...     1+n   node id (u8 length + UTF-8)
+    ...     32    base model hash (raw sha256 bytes)
+    ...     4     n_params (u32)
+    ...     4     n_samples (u32)
+    ...     4     body_len (u32)
+    ...     body_len  codec body
+    ...     1+n   signature (u8 length + bytes: 64 for Ed25519, 0 for unsigned)
+
+The signature covers every byte before its length byte (``Envelope.signed_bytes``).
+
+Invariants
+----------
+- ``decode_envelope`` takes untrusted bytes and raises only ``EnvelopeError``: the size
+  limit is checked before any parsing, then every field, then that nothing trails the
+  signature. A frame it returns is well formed, but not yet trusted: call
+  ``Envelope.verify`` with the sender's enrolled key, and ``decode_delta`` for the numbers.
+- Arrays cross the wire as raw little-endian bytes with the dtype fixed by the codec id and
+  the length fixed by ``n_params``; never pickle network data.
+- Codecs are a table (``_CODECS``) keyed by codec id, so the quantized codecs (ids reserved
+  below) slot in by adding a row. Building with an unknown codec is misuse (ValueError);
+  receiving one is bad input (EnvelopeError).
+- Misuse by our own code raises ValueError/TypeError; bad input from a peer raises
+  EnvelopeError (a ValueError subclass) and nothing else.
+
+Pure: no sockets, no threads, no logging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_swarm.swarm.topics import TopicError, validate_id, validate_round
+
+__all__ = [
+    "CODEC_FLOAT16",
+    "CODEC_FLOAT32",
+    "CODEC_INT4",
+    "CODEC_INT8",
+    "CODEC_SIGN1",
+    "DEFAULT_MAX",
+    "FLAG_TOPK",
+    "MAGIC",
+    "SIGNATURE_LEN",
+    "VERSION",
+    "Envelope",
+    "EnvelopeError",
+    "EnvelopeHeader",
+    "decode_delta",
+    "decode_envelope",
+    "encode_envelope",
+]
+
+MAGIC = b"ESWD"
+VERSION = 1
+
+CODEC_FLOAT32 = 0
+"""Raw little-endian float32, 4 bytes a parameter."""
+CODEC_FLOAT16 = 1  # reserved
+CODEC_INT8 = 2  # reserved
+CODEC_INT4 = 3  # reserved
+CODEC_SIGN1 = 4  # reserved
+
+FLAG_TOPK = 0x01
+"""Reserved: the body is a top-k sparse encoding (indices + values) of the codec."""
+
+SIGNATURE_LEN = 64
+"""Ed25519 signature length; the only non-zero signature length accepted."""
+
+DEFAULT_MAX = 16 * 1024 * 1024
+"""Largest frame ``decode_envelope`` accepts by default (4M float32 parameters)."""
+
+_U32_MAX = 2**32 - 1
+_HASH_LEN = 32
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_FIXED_HEAD = struct.Struct("<4sBBB")  # magic, version, codec, flags
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_COUNTS = struct.Struct("<III")  # n_params, n_samples, body_len
+
+
+class EnvelopeError(ValueError):
+    """A frame from the network that is malformed, too large or unsupported."""
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """One row of the codec table: body size, encoder and decoder for a codec id."""
+
+    name: str
+    body_len: Callable[[int], int]
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[bytes, int], np.ndarray]
+
+
+def _f32_encode(delta: np.ndarray) -> bytes:
+    # Explicit little-endian dtype: the bytes are the same on every platform.
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(delta, dtype="<f4")
+    if not np.all(np.isfinite(out)):
+        raise ValueError("delta overflows float32")
+    return out.tobytes()
+
+
+def _f32_decode(body: bytes, n_params: int) -> np.ndarray:
+    # frombuffer + astype copies into a native, writable float32 array.
+    return np.frombuffer(body, dtype="<f4", count=n_params).astype(np.float32)
+
+
+_CODECS: dict[int, _Codec] = {
+    CODEC_FLOAT32: _Codec("float32", lambda n: 4 * n, _f32_encode, _f32_decode),
+}
+_SUPPORTED_FLAGS = 0  # FLAG_TOPK is reserved, not yet implemented
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _check_u32(value: object, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _U32_MAX:
+        raise ValueError(f"{what} must be an int in [{minimum}, {_U32_MAX}], got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class EnvelopeHeader:
+    """The header of a delta envelope, validated when built (ValueError on bad fields).
+
+    ``base_hash`` is the sha256 of the base model as 64 lowercase hex characters; ``codec``
+    an implemented codec id; ``flags`` must be 0 until the reserved flags are implemented;
+    ``n_params`` >= 1; ``round`` and ``n_samples`` fit in u32.
+    """
+
+    swarm: str
+    round: int
+    node: str
+    base_hash: str
+    codec: int
+    n_params: int
+    n_samples: int
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            validate_id(self.swarm, "swarm id")
+            validate_id(self.node, "node id")
+            validate_round(self.round)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from None
+        if not isinstance(self.base_hash, str) or _HEX64_RE.fullmatch(self.base_hash) is None:
+            raise ValueError(f"base_hash must be 64 lowercase hex chars, got {self.base_hash!r}")
+        if isinstance(self.codec, bool) or self.codec not in _CODECS:
+            raise ValueError(f"unsupported codec id {self.codec!r}")
+        if isinstance(self.flags, bool) or not isinstance(self.flags, int):
+            raise ValueError(f"flags must be an int, got {self.flags!r}")
+        if self.flags & ~_SUPPORTED_FLAGS:
+            raise ValueError(f"unsupported flags {self.flags:#04x}")
+        _check_u32(self.n_params, "n_params", minimum=1)
+        _check_u32(self.n_samples, "n_samples")
+
+    @property
+    def body_len(self) -> int:
+        """The body length, in bytes, that this header's codec and ``n_params`` imply."""
+        return _CODECS[self.codec].body_len(self.n_params)
+
+
+def _pack_header(h: EnvelopeHeader, body_len: int) -> bytes:
+    swarm = h.swarm.encode("ascii")
+    node = h.node.encode("ascii")
+    return b"".join(
+        [
+            _FIXED_HEAD.pack(MAGIC, VERSION, h.codec, h.flags),
+            _U8.pack(len(swarm)),
+            swarm,
+            _U32.pack(h.round),
+            _U8.pack(len(node)),
+            node,
+            bytes.fromhex(h.base_hash),
+            _COUNTS.pack(h.n_params, h.n_samples, body_len),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode_envelope(
+    header: EnvelopeHeader,
+    delta: np.ndarray,
+    sign: Callable[[bytes], bytes] | None,
+) -> bytes:
+    """Encode ``delta`` under ``header`` into a frame, signed by ``sign`` if given.
+
+    ``delta`` is a 1-D array of ``header.n_params`` finite values; ``sign`` takes the bytes to
+    sign and returns a 64-byte Ed25519 signature. Raises ValueError on misuse (wrong shape or
+    length, non-finite values, a signature of another length).
+    """
+    if not isinstance(header, EnvelopeHeader):
+        raise TypeError("header must be an EnvelopeHeader")
+    arr = np.asarray(delta)
+    if arr.ndim != 1 or arr.shape[0] != header.n_params:
+        raise ValueError(f"delta must have shape ({header.n_params},), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("delta holds NaN or Inf")
+    # Never pickle network data: the body is raw little-endian bytes of a fixed dtype.
+    body = _CODECS[header.codec].encode(arr)
+    if len(body) != header.body_len:
+        raise ValueError(f"codec produced {len(body)} bytes, expected {header.body_len}")
+    signed = _pack_header(header, len(body)) + body
+    signature = b"" if sign is None else bytes(sign(signed))
+    if sign is not None and len(signature) != SIGNATURE_LEN:
+        raise ValueError(f"signature must be {SIGNATURE_LEN} bytes, got {len(signature)}")
+    return signed + _U8.pack(len(signature)) + signature
+
+
+# --------------------------------------------------------------------------- decode
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A well-formed frame, not yet trusted: verify it before using it.
+
+    ``signed_bytes`` are the bytes the signature covers, ``sha256`` the lowercase hex digest
+    of the whole frame (what a ledger ``delta_commit`` names).
+    """
+
+    header: EnvelopeHeader
+    body: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    signed_bytes: bytes = field(repr=False)
+    sha256: str
+
+    @property
+    def is_signed(self) -> bool:
+        """Whether the frame carries a signature at all."""
+        return bool(self.signature)
+
+    def verify(self, public_hex: str) -> bool:
+        """Check the Ed25519 signature against a raw 32-byte public key given as hex.
+
+        Returns True only for a valid signature; False for an unsigned frame, a malformed key
+        or a bad signature. Never raises.
+        """
+        if not self.signature:
+            return False
+        try:
+            from Crypto.Signature import eddsa
+
+            key = eddsa.import_public_key(bytes.fromhex(public_hex))
+            eddsa.new(key, "rfc8032").verify(self.signed_bytes, self.signature)
+        except Exception:  # noqa: BLE001 - any failure is "not verified"
+            return False
+        return True
+
+
+class _Reader:
+    """Sequential reader over a frame; every short read raises EnvelopeError."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise EnvelopeError(f"truncated frame reading {what} at offset {self.pos}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple[int, ...]:
+        return st.unpack(self.take(st.size, what))
+
+    def short_str(self, what: str) -> str:
+        (n,) = self.unpack(_U8, f"{what} length")
+        raw = self.take(n, what)
+        try:
+            text = raw.decode("ascii")
+            return validate_id(text, what)
+        except (UnicodeDecodeError, TopicError):
+            raise EnvelopeError(f"invalid {what}: {raw[:64]!r}") from None
+
+
+def _parse_head(r: _Reader) -> tuple[int, int, str, int, str, str, int, int, int]:
+    magic, version, codec, flags = r.unpack(_FIXED_HEAD, "fixed header")
+    if magic != MAGIC:
+        raise EnvelopeError(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise EnvelopeError(f"unsupported version {version}")
+    if codec not in _CODECS:
+        raise EnvelopeError(f"unsupported codec id {codec}")
+    if flags & ~_SUPPORTED_FLAGS:
+        raise EnvelopeError(f"unsupported flags {flags:#04x}")
+    swarm = r.short_str("swarm id")
+    (rnd,) = r.unpack(_U32, "round")
+    node = r.short_str("node id")
+    base_hash = r.take(_HASH_LEN, "base hash").hex()
+    n_params, n_samples, body_len = r.unpack(_COUNTS, "sizes")
+    return codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len
+
+
+def decode_envelope(data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX) -> Envelope:
+    """Parse a frame from the network.
+
+    Checks, in order: type and size (``len(data) > max_size`` is refused before parsing),
+    magic, version, codec, flags, ids, that ``body_len`` matches the codec and ``n_params``,
+    signature length (0 or 64) and that nothing trails the frame. Returns an Envelope whose
+    signature is NOT yet checked. Raises only EnvelopeError.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EnvelopeError(f"frame must be bytes, got {type(data).__name__}")
+    if len(data) > max_size:
+        raise EnvelopeError(f"frame of {len(data)} bytes exceeds limit {max_size}")
+    try:
+        return _decode(bytes(data))
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - belt and braces: decode raises one error type
+        raise EnvelopeError(f"malformed frame: {exc!r}") from None
+
+
+def _decode(data: bytes) -> Envelope:
+    r = _Reader(data)
+    codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len = _parse_head(r)
+    if n_params < 1:
+        raise EnvelopeError("n_params is 0")
+    expected = _CODECS[codec].body_len(n_params)
+    if body_len != expected:
+        raise EnvelopeError(f"body_len {body_len} != {expected} for {n_params} params")
+    body = r.take(body_len, "body")
+    signed_end = r.pos
+    (sig_len,) = r.unpack(_U8, "signature length")
+    if sig_len not in (0, SIGNATURE_LEN):
+        raise EnvelopeError(f"unsupported signature length {sig_len}")
+    signature = r.take(sig_len, "signature")
+    if r.pos != len(data):
+        raise EnvelopeError(f"{len(data) - r.pos} trailing bytes after the signature")
+    try:
+        header = EnvelopeHeader(swarm, rnd, node, base_hash, codec, n_params, n_samples, flags)
+    except ValueError as exc:
+        raise EnvelopeError(f"invalid header: {exc}") from None
+    return Envelope(
+        header=header,
+        body=body,
+        signature=signature,
+        signed_bytes=data[:signed_end],
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def decode_delta(env: Envelope, expected_n_params: int) -> np.ndarray:
+    """Decode the body of a (verified) envelope into a fresh float32 array.
+
+    Raises EnvelopeError if the envelope's ``n_params`` is not ``expected_n_params`` or the
+    values are not all finite.
+    """
+    h = env.header
+    if h.n_params != expected_n_params:
+        raise EnvelopeError(f"delta has {h.n_params} params, model has {expected_n_params}")
+    if len(env.body) != h.body_len:
+        raise EnvelopeError(f"body of {len(env.body)} bytes, expected {h.body_len}")
+    delta = _CODECS[h.codec].decode(env.body, h.n_params)
+    if not np.all(np.isfinite(delta)):
+        raise EnvelopeError("delta holds NaN or Inf")
+    return delta

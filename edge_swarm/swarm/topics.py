@@ -1,0 +1,208 @@
+"""The MQTT topic scheme of a swarm, and its validation.
+
+How it works
+------------
+Every topic of a swarm lives under one root, ``es/v1/{swarm}/``::
+
+    round/{r}/delta/{node}      a node's signed delta envelope for round r
+    model/latest                the latest agreed checkpoint (retained)
+    ledger/submit               transactions sent to the gateways
+    ledger/events               entries appended to the ledger
+    ledger/query                ledger requests (request/response) ...
+    ledger/reply/{client}       ... and the reply addressed to one client
+    fleet/status/{node}         a node's status (retained; last will)
+    fleet/telemetry/{node}      a node's telemetry
+    fleet/cmd/{target}          an operator command for one node, or ``all``
+
+Invariants
+----------
+- Ids (swarm, node, client, target) match ``[A-Za-z0-9_.-]{1,64}``: they never hold ``/``,
+  ``+``, ``#`` or ``$``, so a built topic is always a valid MQTT topic name and ``parse`` of it
+  gives back exactly what built it.
+- Rounds are integers in ``[0, 2**32 - 1]`` (the envelope stores them as u32), written in
+  decimal without leading zeros; ``parse`` refuses any other spelling, so each round has one
+  topic.
+- ``parse`` takes untrusted input and raises only ``TopicError``.
+
+Pure: no sockets, no threads, no logging.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "ALL",
+    "MAX_ROUND",
+    "ParsedTopic",
+    "TopicError",
+    "TopicKind",
+    "Topics",
+    "validate_id",
+    "validate_round",
+]
+
+ALL = "all"
+"""The ``fleet_cmd`` target that addresses every node; do not enroll a node with this id."""
+
+MAX_ROUND = 2**32 - 1
+"""The largest round number (rounds travel as u32 in the delta envelope)."""
+
+_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ROUND_RE = re.compile(r"0|[1-9][0-9]{0,9}")
+_PREFIX = "es/v1/"
+
+
+class TopicError(ValueError):
+    """A topic or id that is not part of the scheme (bad input, or misuse by our code)."""
+
+
+class TopicKind:
+    """The kinds of topic, as plain strings (so they hash, print and compare as strings)."""
+
+    DELTA = "delta"
+    MODEL_LATEST = "model_latest"
+    LEDGER_SUBMIT = "ledger_submit"
+    LEDGER_EVENTS = "ledger_events"
+    LEDGER_QUERY = "ledger_query"
+    LEDGER_REPLY = "ledger_reply"
+    FLEET_STATUS = "fleet_status"
+    FLEET_TELEMETRY = "fleet_telemetry"
+    FLEET_CMD = "fleet_cmd"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    """A topic taken apart: its kind, and the round and node id where the kind has them.
+
+    ``node`` holds the node for ``delta``, ``fleet_status`` and ``fleet_telemetry``, the
+    client for ``ledger_reply`` and the target (a node or ``all``) for ``fleet_cmd``.
+    """
+
+    kind: str
+    round: int | None = None
+    node: str | None = None
+
+
+def validate_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is a valid id (``[A-Za-z0-9_.-]{1,64}``), else raise TopicError."""
+    if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
+        raise TopicError(f"invalid {what}: {value!r}")
+    return value
+
+
+def validate_round(value: object) -> int:
+    """Return ``value`` if it is an int round in ``[0, MAX_ROUND]``, else raise TopicError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ROUND:
+        raise TopicError(f"invalid round: {value!r}")
+    return value
+
+
+def _parse_round(text: str) -> int:
+    if _ROUND_RE.fullmatch(text) is None:
+        raise TopicError(f"invalid round in topic: {text!r}")
+    return validate_round(int(text))
+
+
+# Fixed suffixes (no variable level) and their kinds.
+_FIXED: dict[tuple[str, ...], str] = {
+    ("model", "latest"): TopicKind.MODEL_LATEST,
+    ("ledger", "submit"): TopicKind.LEDGER_SUBMIT,
+    ("ledger", "events"): TopicKind.LEDGER_EVENTS,
+    ("ledger", "query"): TopicKind.LEDGER_QUERY,
+}
+
+# Suffixes of the form (a, b, {id}) and their kinds.
+_WITH_ID: dict[tuple[str, str], str] = {
+    ("ledger", "reply"): TopicKind.LEDGER_REPLY,
+    ("fleet", "status"): TopicKind.FLEET_STATUS,
+    ("fleet", "telemetry"): TopicKind.FLEET_TELEMETRY,
+    ("fleet", "cmd"): TopicKind.FLEET_CMD,
+}
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one swarm. Building a topic validates its ids and raises TopicError."""
+
+    swarm: str
+
+    def __post_init__(self) -> None:
+        validate_id(self.swarm, "swarm id")
+
+    @property
+    def root(self) -> str:
+        """The root every topic of this swarm starts with, ending in ``/``."""
+        return f"{_PREFIX}{self.swarm}/"
+
+    def delta(self, r: int, node: str) -> str:
+        """The topic of ``node``'s delta envelope for round ``r``."""
+        return f"{self.root}round/{validate_round(r)}/delta/{validate_id(node, 'node id')}"
+
+    def delta_filter(self) -> str:
+        """A subscription filter matching every delta of every round."""
+        return f"{self.root}round/+/delta/+"
+
+    def model_latest(self) -> str:
+        """The retained topic of the latest agreed checkpoint."""
+        return f"{self.root}model/latest"
+
+    def ledger_submit(self) -> str:
+        """Where nodes send ledger transactions."""
+        return f"{self.root}ledger/submit"
+
+    def ledger_events(self) -> str:
+        """Where gateways announce appended entries."""
+        return f"{self.root}ledger/events"
+
+    def ledger_query(self) -> str:
+        """Where clients send ledger queries."""
+        return f"{self.root}ledger/query"
+
+    def ledger_reply(self, client: str) -> str:
+        """Where the answer to ``client``'s ledger query goes."""
+        return f"{self.root}ledger/reply/{validate_id(client, 'client id')}"
+
+    def fleet_status(self, node: str) -> str:
+        """The retained status topic of ``node`` (also its last-will topic)."""
+        return f"{self.root}fleet/status/{validate_id(node, 'node id')}"
+
+    def fleet_status_filter(self) -> str:
+        """A subscription filter matching every node's status."""
+        return f"{self.root}fleet/status/+"
+
+    def fleet_telemetry(self, node: str) -> str:
+        """The telemetry topic of ``node``."""
+        return f"{self.root}fleet/telemetry/{validate_id(node, 'node id')}"
+
+    def fleet_telemetry_filter(self) -> str:
+        """A subscription filter matching every node's telemetry."""
+        return f"{self.root}fleet/telemetry/+"
+
+    def fleet_cmd(self, target: str) -> str:
+        """The command topic of ``target``: a node id, or ``ALL`` for every node."""
+        return f"{self.root}fleet/cmd/{validate_id(target, 'command target')}"
+
+    def parse(self, topic: object) -> ParsedTopic:
+        """Take apart a topic of this swarm.
+
+        Takes any value (untrusted input). Returns a ParsedTopic; raises only TopicError, for
+        anything that is not a topic this object would build (another swarm, a wildcard, an
+        unknown suffix, a bad id or round).
+        """
+        if not isinstance(topic, str):
+            raise TopicError(f"topic is not a string: {type(topic).__name__}")
+        root = self.root
+        if not topic.startswith(root):
+            raise TopicError(f"topic outside swarm {self.swarm!r}: {topic[:200]!r}")
+        levels = tuple(topic[len(root) :].split("/"))
+        kind = _FIXED.get(levels)
+        if kind is not None:
+            return ParsedTopic(kind)
+        if len(levels) == 3 and levels[:2] in _WITH_ID:
+            return ParsedTopic(_WITH_ID[levels[:2]], node=validate_id(levels[2], "id in topic"))
+        if len(levels) == 4 and levels[0] == "round" and levels[2] == "delta":
+            r = _parse_round(levels[1])
+            return ParsedTopic(TopicKind.DELTA, round=r, node=validate_id(levels[3], "node id"))
+        raise TopicError(f"unknown topic: {topic[:200]!r}")
