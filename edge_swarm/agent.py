@@ -18,12 +18,12 @@ from edge_swarm.config import NodeConfig
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
-from edge_swarm.learn.train import LocalTraining, train_local
+from edge_swarm.learn.train import LocalTraining, train_local, training_seed
 from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
 from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
-from edge_swarm.swarm.inbox import Dropped, EnvelopeInbox, RoundView
+from edge_swarm.swarm.inbox import Accepted, Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
 from edge_swarm.swarm.mirror import LedgerMirror, MirrorError
@@ -32,6 +32,8 @@ from ledger_lite import Entry, make_tx
 log = logging.getLogger(__name__)
 
 CODEC_FLOAT32 = 0
+QUERY_RETRY_S = 2.0
+MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
 class Agent(NodeRuntime):
@@ -51,11 +53,13 @@ class Agent(NodeRuntime):
         self.machine: P.Participant | None = None
         self.inbox: EnvelopeInbox | None = None
         self.local: LocalTraining | None = None
+        self.init_seed = 0
         self.samples: dict[int, dict[str, int]] = {}
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
+        self._before_genesis: list[tuple[bytes, int, str]] = []
 
     # -- set-up and ledger sync
     def setup(self) -> None:
@@ -76,9 +80,9 @@ class Agent(NodeRuntime):
         self.mqtt.publish(self.topics.ledger_query(), q.encode(), qos=1)
 
     def on_tick(self, now: int) -> None:
-        if not self.synced or self.mirror.gap:
-            if time.monotonic() - self._query_sent > 2.0:  # no reply: ask again, bounded by run
-                self._send_query()
+        behind = not self.synced or self.mirror.gap
+        if behind and time.monotonic() - self._query_sent > QUERY_RETRY_S:
+            self._send_query()  # no reply yet, or a gap in the events: ask (again)
         if self.machine is not None and self.synced:
             self._act(self.machine.handle(P.Tick(now)))
 
@@ -109,7 +113,7 @@ class Agent(NodeRuntime):
             self.drops.drop("bad reply", str(exc))
             return
         if reply.refused is not None:
-            log.warning("the ledger refused our submission %s: %s", reply.req, reply.refused)
+            log.warning("the ledger refused our submission %s: %s", reply.req[:12], reply.refused)
             return
         if reply.req != self._query_id:
             return
@@ -139,18 +143,22 @@ class Agent(NodeRuntime):
         if self.machine is None or self.inbox is None:
             return
         p = entry.payload
+        held: list[Accepted] = []
         if entry.kind == "round_open":
-            self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))
+            held = self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))
             self.round_seen = p["round"]
         elif entry.kind == "delta_commit":
             self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
         actions = self.machine.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
+        for ok in held:
+            actions += self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256))
         if self.synced:
             self._act(actions)
 
     def _start_from_genesis(self, params: dict[str, Any]) -> None:
         spec = ModelSpec.from_dict(params["model"])
         self.local = LocalTraining.from_dict(params["local"])
+        self.init_seed = int(params["init_seed"])
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
         self.inbox = EnvelopeInbox(
@@ -158,6 +166,9 @@ class Agent(NodeRuntime):
         )
         self.machine = P.Participant(self.cfg.node_id, self.holder.hash)
         self.machine.replaying = True
+        held, self._before_genesis = self._before_genesis, []
+        for payload, rnd, node in held:
+            self._on_envelope(payload, rnd, node)
 
     def _public_key(self, node: str) -> str | None:
         state = self.mirror.state
@@ -177,12 +188,17 @@ class Agent(NodeRuntime):
     # -- envelopes and checkpoints
     def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
         if self.inbox is None or self.machine is None:
+            # Before the genesis arrives we cannot check anything: hold a few, bounded.
+            if len(self._before_genesis) < MAX_BEFORE_GENESIS:
+                self._before_genesis.append((payload, rnd, node))
             return
         try:
             ok = self.inbox.offer(payload, rnd, node)
         except Dropped as exc:
             self.drops.drop(exc.reason, f"envelope on round {rnd} from {node}: {exc}")
             return
+        if ok is None:
+            return  # held until this round opens here
         self._act(self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256)))
 
     def _on_checkpoint(self, payload: bytes) -> None:
@@ -223,7 +239,9 @@ class Agent(NodeRuntime):
     def _do(self, action: P.Action) -> list[P.Action]:
         assert self.machine is not None and self.holder is not None
         if isinstance(action, P.Train):
-            return self.machine.handle(self._train(action))
+            done = self._train(action)
+            own = P.EnvelopeStored(done.round, self.cfg.node_id, done.envelope_sha256)
+            return self.machine.handle(done) + self.machine.handle(own)
         if isinstance(action, P.Append):
             self._submit(action)
         elif isinstance(action, P.Merge):
@@ -240,7 +258,7 @@ class Agent(NodeRuntime):
     def _train(self, action: P.Train) -> P.TrainingDone:
         assert self.holder is not None and self.local is not None
         base = self.holder.params
-        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.node_id}/{action.round}".encode()).digest()[:8], "little")
+        seed = training_seed(self.init_seed, action.round, self.cfg.node_id)
         t0 = time.perf_counter()
         new, metrics = train_local(self.holder.spec, base, self.X, self.y, self.local, seed)
         self.last_train_s = time.perf_counter() - t0
@@ -258,7 +276,12 @@ class Agent(NodeRuntime):
         assert self.inbox is not None
         self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo
         self.mqtt.publish(self.topics.delta(action.round, self.cfg.node_id), frame, qos=1)
-        log.info("round %d: trained in %.2f s, published %d bytes", action.round, self.last_train_s, len(frame))
+        log.info(
+            "round %d: trained in %.2f s, published %d bytes",
+            action.round,
+            self.last_train_s,
+            len(frame),
+        )
         summary = {
             "loss": round(float(metrics["loss"]), 6),
             "accuracy": round(float(metrics["accuracy"]), 6),
@@ -269,7 +292,9 @@ class Agent(NodeRuntime):
     def _merge(self, action: P.Merge) -> P.MergeDone | P.MergeFailed:
         assert self.inbox is not None and self.holder is not None
         try:
-            contributions = self.inbox.take(action.round, action.included, self.samples.get(action.round, {}))
+            contributions = self.inbox.take(
+                action.round, action.included, self.samples.get(action.round, {})
+            )
         except KeyError as exc:
             log.warning("round %d: cannot merge: %s", action.round, exc)
             return P.MergeFailed(action.round, str(exc))

@@ -60,7 +60,11 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
         elif e.kind == "round_close":
             rec.included, rec.close_reason = list(p["included"]), p["reason"]
         else:
-            rec.model_hash, rec.attesters, rec.final_height = p["model_hash"], p["attesters"], e.height
+            rec.model_hash, rec.attesters, rec.final_height = (
+                p["model_hash"],
+                p["attesters"],
+                e.height,
+            )
     return rounds
 
 
@@ -92,7 +96,19 @@ def run_audit(args: argparse.Namespace) -> int:
     for r in sorted(rounds):
         a = rounds[r]
         contributors = ", ".join(f"{n} ({a.commits[n]['n_samples']})" for n in a.included) or "-"
-        rows.append([r, contributors, sum(a.commits[n]["n_samples"] for n in a.included), a.model_hash[:16] or "(not final)", len(a.attesters)])
+        rows.append(
+            [
+                r,
+                contributors,
+                sum(a.commits[n]["n_samples"] for n in a.included),
+                a.model_hash[:16] or "(not final)",
+                len(a.attesters),
+            ]
+        )
     print(f"ledger {args.ledger}: verified, {report.n_entries} entries, tip {report.tip_hash[:16]}")
-    print_table("contributions per round", ["round", "contributors (samples)", "samples", "model hash", "attests"], rows)
+    print_table(
+        "contributions per round",
+        ["round", "contributors (samples)", "samples", "model hash", "attests"],
+        rows,
+    )
     return 0

@@ -30,6 +30,7 @@ def _setup_logging(level: str) -> None:
 
 def _run_node(args: argparse.Namespace, role: str) -> int:
     from edge_swarm.config import ConfigError, load_config
+    from ledger_lite.errors import LedgerError
 
     try:
         cfg = load_config(args.config)
@@ -37,7 +38,10 @@ def _run_node(args: argparse.Namespace, role: str) -> int:
         print(f"edge-swarm {role}: {exc}", file=sys.stderr)
         return 2
     if cfg.role != role:
-        print(f"edge-swarm {role}: {args.config} configures a {cfg.role}, not a {role}", file=sys.stderr)
+        print(
+            f"edge-swarm {role}: {args.config} configures a {cfg.role}, not a {role}",
+            file=sys.stderr,
+        )
         return 2
     node: Any
     try:
@@ -49,7 +53,7 @@ def _run_node(args: argparse.Namespace, role: str) -> int:
             from edge_swarm.gateway import Gateway
 
             node = Gateway(cfg)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, LedgerError) as exc:
         print(f"edge-swarm {role}: cannot start: {exc}", file=sys.stderr)
         return 2
 
@@ -96,17 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run a whole swarm on this machine and compare it with training alone and pooled")
+    d = sub.add_parser(
+        "demo",
+        help="run a whole swarm on this machine and compare it with training alone and pooled",
+    )
     d.add_argument("--workload", default="digits", choices=["digits", "breast_cancer"])
     d.add_argument("--agents", type=int, default=8, help="number of agent processes (default 8)")
     d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
     d.add_argument("--broker", default="embedded", choices=["embedded", "mosquitto"])
-    d.add_argument("--workdir", type=Path, default=Path("demo-run"), help="where keys, ledger, logs and the plot go (default ./demo-run)")
-    d.add_argument("--keep", action="store_true", help="keep an existing workdir instead of starting clean")
+    d.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-run"),
+        help="where keys, ledger, logs and the plot go (default ./demo-run)",
+    )
+    d.add_argument(
+        "--keep", action="store_true", help="keep an existing workdir instead of starting clean"
+    )
     d.set_defaults(func=_demo)
 
     for role in ("agent", "gateway"):
-        r = sub.add_parser(role, help=f"run a{'n' if role == 'agent' else ''} {role} from its TOML config")
+        r = sub.add_parser(
+            role, help=f"run a{'n' if role == 'agent' else ''} {role} from its TOML config"
+        )
         r.add_argument("--config", required=True, type=Path, help="the node's TOML file")
         r.set_defaults(func=lambda a, role=role: _run_node(a, role))
 

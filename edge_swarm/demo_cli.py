@@ -55,12 +55,16 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\nedge-swarm demo failed: {exc}", file=sys.stderr)
         return 1
     print("\ncomputing the reference points (pooled data, each agent alone)...", flush=True)
-    spec = model_spec(result.workload.X_train.shape[1], int(result.workload.y_train.max()) + 1, cfg.hidden)
+    spec = model_spec(
+        result.workload.X_train.shape[1], int(result.workload.y_train.max()) + 1, cfg.hidden
+    )
     base = baselines(spec, result.workload, result.parts, cfg.seed)
     summary = summarise(result, base)
     _print_bytes(result)
     _print_comparison(result, base)
-    png = plot_accuracy(workdir / "accuracy.png", f"edge-swarm on {cfg.workload}", result.rounds, base)
+    png = plot_accuracy(
+        workdir / "accuracy.png", f"edge-swarm on {cfg.workload}", result.rounds, base
+    )
     js = write_json(workdir / "summary.json", summary)
     ledger = result.layout.ledger_path
     print(

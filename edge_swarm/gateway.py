@@ -31,6 +31,8 @@ from ledger_lite.errors import LedgerError, Refused
 
 log = logging.getLogger(__name__)
 
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+
 
 def create_ledger(path: Path, bootstrap: Path) -> Ledger:
     """Create a ledger from a bootstrap file: the genesis entry, then pre-signed entries."""
@@ -51,6 +53,7 @@ class Gateway(NodeRuntime):
     def __init__(self, cfg: NodeConfig) -> None:
         super().__init__(cfg)
         assert cfg.ledger_path is not None
+        cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
         if cfg.ledger_path.exists():
             self.ledger = Ledger.open(cfg.ledger_path)
         elif cfg.bootstrap_path is not None:
@@ -64,12 +67,18 @@ class Gateway(NodeRuntime):
             raise ValueError(f"ledger genesis {genesis.hash[:12]} is not the configured one")
         params = genesis.payload["params"]
         spec = ModelSpec.from_dict(params["model"])
-        self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), MergeRule.from_dict(params["merge"]))
-        self.inbox = EnvelopeInbox(cfg.swarm, spec.n_params, self._public_key, cfg.max_envelope_bytes)
+        self.holder = ModelHolder(
+            spec, init_params(spec, int(params["init_seed"])), MergeRule.from_dict(params["merge"])
+        )
+        self.inbox = EnvelopeInbox(
+            cfg.swarm, spec.n_params, self._public_key, cfg.max_envelope_bytes
+        )
         self.policy = P.RoundPolicy.from_params(params)
         self.coordinator = P.Coordinator(self.policy, self.holder.hash, now_ms())
         self.samples: dict[int, dict[str, int]] = {}
         self.pending_merge: P.Merge | None = None
+        self.attested: set[tuple[int, str]] = set()
+        self.last_final_round = 0
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
         self._replay()
 
@@ -86,22 +95,39 @@ class Gateway(NodeRuntime):
         if last_final is not None:
             self._restore_checkpoint(last_final)
         self._resumed = self.coordinator.resume()
-        log.info("ledger at height %d; %d rounds done", self.ledger.height, self.coordinator.finished_rounds)
+        log.info(
+            "ledger at height %d; %d rounds done",
+            self.ledger.height,
+            self.coordinator.finished_rounds,
+        )
 
     def _restore_checkpoint(self, final: dict[str, Any]) -> None:
         try:
             ck = decode_checkpoint(self.checkpoint_path.read_bytes())
         except (OSError, CheckpointError) as exc:
-            log.error("no usable checkpoint for round %d (%s): agents must supply it", final["round"], exc)
+            log.error(
+                "no usable checkpoint for round %d (%s): agents must supply it", final["round"], exc
+            )
             return
-        if ck.round == final["round"] and ck.model_hash == final["model_hash"] and self.holder.adopt(ck):
+        if (
+            ck.round == final["round"]
+            and ck.model_hash == final["model_hash"]
+            and self.holder.adopt(ck)
+        ):
             log.info("restored checkpoint of round %d", ck.round)
         else:
-            log.error("saved checkpoint is not the ledger's final model of round %d", final["round"])
+            log.error(
+                "saved checkpoint is not the ledger's final model of round %d", final["round"]
+            )
 
     def setup(self) -> None:
         t = self.topics
-        for topic in (t.ledger_submit(), t.ledger_query(), t.delta_filter(), t.fleet_status_filter()):
+        for topic in (
+            t.ledger_submit(),
+            t.ledger_query(),
+            t.delta_filter(),
+            t.fleet_status_filter(),
+        ):
             self.mqtt.subscribe(topic, qos=1)
         if self.holder.round > 0:
             self._publish_checkpoint()
@@ -147,7 +173,7 @@ class Gateway(NodeRuntime):
         reason = self._round_check(tx)
         try:
             if reason is not None:
-                raise Refused(reason)
+                raise Refused("out_of_round", reason)
             entry = self.ledger.submit(tx)
         except Refused as exc:
             self.drops.drop("refused submission", f"{tx.kind} from {tx.author}: {exc}")
@@ -157,6 +183,12 @@ class Gateway(NodeRuntime):
 
     def _round_check(self, tx: Tx) -> str | None:
         """The coordinator's part of validation: does this entry fit the round in progress?"""
+        if abs(tx.ts - now_ms()) > MAX_CLOCK_SKEW_MS:
+            # ledger_lite judges authority at the author's timestamp: bound it here, so an
+            # expired or revoked device cannot backdate an entry.
+            return (
+                f"timestamp {tx.ts} is over {MAX_CLOCK_SKEW_MS // 1000} s off the gateway's clock"
+            )
         cur = self.coordinator.current
         rnd = tx.payload.get("round") if isinstance(tx.payload, dict) else None
         if tx.kind == "delta_commit":
@@ -165,9 +197,12 @@ class Gateway(NodeRuntime):
             if tx.author in cur.commits:
                 return f"{tx.author} already committed to round {rnd}"
         elif tx.kind == "model_attest":
-            if cur is None or cur.number != rnd or cur.included is None:
+            # Attestations of the round just finalised still count for the audit: a node
+            # that merged a moment after the majority proves it holds the same bytes.
+            closing = cur is not None and cur.number == rnd and cur.included is not None
+            if not closing and rnd != self.last_final_round:
                 return f"round {rnd} is not awaiting attestations"
-            if tx.author in cur.attests:
+            if (rnd, tx.author) in self.attested:
                 return f"{tx.author} already attested round {rnd}"
         elif tx.kind in ("round_open", "round_close", "model_final"):
             return "only the coordinator opens, closes and finalises rounds"
@@ -195,10 +230,15 @@ class Gateway(NodeRuntime):
     def _fold(self, entry: Entry) -> None:
         p = entry.payload
         if entry.kind == "round_open":
-            self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))
+            self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))  # held ones join
             self.round_seen = p["round"]
         elif entry.kind == "delta_commit":
             self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
+        elif entry.kind == "model_attest":
+            self.attested.add((p["round"], entry.author))
+        elif entry.kind == "model_final":
+            self.last_final_round = p["round"]
+            self.attested = {a for a in self.attested if a[0] >= p["round"]}
 
     def _appended(self, entry: Entry) -> None:
         self.mqtt.publish(self.topics.ledger_events(), entry.canonical(), qos=1)
@@ -235,13 +275,17 @@ class Gateway(NodeRuntime):
         if action is None:
             return
         try:
-            contributions = self.inbox.take(action.round, action.included, self.samples.get(action.round, {}))
+            contributions = self.inbox.take(
+                action.round, action.included, self.samples.get(action.round, {})
+            )
         except KeyError:
             return  # still waiting for an envelope; every arrival retries
         self.pending_merge = None
         cand = self.holder.merge(action.round, contributions)
         self.inbox.forget_before(action.round)
-        self._act(self.coordinator.handle(P.MergeDone(action.round, cand.model_hash, cand.state_hash)))
+        self._act(
+            self.coordinator.handle(P.MergeDone(action.round, cand.model_hash, cand.state_hash))
+        )
 
     def _finalise(self, action: P.PublishCheckpoint) -> None:
         cand = self.holder.candidates.get(action.round)

@@ -80,7 +80,9 @@ class SwarmProcesses:
     agents: dict[str, NodeProcess]
 
     @classmethod
-    def from_layout(cls, gateway_config: Path, agent_configs: dict[str, Path], logs: Path) -> SwarmProcesses:
+    def from_layout(
+        cls, gateway_config: Path, agent_configs: dict[str, Path], logs: Path
+    ) -> SwarmProcesses:
         gw = NodeProcess("gateway-1", gateway_config, logs / "gateway-1.log")
         agents = {n: NodeProcess(n, c, logs / f"{n}.log") for n, c in agent_configs.items()}
         return cls(gw, agents)

@@ -22,7 +22,7 @@ from edge_swarm.io.mqtt import Message, MqttClient
 from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
 from edge_swarm.swarm.messages import MessageError, Status, Telemetry
-from edge_swarm.swarm.topics import Topics, TopicError
+from edge_swarm.swarm.topics import TopicError, Topics
 from ledger_lite import Entry
 from ledger_lite.errors import LedgerError
 
@@ -155,7 +155,9 @@ class SwarmObserver:
         if e.kind == "round_open":
             self._record(p["round"]).opened_ms = e.ts
         elif e.kind == "delta_commit":
-            self._record(p["round"]).commits[e.author] = dict(p["metrics"], n_samples=p["n_samples"])
+            self._record(p["round"]).commits[e.author] = dict(
+                p["metrics"], n_samples=p["n_samples"]
+            )
         elif e.kind == "round_close":
             rec = self._record(p["round"])
             rec.closed_ms, rec.included, rec.close_reason = e.ts, list(p["included"]), p["reason"]

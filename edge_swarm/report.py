@@ -73,9 +73,9 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     except ImportError:
         widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
         print(title)
-        print("  ".join(h.ljust(w) for h, w in zip(columns, widths)))
+        print("  ".join(h.ljust(w) for h, w in zip(columns, widths, strict=True)))
         for r in cells:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
         return
     table = Table(title=title)
     for h in columns:
@@ -103,8 +103,19 @@ def plot_accuracy(path: Path, title: str, rounds: list[RoundRecord], base: Basel
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     ax.plot(xs, ys, marker="o", label="swarm (global model)")
     ax.axhline(base.pooled, color="tab:green", ls="--", label=f"pooled data ({base.pooled:.3f})")
-    ax.axhline(base.alone_mean, color="tab:red", ls=":", label=f"alone, mean ({base.alone_mean:.3f})")
-    ax.axhline(base.alone_worst, color="tab:red", ls="-.", lw=0.8, label=f"alone, worst ({base.alone_worst:.3f})")
+    ax.axhline(
+        base.alone_mean, color="tab:red", ls=":", label=f"alone, mean ({base.alone_mean:.3f})"
+    )
+    ax.axhline(
+        base.alone_worst,
+        color="tab:red",
+        ls="-.",
+        lw=0.8,
+        label=f"alone, worst ({base.alone_worst:.3f})",
+    )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)

@@ -22,10 +22,10 @@ import numpy as np
 from edge_swarm.config import NodeConfig
 from edge_swarm.io.mqtt import Message, MqttClient, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
-from edge_swarm.swarm.checkpoint import Checkpoint, state_hash
+from edge_swarm.swarm.checkpoint import Checkpoint
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
 from edge_swarm.swarm.messages import Status, Telemetry
-from edge_swarm.swarm.topics import Topics, TopicError
+from edge_swarm.swarm.topics import TopicError, Topics
 from ledger_lite import SigningKey
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,18 @@ def now_ms() -> int:
 
 
 def peak_rss_kb() -> int:
-    """Peak resident set size of this process in KiB (Linux reports KiB)."""
+    """Peak resident set size of this process in KiB.
+
+    Read from /proc's VmHWM where there is one: getrusage's ru_maxrss survives exec on
+    Linux, so a process started by a big parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
@@ -71,7 +82,7 @@ class ModelHolder:
         self.spec = spec
         self.rule = rule
         self.params = params
-        self.state = MergeState.empty()
+        self.state = MergeState()
         self.round = 0
         self.hash = model_hash(spec, params)
         self.candidates: dict[int, Candidate] = {}
@@ -83,12 +94,11 @@ class ModelHolder:
 
     def merge(self, rnd: int, contributions: list[Contribution]) -> Candidate:
         result = merge(self.rule, self.params, contributions, self.state)
-        velocity = result.state.velocity
         cand = Candidate(
             params=result.params,
             state=result.state,
             model_hash=model_hash(self.spec, result.params),
-            state_hash=state_hash(velocity),
+            state_hash=result.state.state_hash(),
         )
         self.candidates[rnd] = cand
         return cand
@@ -109,11 +119,11 @@ class ModelHolder:
             return False
         if model_hash(self.spec, ck.params) != ck.model_hash:
             return False
-        if state_hash(ck.state if ck.state.size else None) != ck.state_hash:
+        state = MergeState(ck.state if ck.state.size else None)
+        if state.state_hash() != ck.state_hash:
             return False
-        velocity = ck.state if ck.state.size else None
         self.params, self.hash, self.round = ck.params, ck.model_hash, ck.round
-        self.state = MergeState(velocity=velocity)
+        self.state = state
         self.candidates.clear()
         return True
 
@@ -123,7 +133,7 @@ class ModelHolder:
             round=self.round,
             spec=self.spec.to_dict(),
             model_hash=self.hash,
-            state_hash=state_hash(self.state.velocity),
+            state_hash=self.state.state_hash(),
             params=self.params,
             state=self.state_array,
         )

@@ -52,7 +52,7 @@ def test_breast_cancer_workload_is_standardised() -> None:
 
 def test_write_and_load_partitions(digits: Workload, tmp_path: Path) -> None:
     paths = write_partitions(digits, 8, 0.5, 0, tmp_path / "parts")
-    assert [p.name for p in paths] == [f"agent-{i:02d}.npz" for i in range(8)] + ["test.npz"]
+    assert [p.name for p in paths] == [f"agent-{i:02d}.npz" for i in range(1, 9)] + ["test.npz"]
     sizes = []
     for path in paths[:-1]:
         X, y = load_local(path, n_features=64)

@@ -120,7 +120,12 @@ def test_final_needs_a_strict_majority_of_included() -> None:
     assert c.handle(attest("b", 1, H1)) == []  # 2 of 4 is not a majority
     assert c.handle(attest("c", 1, H2)) == []
     (final,) = c.handle(attest("d", 1, H1))
-    assert final.payload == {"round": 1, "model_hash": H1, "state_hash": S, "attesters": ["a", "b", "d"]}
+    assert final.payload == {
+        "round": 1,
+        "model_hash": H1,
+        "state_hash": S,
+        "attesters": ["a", "b", "d"],
+    }
     (publish,) = append(c, final, 20)
     assert publish == P.PublishCheckpoint(1, H1)
     assert c.model_hash == H1
@@ -153,7 +158,9 @@ def test_replay_folds_without_acting_then_resume_asks_for_the_merge() -> None:
     for ev in (P.Appended("round_open", "gw", op.payload, 0), commit("a", 1), commit("b", 1)):
         log.append(ev)
         live.handle(ev)
-    log.append(P.Appended("round_close", "gw", {"round": 1, "included": ["a", "b"], "reason": "x"}, 5))
+    log.append(
+        P.Appended("round_close", "gw", {"round": 1, "included": ["a", "b"], "reason": "x"}, 5)
+    )
 
     again = coordinator(["a", "b"])
     again.replaying = True

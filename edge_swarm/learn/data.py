@@ -122,7 +122,7 @@ def dirichlet_partition(y: np.ndarray, n_agents: int, alpha: float, seed: int) -
 def write_partitions(
     workload: Workload, n_agents: int, alpha: float, seed: int, out_dir: str | Path
 ) -> list[Path]:
-    """Write ``agent-00.npz`` ... and ``test.npz`` (keys X, y) into ``out_dir``.
+    """Write ``agent-01.npz`` ... and ``test.npz`` (keys X, y) into ``out_dir``.
 
     Returns the agent files in agent order followed by the test file.
     """
@@ -130,7 +130,7 @@ def write_partitions(
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, idx in enumerate(dirichlet_partition(workload.y_train, n_agents, alpha, seed)):
-        path = out / f"agent-{i:02d}.npz"
+        path = out / f"agent-{i + 1:02d}.npz"  # numbered from 1, as node ids are
         np.savez(path, X=workload.X_train[idx], y=workload.y_train[idx])
         paths.append(path)
     test = out / "test.npz"

@@ -11,7 +11,6 @@ the spec and the bytes and compares it with the ledger's ``model_final`` before 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -41,12 +40,6 @@ class Checkpoint:
     state_hash: str
     params: np.ndarray
     state: np.ndarray
-
-
-def state_hash(state: np.ndarray | None) -> str:
-    """sha256 of the merge state's little-endian float32 bytes (empty state: of nothing)."""
-    data = b"" if state is None else np.ascontiguousarray(state, dtype="<f4").tobytes()
-    return hashlib.sha256(data).hexdigest()
 
 
 def encode_checkpoint(ck: Checkpoint) -> bytes:

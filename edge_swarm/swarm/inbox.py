@@ -5,6 +5,11 @@ header, swarm, round, sender enrolment, base model, length, signature, finite va
 then is the decoded delta kept, keyed by (round, node, envelope sha256), because the ledger's
 ``delta_commit`` names the exact envelope a node stands behind. Anything else raises
 ``Dropped`` with a short reason that the wiring counts and logs.
+
+An envelope for a round the inbox has not heard of yet is not dropped but held (bounded in
+bytes): MQTT gives no order between the ledger's events and the envelopes, so a node that
+is still catching up on the ledger may see a peer's envelope before that round's
+``round_open``. ``expect`` re-checks what was held for the round it opens.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from edge_swarm.swarm.codec import EnvelopeError, decode_delta, decode_envelope
 from edge_swarm.swarm.merge import Contribution
 
 MAX_PER_SENDER = 4  # distinct envelopes kept per (round, node): bounds a flooding sender
+MAX_EARLY_BYTES = 32 * 1024 * 1024  # envelopes held for rounds not yet opened here
+EARLY_ROUNDS_AHEAD = 2  # how far past the newest known round an envelope may be held
 
 
 class Dropped(Exception):
@@ -65,20 +72,34 @@ class EnvelopeInbox:
         self.drops: Counter[str] = Counter()
         self._kept: dict[tuple[int, str], dict[str, np.ndarray]] = {}
         self._samples: dict[tuple[int, str, str], int] = {}
+        self._early: dict[tuple[int, str], bytes] = {}
 
-    def expect(self, view: RoundView) -> None:
-        """Accept envelopes for this round (called on ``round_open``)."""
+    def expect(self, view: RoundView) -> list[Accepted]:
+        """Accept envelopes for this round (called on ``round_open``); returns those that
+        were held for it and pass the checks now."""
         self.rounds[view.round] = view
+        accepted = []
+        for key in sorted(k for k in self._early if k[0] == view.round):
+            payload = self._early.pop(key)
+            try:
+                ok = self.offer(payload, *key)
+            except Dropped:
+                continue  # counted by offer
+            if ok is not None:
+                accepted.append(ok)
+        self._early = {k: v for k, v in self._early.items() if k[0] > view.round}
+        return accepted
 
-    def offer(self, payload: bytes, topic_round: int, topic_node: str) -> Accepted:
-        """Check one envelope; keep it and return ``Accepted`` or raise ``Dropped``."""
+    def offer(self, payload: bytes, topic_round: int, topic_node: str) -> Accepted | None:
+        """Check one envelope; keep it and return ``Accepted``, hold it for a round not yet
+        opened here and return ``None``, or raise ``Dropped``."""
         try:
             return self._offer(payload, topic_round, topic_node)
         except Dropped as exc:
             self.drops[exc.reason] += 1
             raise
 
-    def _offer(self, payload: bytes, topic_round: int, topic_node: str) -> Accepted:
+    def _offer(self, payload: bytes, topic_round: int, topic_node: str) -> Accepted | None:
         if len(payload) > self.max_size:
             raise Dropped("oversized", f"{len(payload)} bytes")
         try:
@@ -92,6 +113,8 @@ class EnvelopeInbox:
             raise Dropped("wrong swarm", h.swarm)
         view = self.rounds.get(h.round)
         if view is None:
+            if self._hold(payload, h.round, h.node):
+                return None
             raise Dropped("wrong round", f"round {h.round} is not open here")
         key = self.public_key(h.node)
         if key is None:
@@ -112,6 +135,16 @@ class EnvelopeInbox:
                 raise Dropped("bad values", str(exc)) from None
             self._samples[(h.round, h.node, env.sha256)] = h.n_samples
         return Accepted(h.round, h.node, env.sha256)
+
+    def _hold(self, payload: bytes, rnd: int, node: str) -> bool:
+        newest = max(self.rounds, default=None)
+        if newest is not None and not newest < rnd <= newest + EARLY_ROUNDS_AHEAD:
+            return False
+        held = sum(len(p) for p in self._early.values())
+        if held + len(payload) > MAX_EARLY_BYTES:
+            return False
+        self._early[(rnd, node)] = payload  # the latest one per sender; it checks later
+        return True
 
     def has(self, rnd: int, node: str, sha256: str) -> bool:
         return sha256 in self._kept.get((rnd, node), {})

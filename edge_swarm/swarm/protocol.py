@@ -381,10 +381,12 @@ class Coordinator:
         votes = Counter(v for n, v in cur.attests.items() if n in cur.included)
         winner: tuple[str, str] | None = None
         if votes:
-            (top, count), = votes.most_common(1)
+            ((top, count),) = votes.most_common(1)
             if count * 2 > len(cur.included):
                 winner = top
-        timed_out = now_ms is not None and now_ms - cur.closed_at_ms >= self.policy.attest_timeout_ms
+        timed_out = (
+            now_ms is not None and now_ms - cur.closed_at_ms >= self.policy.attest_timeout_ms
+        )
         if winner is None and timed_out and cur.own is not None:
             winner = cur.own  # too few attests in time: the coordinator's own merge decides
         if winner is None:
