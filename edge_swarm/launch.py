@@ -40,6 +40,11 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the node hangs with its connection open, as a wedged device does."""
+        if self.proc is not None and self.alive:
+            self.proc.send_signal(signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL: no goodbye, no clean disconnect; the broker sends the node's last will."""
         if self.proc is not None and self.alive:
@@ -53,6 +58,7 @@ class NodeProcess:
             return None
         if self.alive:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # a frozen (SIGSTOPped) node must see it too
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:

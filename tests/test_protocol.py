@@ -239,3 +239,14 @@ def test_checkpoint_for_a_round_not_final_is_ignored() -> None:
     p = P.Participant("a", H0)
     assert p.handle(P.CheckpointAdopted(3, H2)) == []
     assert p.model_hash == H0
+
+
+def test_start_grace_delays_only_the_first_round() -> None:
+    c = coordinator(["a", "b", "c"], rounds=3)
+    _closed(c, ["a", "b", "c"])
+    c.handle(attest("a", 1, H1))
+    (final,) = c.handle(attest("b", 1, H1))
+    append(c, final, 20)
+    c.handle(P.PeerSeen("c", False))
+    (op,) = c.handle(P.Tick(30))  # long before the grace of 10 s is over
+    assert op.payload["round"] == 2

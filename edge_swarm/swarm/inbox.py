@@ -1,7 +1,7 @@
 """The envelope inbox: where delta envelopes from the network are checked and kept.
 
-Every envelope is untrusted. ``offer`` checks, in order of cost: size, frame, topic against
-header, swarm, round, sender enrolment, base model, length, signature, finite values. Only
+Every envelope is untrusted. ``offer`` checks, in this order: size, frame, topic against
+header, swarm, round, sender enrolment, signature, base model, length, finite values. Only
 then is the decoded delta kept, keyed by (round, node, envelope sha256), because the ledger's
 ``delta_commit`` names the exact envelope a node stands behind. Anything else raises
 ``Dropped`` with a short reason that the wiring counts and logs.
@@ -119,12 +119,15 @@ class EnvelopeInbox:
         key = self.public_key(h.node)
         if key is None:
             raise Dropped("unknown node", h.node)
+        # The signature is checked before anything else the header claims is believed.
+        if not env.verify(key):
+            raise Dropped("bad signature", h.node)
         if h.base_hash != view.base_hash:
             raise Dropped("wrong base", h.base_hash[:12])
         if h.n_params != self.n_params:
             raise Dropped("wrong length", f"{h.n_params} != {self.n_params}")
-        if not env.verify(key):
-            raise Dropped("bad signature", h.node)
+        if h.n_samples < 1:  # weighs nothing, and merge refuses it: take() would fail later
+            raise Dropped("no samples", h.node)
         kept = self._kept.setdefault((h.round, h.node), {})
         if env.sha256 not in kept:
             if len(kept) >= MAX_PER_SENDER:
@@ -140,11 +143,20 @@ class EnvelopeInbox:
         newest = max(self.rounds, default=None)
         if newest is not None and not newest < rnd <= newest + EARLY_ROUNDS_AHEAD:
             return False
-        held = sum(len(p) for p in self._early.values())
-        if held + len(payload) > MAX_EARLY_BYTES:
-            return False
+        if self._early_bytes(but=(rnd, node)) + len(payload) > MAX_EARLY_BYTES:
+            if newest is None:
+                return False
+            # Held before any round was known, for rounds beyond the window now: they give
+            # way rather than pin the budget forever (expect only frees rounds it reaches).
+            for key in [k for k in self._early if k[0] > newest + EARLY_ROUNDS_AHEAD]:
+                del self._early[key]
+            if self._early_bytes(but=(rnd, node)) + len(payload) > MAX_EARLY_BYTES:
+                return False
         self._early[(rnd, node)] = payload  # the latest one per sender; it checks later
         return True
+
+    def _early_bytes(self, but: tuple[int, str]) -> int:
+        return sum(len(p) for k, p in self._early.items() if k != but)
 
     def has(self, rnd: int, node: str, sha256: str) -> bool:
         return sha256 in self._kept.get((rnd, node), {})
@@ -162,6 +174,8 @@ class EnvelopeInbox:
             delta = self._kept.get((rnd, node), {}).get(sha)
             if delta is None:
                 raise KeyError(f"envelope {sha[:12]} of {node} for round {rnd} never arrived")
+            if node not in n_samples:
+                raise KeyError(f"{node}: no sample count from the ledger for round {rnd}")
             if self._samples[(rnd, node, sha)] != n_samples[node]:
                 raise KeyError(f"{node}: sample count in envelope and ledger disagree")
             out.append(Contribution(node=node, delta=delta, n_samples=n_samples[node]))

@@ -347,7 +347,9 @@ class Coordinator:
             return []
         ready = len(self.online & self.agents)
         everyone = bool(self.agents) and self.agents <= self.online
-        grace_over = now_ms - self._started_ms >= self.policy.start_grace_ms
+        # The grace only delays the first round, so that a fleet that is still booting
+        # starts together; later rounds go on with whoever is online.
+        grace_over = self.last_round > 0 or now_ms - self._started_ms >= self.policy.start_grace_ms
         if ready < self.policy.min_peers or not (everyone or grace_over):
             return []
         rnd = self.last_round + 1

@@ -1,0 +1,257 @@
+"""End to end: a broker, a gateway process and agent processes, as a site runs them.
+
+Each scenario runs against the embedded broker (amqtt) and a real Mosquitto process. The
+swarm here is small (4 agents, a handful of rounds) so that the suite stays quick; the
+standard workload at full size runs in ``make demo`` and ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edge_swarm.demo import RunConfig, RunResult, run_swarm
+from edge_swarm.io.broker import find_mosquitto
+from edge_swarm.io.mqtt import MqttClient
+from edge_swarm.launch import SwarmProcesses
+from edge_swarm.observer import SwarmObserver
+from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
+from ledger_lite import SigningKey, SqliteStore
+from ledger_lite.cli import main as ledger_cli
+
+pytestmark = pytest.mark.network
+
+BROKERS = [
+    pytest.param("embedded", id="embedded"),
+    pytest.param("mosquitto", id="mosquitto", marks=pytest.mark.mosquitto),
+]
+
+
+def need(kind: str) -> None:
+    if kind != "mosquitto" or find_mosquitto() is not None:
+        return
+    if os.environ.get("EDGE_SWARM_REQUIRE_MOSQUITTO") == "1":
+        pytest.fail("EDGE_SWARM_REQUIRE_MOSQUITTO=1 but the mosquitto binary is missing")
+    pytest.skip("mosquitto binary not found (apt-get install mosquitto)")
+
+
+def small(workdir: Path, broker: str, **kw: object) -> RunConfig:
+    base = RunConfig(
+        workdir=workdir,
+        n_agents=4,
+        rounds=4,
+        broker=broker,
+        keepalive_s=2,
+        round_deadline_s=20.0,
+        attest_timeout_s=10.0,
+        start_grace_s=20.0,
+        timeout_s=150.0,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def clean_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> RunResult:
+    need(request.param)
+    return run_swarm(small(tmp_path_factory.mktemp(f"clean-{request.param}"), request.param))
+
+
+def entries_of(result: RunResult) -> list:
+    return SqliteStore(result.layout.ledger_path).load()
+
+
+def finals(result: RunResult) -> dict[int, str]:
+    return {
+        e.payload["round"]: e.payload["model_hash"]
+        for e in entries_of(result)
+        if e.kind == "model_final"
+    }
+
+
+def log_of(result: RunResult, node: str) -> str:
+    return (result.config.workdir / "logs" / f"{node}.log").read_text()
+
+
+# --------------------------------------------------------------------------- clean runs
+
+
+def test_swarm_learns_and_every_agent_holds_the_same_bytes_every_round(
+    clean_run: RunResult,
+) -> None:
+    entries = entries_of(clean_run)
+    fin = finals(clean_run)
+    assert sorted(fin) == [1, 2, 3, 4]
+    agents = sorted(clean_run.layout.agent_configs)
+    for rnd, model_hash in fin.items():
+        close = next(e for e in entries if e.kind == "round_close" and e.payload["round"] == rnd)
+        assert close.payload["included"] == agents
+        # Each agent attests the sha256 of the parameters it merged itself.
+        attests = {
+            e.author: e.payload["model_hash"]
+            for e in entries
+            if e.kind == "model_attest" and e.payload["round"] == rnd and e.author in agents
+        }
+        assert attests == {a: model_hash for a in agents}, f"round {rnd}"
+    # Learning happened, and the observer checked each checkpoint against the ledger.
+    accs = [r.accuracy for r in clean_run.rounds]
+    assert all(a is not None for a in accs)
+    assert accs[-1] > 0.85 > accs[0] - 0.2
+    assert all(kb > 10_000 for kb in clean_run.peak_rss_kb.values())
+
+
+def test_ledger_verifies_and_names_the_height_of_one_changed_byte(
+    clean_run: RunResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = clean_run.layout.ledger_path
+    assert ledger_cli(["verify", str(path)]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+    copy = tmp_path / "tampered.sqlite"
+    with (
+        contextlib.closing(sqlite3.connect(path)) as src,
+        contextlib.closing(sqlite3.connect(copy)) as dst,
+    ):
+        src.backup(dst)
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        (body,) = db.execute("SELECT body FROM entries WHERE height = 9").fetchone()
+        body = bytearray(body)
+        body[len(body) // 2] ^= 0x01
+        db.execute("UPDATE entries SET body = ? WHERE height = 9", (bytes(body),))
+        db.commit()
+    assert ledger_cli(["verify", str(copy)]) == 1
+    assert "height 9" in capsys.readouterr().out
+
+
+def test_audit_lists_contributors_per_round(
+    clean_run: RunResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_swarm.cli import main
+
+    assert main(["audit", str(clean_run.layout.ledger_path), "--json"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(lines) == 4
+    assert '"agent-03"' in lines[2] and '"n_samples"' in lines[2]
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(
+    broker: str, tmp_path: Path
+) -> None:
+    need(broker)
+    cfg = small(
+        tmp_path,
+        broker,
+        rounds=6,
+        start_grace_s=1.0,
+        start_agents=("agent-01", "agent-02", "agent-03"),
+    )
+
+    def late_start(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        assert obs.wait_for(lambda: obs.final_round() >= 3, timeout=60)
+        procs.agents["agent-04"].start("agent")
+
+    result = run_swarm(cfg, during=late_start)
+    log = log_of(result, "agent-04")
+    assert "adopted checkpoint of round" in log
+    joined = [r for r in result.rounds if "agent-04" in r.included]
+    assert joined, "the late agent never took part"
+    assert min(r.round for r in joined) >= 4
+    fin = finals(result)
+    for e in entries_of(result):
+        if e.kind == "model_attest" and e.author == "agent-04":
+            assert e.payload["model_hash"] == fin[e.payload["round"]]
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_sigkill_of_an_agent_mid_round_does_not_stop_the_swarm(broker: str, tmp_path: Path) -> None:
+    need(broker)
+    cfg = small(tmp_path, broker, rounds=6)
+
+    def kill_one(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        assert obs.wait_for(lambda: 3 in obs.rounds and obs.rounds[3].opened_ms > 0, timeout=60)
+        procs.agents["agent-02"].kill()
+
+    result = run_swarm(cfg, during=kill_one)
+    assert [r.round for r in result.rounds] == [1, 2, 3, 4, 5, 6]
+    for rec in result.rounds[3:]:
+        assert rec.included == ["agent-01", "agent-03", "agent-04"]
+        assert rec.accuracy is not None
+
+
+def test_a_frozen_agent_is_left_behind_by_the_deadline(tmp_path: Path) -> None:
+    # SIGSTOP keeps the TCP connection open and amqtt never times a silent client out, so no
+    # last will comes: only the round deadline can close the round without it.
+    cfg = small(tmp_path, "embedded", rounds=4, round_deadline_s=3.0)
+
+    def freeze_one(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        assert obs.wait_for(lambda: obs.final_round() >= 1, timeout=60)
+        procs.agents["agent-02"].freeze()
+
+    result = run_swarm(cfg, during=freeze_one)
+    late = [r for r in result.rounds if r.close_reason == "deadline"]
+    assert late, [r.close_reason for r in result.rounds]
+    assert all("agent-02" not in r.included and len(r.included) == 3 for r in late)
+    assert result.rounds[-1].accuracy is not None
+
+
+def _hostile_envelopes(cfg: RunConfig, rnd: int) -> list[tuple[str, bytes]]:
+    """What a buggy or hostile client sends; agent-01's key stands for a compromised device."""
+    agent_key = SigningKey.load(cfg.workdir / "keys" / "agent-01.key")
+    stranger = SigningKey.generate()
+    base = "ab" * 32
+    root = f"es/v1/{cfg.swarm}/round"
+
+    def env(swarm: str, r: int, node: str, key: SigningKey) -> bytes:
+        h = EnvelopeHeader(
+            swarm=swarm, round=r, node=node, base_hash=base, codec=0, n_params=2410, n_samples=10
+        )
+        import numpy as np
+
+        return encode_envelope(h, np.ones(2410, np.float32), sign=key.sign)
+
+    return [
+        (f"{root}/{rnd}/delta/agent-01", os.urandom(3000)),  # malformed
+        (f"{root}/50/delta/agent-01", env(cfg.swarm, 50, "agent-01", agent_key)),  # wrong round
+        (
+            f"{root}/{rnd}/delta/agent-01",
+            env("other-swarm", rnd, "agent-01", agent_key),
+        ),  # wrong swarm
+        (f"{root}/{rnd}/delta/intruder", env(cfg.swarm, rnd, "intruder", stranger)),  # unknown node
+        (f"{root}/{rnd}/delta/agent-03", env(cfg.swarm, rnd, "agent-03", stranger)),  # forged
+    ]
+
+
+def test_bad_envelopes_are_dropped_with_reasons_and_change_nothing(
+    tmp_path: Path, clean_run: RunResult
+) -> None:
+    # Same broker and settings as the clean run, which is the reference.
+    cfg = small(tmp_path, clean_run.config.broker)
+
+    def attack(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        assert obs.wait_for(lambda: 2 in obs.rounds and obs.rounds[2].opened_ms > 0, timeout=60)
+        client = MqttClient("hostile", "127.0.0.1", obs.mqtt.port, on_message=lambda m: None)
+        client.start()
+        try:
+            assert client.wait_connected(10)
+            for topic, payload in _hostile_envelopes(cfg, 2):
+                assert client.publish(topic, payload, qos=1, wait=10)
+        finally:
+            client.stop()
+
+    result = run_swarm(cfg, during=attack)
+    # Deterministic training and merging: the attacked swarm ends on the clean swarm's bytes.
+    assert finals(result) == finals(clean_run)
+    for node in ("gateway-1", "agent-01", "agent-04"):
+        log = log_of(result, node)
+        for reason in ("malformed", "wrong round", "wrong swarm", "unknown node", "bad signature"):
+            assert f"dropped ({reason}" in log, f"{node} did not log a '{reason}' drop"
