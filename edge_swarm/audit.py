@@ -32,10 +32,10 @@ class RoundAudit:
             "contributors": [
                 {
                     "node": n,
-                    "n_samples": self.commits[n]["n_samples"],
-                    "envelope_sha256": self.commits[n]["envelope_sha256"],
+                    "n_samples": self.commits.get(n, {}).get("n_samples"),
+                    "envelope_sha256": self.commits.get(n, {}).get("envelope_sha256"),
                 }
-                for n in self.included
+                for n in self.included  # None: included without a delta_commit on the ledger
             ],
             "committed_not_included": sorted(set(self.commits) - set(self.included)),
             "close_reason": self.close_reason,
@@ -69,7 +69,7 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    if not args.ledger.exists():
+    if not args.ledger.is_file():
         print(f"edge-swarm audit: no ledger at {args.ledger}", file=sys.stderr)
         return 2
     report = verify_file(args.ledger)
@@ -82,7 +82,8 @@ def run_audit(args: argparse.Namespace) -> int:
         return 1
     from ledger_lite import SqliteStore
 
-    entries = SqliteStore(args.ledger).load()
+    with SqliteStore(args.ledger, verify_only=True) as store:  # read-only, and closed
+        entries = store.load()
     rounds = audit_rounds(entries)
     if args.round is not None:
         rounds = {k: v for k, v in rounds.items() if k == args.round}
@@ -95,12 +96,13 @@ def run_audit(args: argparse.Namespace) -> int:
     rows = []
     for r in sorted(rounds):
         a = rounds[r]
-        contributors = ", ".join(f"{n} ({a.commits[n]['n_samples']})" for n in a.included) or "-"
+        samples = {n: a.commits[n]["n_samples"] for n in a.included if n in a.commits}
+        contributors = ", ".join(f"{n} ({samples.get(n, 'no commit')})" for n in a.included) or "-"
         rows.append(
             [
                 r,
                 contributors,
-                sum(a.commits[n]["n_samples"] for n in a.included),
+                sum(samples.values()),
                 a.model_hash[:16] or "(not final)",
                 len(a.attesters),
             ]

@@ -10,9 +10,10 @@ be unpacked anywhere.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 on Jetson images
     import tomli as tomllib
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" would let "\n" in
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ConfigError(ValueError):
@@ -38,10 +39,12 @@ class BrokerConfig:
     keepalive_s: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"broker.port: {self.port} is not a TCP port")
-        if self.keepalive_s < 1:
-            raise ConfigError("broker.keepalive_s must be at least 1")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"broker.host: {self.host!r} is not a host name")
+        if not _is_int(self.port) or not 0 < self.port < 65536:
+            raise ConfigError(f"broker.port: {self.port!r} is not a TCP port")
+        if not _is_int(self.keepalive_s) or self.keepalive_s < 1:
+            raise ConfigError("broker.keepalive_s must be an integer of at least 1")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ class Timing:
     connect_timeout_s: float = 15.0
     sync_timeout_s: float = 15.0
     telemetry_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"timing.{f.name}: {value!r} is not a positive number of seconds")
 
 
 @dataclass(frozen=True)
@@ -72,12 +81,15 @@ class NodeConfig:
     max_envelope_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("node_id", "swarm"):
-            if not _ID.match(getattr(self, name)):
-                raise ConfigError(f"node.{name}: {getattr(self, name)!r} must match [A-Za-z0-9_.-]")
+        for name, key in (("node_id", "id"), ("swarm", "swarm")):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _ID.fullmatch(value):
+                raise ConfigError(f"node.{key}: {value!r} must match [A-Za-z0-9_.-]{{1,64}}")
         if self.role not in ("agent", "gateway"):
             raise ConfigError(f"node.role: {self.role!r} is not 'agent' or 'gateway'")
-        if self.genesis_hash is not None and not _HEX64.match(self.genesis_hash):
+        if self.genesis_hash is not None and not (
+            isinstance(self.genesis_hash, str) and _HEX64.fullmatch(self.genesis_hash)
+        ):
             raise ConfigError("node.genesis_hash must be 64 lowercase hex characters")
         if self.role == "agent" and self.data_path is None:
             raise ConfigError("agent.data is required for an agent")
@@ -102,6 +114,14 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     node = _table(raw, "node")
     broker = _table(raw, "broker", required=False)
     timing = _table(raw, "timing", required=False)
+    agent = _table(raw, "agent", required=False)
+    gateway = _table(raw, "gateway", required=False)
+    # A misspelt key would otherwise be ignored without a word (a dropped genesis pin).
+    _known(node, "node", ("id", "role", "swarm", "key", "state_dir", "genesis_hash"))
+    _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
+    _known(timing, "timing", tuple(f.name for f in fields(Timing)))
+    _known(agent, "agent", ("data",))
+    _known(gateway, "gateway", ("ledger", "bootstrap"))
 
     def path_of(table: dict[str, Any], key: str, where: str) -> Path | None:
         value = table.get(key)
@@ -121,12 +141,12 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             state_dir=path_of(node, "state_dir", "node") or _missing("node.state_dir"),
             genesis_hash=node.get("genesis_hash"),
             broker=BrokerConfig(**broker),
-            data_path=path_of(_table(raw, "agent", required=False), "data", "agent"),
-            ledger_path=path_of(_table(raw, "gateway", required=False), "ledger", "gateway"),
-            bootstrap_path=path_of(_table(raw, "gateway", required=False), "bootstrap", "gateway"),
+            data_path=path_of(agent, "data", "agent"),
+            ledger_path=path_of(gateway, "ledger", "gateway"),
+            bootstrap_path=path_of(gateway, "bootstrap", "gateway"),
             timing=Timing(**timing),
         )
-    except TypeError as exc:  # an unknown key in [broker] or [timing]
+    except TypeError as exc:  # belt and braces: _known has named unknown keys already
         raise ConfigError(f"unknown setting: {exc}") from None
 
 
@@ -141,6 +161,16 @@ def _table(raw: dict[str, Any], name: str, required: bool = True) -> dict[str, A
     return value
 
 
+def _known(table: dict[str, Any], name: str, keys: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown setting(s) {unknown}; known: {list(keys)}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _str(table: dict[str, Any], key: str, where: str) -> str:
     value = table.get(key)
     if not isinstance(value, str):
@@ -152,31 +182,36 @@ def _missing(name: str) -> Path:
     raise ConfigError(f"{name} is required")
 
 
+def _q(value: object) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, and ASCII output needs no encoding."""
+    return json.dumps(str(value)).replace("\x7f", "\\u007f")
+
+
 def dump_config(cfg: NodeConfig) -> str:
     """Render a config as TOML (absolute paths), as the demo and bundles write it."""
     lines = [
         "[node]",
-        f'id = "{cfg.node_id}"',
-        f'role = "{cfg.role}"',
-        f'swarm = "{cfg.swarm}"',
-        f'key = "{cfg.key_path}"',
-        f'state_dir = "{cfg.state_dir}"',
+        f"id = {_q(cfg.node_id)}",
+        f"role = {_q(cfg.role)}",
+        f"swarm = {_q(cfg.swarm)}",
+        f"key = {_q(cfg.key_path)}",
+        f"state_dir = {_q(cfg.state_dir)}",
     ]
     if cfg.genesis_hash:
-        lines.append(f'genesis_hash = "{cfg.genesis_hash}"')
+        lines.append(f"genesis_hash = {_q(cfg.genesis_hash)}")
     lines += [
         "",
         "[broker]",
-        f'host = "{cfg.broker.host}"',
+        f"host = {_q(cfg.broker.host)}",
         f"port = {cfg.broker.port}",
         f"keepalive_s = {cfg.broker.keepalive_s}",
     ]
     if cfg.data_path is not None:
-        lines += ["", "[agent]", f'data = "{cfg.data_path}"']
+        lines += ["", "[agent]", f"data = {_q(cfg.data_path)}"]
     if cfg.ledger_path is not None:
-        lines += ["", "[gateway]", f'ledger = "{cfg.ledger_path}"']
+        lines += ["", "[gateway]", f"ledger = {_q(cfg.ledger_path)}"]
         if cfg.bootstrap_path is not None:
-            lines.append(f'bootstrap = "{cfg.bootstrap_path}"')
+            lines.append(f"bootstrap = {_q(cfg.bootstrap_path)}")
     t = cfg.timing
     lines += [
         "",

@@ -80,8 +80,9 @@ def decode_checkpoint(data: bytes, max_size: int = MAX_CHECKPOINT) -> Checkpoint
             str(header["model_hash"]),
             str(header["state_hash"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"bad checkpoint header: {exc}") from None
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        # OverflowError: int() of an infinite number; RecursionError: deeply nested JSON
+        raise CheckpointError(f"bad checkpoint header: {exc!r:.200}") from None
     body = data[_PREFIX.size + hlen :]
     if n_params < 0 or state_len < 0 or len(body) != 4 * (n_params + state_len):
         raise CheckpointError("checkpoint body length does not match its header")

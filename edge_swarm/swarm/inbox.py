@@ -1,10 +1,10 @@
 """The envelope inbox: where delta envelopes from the network are checked and kept.
 
 Every envelope is untrusted. ``offer`` checks, in this order: size, frame, topic against
-header, swarm, round, sender enrolment, signature, base model, length, finite values. Only
-then is the decoded delta kept, keyed by (round, node, envelope sha256), because the ledger's
-``delta_commit`` names the exact envelope a node stands behind. Anything else raises
-``Dropped`` with a short reason that the wiring counts and logs.
+header, swarm, round, sender enrolment, signature, base model, length, sample count, finite
+values. Only then is the decoded delta kept, keyed by (round, node, envelope sha256), because
+the ledger's ``delta_commit`` names the exact envelope a node stands behind. Anything else
+raises ``Dropped`` with a short reason that the wiring counts and logs.
 
 An envelope for a round the inbox has not heard of yet is not dropped but held (bounded in
 bytes): MQTT gives no order between the ledger's events and the envelopes, so a node that

@@ -9,6 +9,7 @@ around them is checked.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,8 +26,8 @@ def _load(data: bytes, max_size: int = MAX_JSON) -> dict[str, Any]:
         raise MessageError(f"message of {len(data)} bytes exceeds {max_size}")
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MessageError(f"not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting recurses
+        raise MessageError(f"not JSON: {exc!r:.200}") from None
     if not isinstance(obj, dict):
         raise MessageError("not a JSON object")
     return obj
@@ -41,6 +42,13 @@ def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
         raise MessageError(f"field {key!r} missing or of the wrong type")
     return value
+
+
+def _finite_number(value: Any) -> bool:
+    # bool is an int to Python, and json.loads takes NaN and Infinity: refuse all three
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,6 @@ class Telemetry:
     def decode(cls, data: bytes) -> Telemetry:
         obj = _load(data, 16 * 1024)
         values = _typed(obj, "values", dict)
-        if not all(isinstance(v, (int, float)) for v in values.values()):
-            raise MessageError("telemetry values must be numbers")
+        if not all(_finite_number(v) for v in values.values()):
+            raise MessageError("telemetry values must be finite numbers")
         return cls(node=_typed(obj, "node", str), round=_typed(obj, "round", int), values=values)

@@ -14,7 +14,7 @@ from typing import Any
 from ledger_lite import Entry, LedgerState
 from ledger_lite.errors import LedgerError
 
-MAX_AHEAD = 4096  # entries buffered beyond a gap before the oldest are dropped
+MAX_AHEAD = 4096  # entries buffered beyond a gap; past it the farthest are dropped
 
 
 class MirrorError(Exception):
@@ -30,6 +30,7 @@ class LedgerMirror:
         self.next_height = 0
         self.tip_hash: str | None = None
         self._ahead: dict[int, Entry] = {}
+        self.discarded = 0  # buffered entries found bad when their turn came (not raised)
 
     @property
     def gap(self) -> bool:
@@ -39,7 +40,9 @@ class LedgerMirror:
     def offer(self, raw: dict[str, Any]) -> list[Entry]:
         """Take one entry as a dict; return the entries applied now, in order.
 
-        Raises ``MirrorError`` for an entry that does not parse or does not validate.
+        Raises ``MirrorError`` for an entry that does not parse or does not validate. If the
+        offered entry is applied but one buffered behind it is refused, the entries applied
+        so far are returned (the caller must see them) and the buffer is dropped.
         """
         try:
             entry = Entry.from_dict(raw)
@@ -54,7 +57,11 @@ class LedgerMirror:
             return []
         applied = [self._apply(entry)]
         while self.next_height in self._ahead:
-            applied.append(self._apply(self._ahead.pop(self.next_height)))
+            try:
+                applied.append(self._apply(self._ahead.pop(self.next_height)))
+            except MirrorError:  # _apply cleared the buffer; the gap is fetched again
+                self.discarded += 1
+                break
         return applied
 
     def _apply(self, entry: Entry) -> Entry:
@@ -67,8 +74,11 @@ class LedgerMirror:
                 self.state = LedgerState.from_genesis(entry)
             else:
                 self.state.apply(entry)
-        except LedgerError as exc:
+        except MirrorError:
             self._ahead.clear()  # what was buffered behind a bad entry cannot be trusted
+            raise
+        except LedgerError as exc:
+            self._ahead.clear()
             raise MirrorError(f"entry {entry.height} refused: {exc}") from None
         self.next_height = entry.height + 1
         self.tip_hash = entry.hash
