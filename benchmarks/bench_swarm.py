@@ -17,23 +17,36 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edge_swarm.demo import RunConfig, model_spec, run_swarm
+from edge_swarm.learn.train import LocalTraining
 from edge_swarm.report import baselines, print_table, write_json
+from edge_swarm.swarm.merge import MergeRule
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def bench_workload(name: str, broker: str, rounds: int) -> dict[str, Any]:
+# shared/WORKLOAD.md's third reference point, run through the real swarm: plain FedAvg,
+# one local epoch of SGD lr 0.1, batch 32 (0.833 there after 20 rounds).
+PLAIN_FEDAVG = {
+    "local": LocalTraining(epochs=1, lr=0.1, batch_size=32),
+    "merge": MergeRule("fedavg"),
+}
+
+
+def bench_workload(
+    name: str, broker: str, rounds: int, label: str | None = None, **settings: Any
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         cfg = RunConfig(workdir=Path(tmp), workload=name, rounds=rounds, broker=broker)
+        cfg = replace(cfg, **settings)
         res = run_swarm(cfg)
-    spec = model_spec(
-        res.workload.X_train.shape[1], int(res.workload.y_train.max()) + 1, cfg.hidden
-    )
-    base = baselines(spec, res.workload, res.parts, cfg.seed)
+        n_classes = int(res.workload.y_train.max()) + 1
+        spec = model_spec(res.workload.X_train.shape[1], n_classes, cfg.hidden)
+        base = baselines(spec, res.workload, res.parts, cfg.seed)
     done = [r for r in res.rounds if r.included]
     overheads = [r.overhead_s for r in done]
     per_agent = {}
@@ -45,7 +58,7 @@ def bench_workload(name: str, broker: str, rounds: int) -> dict[str, Any]:
             "peak_rss_kb": res.peak_rss_kb.get(node),
         }
     return {
-        "workload": name,
+        "workload": label or name,
         "agents": cfg.n_agents,
         "rounds": cfg.rounds,
         "local_training": cfg.local.to_dict(),
@@ -75,6 +88,9 @@ def main() -> int:
     ap.add_argument("--broker", default="embedded", choices=["embedded", "mosquitto"])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", type=Path, default=RESULTS / "swarm.json")
+    ap.add_argument(
+        "--no-reference", action="store_true", help="skip the plain-FedAvg reference run"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = []
@@ -86,6 +102,10 @@ def main() -> int:
         )
         results.append(bench_workload(name, args.broker, args.rounds))
         print(f"  done in {time.monotonic() - t0:.1f} s", flush=True)
+    if not args.no_reference:
+        print("running plain FedAvg (1 local epoch) on digits as the reference...", flush=True)
+        label = "digits, plain FedAvg 1 epoch"
+        results.append(bench_workload("digits", args.broker, args.rounds, label, **PLAIN_FEDAVG))
 
     print_table(
         "test accuracy: swarm vs pooled vs alone (same split, same model)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table.add_column(h, justify="right" if h != columns[0] else "left")
     for r in cells:
         table.add_row(*r)
-    Console().print(table)
+    # Not a terminal (a log, CI, a pipe): wide enough that no column is cut.
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
 def _fmt(value: Any) -> str:

@@ -149,3 +149,19 @@ def test_partition_validation_and_empty_agents() -> None:
         dirichlet_partition(np.zeros(5, np.int64), 2, 0.0, 0)
     parts = dirichlet_partition(np.zeros(3, np.int64), 10, 0.5, 0)
     assert sum(len(p) for p in parts) == 3 and all(p.dtype == np.int64 for p in parts)
+
+
+def test_load_local_reads_a_directory_of_files_in_name_order(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    np.savez(d / "b.npz", X=np.ones((2, 3), np.float32), y=np.array([1, 1]))
+    (d / "a.csv").write_text("f1,f2,f3,label\n0,0,0,0\n")
+    X, y = load_local(d)
+    assert X.shape == (3, 3) and list(y) == [0, 1, 1]
+    np.savez(d / "c.npz", X=np.ones((2, 4), np.float32), y=np.array([1, 1]))
+    with pytest.raises(DataError):
+        load_local(d)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no .npz or .csv"):
+        load_local(empty)

@@ -140,13 +140,16 @@ def write_partitions(
 
 
 def load_local(path: str | Path, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read one local dataset: ``.npz`` (arrays X and y) or ``.csv`` (last column = label).
+    """Read a device's local data: a ``.npz`` file (arrays X and y), a ``.csv`` file (last
+    column = label), or a directory of such files (read in name order and concatenated).
 
     A CSV header line is optional (skipped if any field is not a number). Returns
     ``(X float32 (n, d), y int64 (n,))`` with n >= 1, finite X and labels >= 0; if
     ``n_features`` is given, d must equal it. Raises DataError otherwise.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_dir(path, n_features)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".csv"):
         raise DataError(f"{path}: unsupported file type {suffix!r} (want .npz or .csv)")
@@ -156,6 +159,18 @@ def load_local(path: str | Path, n_features: int | None = None) -> tuple[np.ndar
         raise DataError(f"{path}: cannot read: {exc}") from exc
     X, y = _read_npz(path, raw) if suffix == ".npz" else _read_csv(path, raw)
     return _validate(path, X, y, n_features)
+
+
+def _load_dir(path: Path, n_features: int | None) -> tuple[np.ndarray, np.ndarray]:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".npz", ".csv"))
+    if not files:
+        raise DataError(f"{path}: no .npz or .csv files in this data directory")
+    parts = []
+    for f in files:
+        X, y = load_local(f, n_features)
+        n_features = X.shape[1]  # every file must agree with the first
+        parts.append((X, y))
+    return np.concatenate([X for X, _ in parts]), np.concatenate([y for _, y in parts])
 
 
 def _read_npz(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
