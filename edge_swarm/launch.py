@@ -45,6 +45,11 @@ class NodeProcess:
         if self.proc is not None and self.alive:
             self.proc.send_signal(signal.SIGSTOP)
 
+    def thaw(self) -> None:
+        """SIGCONT: a frozen node carries on where it stopped."""
+        if self.proc is not None and self.alive:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no goodbye, no clean disconnect; the broker sends the node's last will."""
         if self.proc is not None and self.alive:

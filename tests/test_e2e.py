@@ -158,7 +158,17 @@ def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(
 
     def late_start(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         assert obs.wait_for(lambda: obs.final_round() >= 3, timeout=60)
-        procs.agents["agent-04"].start("agent")
+        # Rounds take a fifth of a second here and a process takes longer to start: hold the
+        # others while the newcomer boots, so that there are rounds left for it to join.
+        running = [procs.agents[n] for n in ("agent-01", "agent-02", "agent-03")]
+        for p in running:
+            p.freeze()
+        try:
+            procs.agents["agent-04"].start("agent")
+            assert obs.wait_for(lambda: obs.status.get("agent-04") == "online", timeout=60)
+        finally:
+            for p in running:
+                p.thaw()
 
     result = run_swarm(cfg, during=late_start)
     log = log_of(result, "agent-04")
