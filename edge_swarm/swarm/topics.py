@@ -5,6 +5,8 @@ How it works
 Every topic of a swarm lives under one root, ``es/v1/{swarm}/``::
 
     round/{r}/delta/{node}      a node's signed delta envelope for round r
+    round/{r}/resend/{node}     requests to ``node`` to publish chunks of its round-r
+                                messages again (see ``swarm/chunking.py``)
     model/latest                the latest agreed checkpoint (retained)
     ledger/submit               transactions sent to the gateways
     ledger/events               entries appended to the ledger
@@ -62,6 +64,7 @@ class TopicKind:
     """The kinds of topic, as plain strings (so they hash, print and compare as strings)."""
 
     DELTA = "delta"
+    RESEND = "resend"
     MODEL_LATEST = "model_latest"
     LEDGER_SUBMIT = "ledger_submit"
     LEDGER_EVENTS = "ledger_events"
@@ -76,8 +79,9 @@ class TopicKind:
 class ParsedTopic:
     """A topic taken apart: its kind, and the round and node id where the kind has them.
 
-    ``node`` holds the node for ``delta``, ``fleet_status`` and ``fleet_telemetry``, the
-    client for ``ledger_reply`` and the target (a node or ``all``) for ``fleet_cmd``.
+    ``node`` holds the node for ``delta``, ``resend``, ``fleet_status`` and
+    ``fleet_telemetry``, the client for ``ledger_reply`` and the target (a node or ``all``)
+    for ``fleet_cmd``.
     """
 
     kind: str
@@ -121,6 +125,12 @@ _WITH_ID: dict[tuple[str, str], str] = {
     ("fleet", "cmd"): TopicKind.FLEET_CMD,
 }
 
+# Suffixes of the form (round, {r}, a, {node}) and their kinds.
+_PER_ROUND: dict[str, str] = {
+    "delta": TopicKind.DELTA,
+    "resend": TopicKind.RESEND,
+}
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -143,6 +153,15 @@ class Topics:
     def delta_filter(self) -> str:
         """A subscription filter matching every delta of every round."""
         return f"{self.root}round/+/delta/+"
+
+    def resend(self, r: int, node: str) -> str:
+        """Where receivers ask ``node`` to publish missing chunks of its round-``r`` messages."""
+        return f"{self.root}round/{validate_round(r)}/resend/{validate_id(node, 'node id')}"
+
+    def resend_filter(self, node: str | None = None) -> str:
+        """A filter matching resend requests of every round: to ``node``, or to every node."""
+        target = "+" if node is None else validate_id(node, "node id")
+        return f"{self.root}round/+/resend/{target}"
 
     def model_latest(self) -> str:
         """The retained topic of the latest agreed checkpoint."""
@@ -202,7 +221,8 @@ class Topics:
             return ParsedTopic(kind)
         if len(levels) == 3 and levels[:2] in _WITH_ID:
             return ParsedTopic(_WITH_ID[levels[:2]], node=validate_id(levels[2], "id in topic"))
-        if len(levels) == 4 and levels[0] == "round" and levels[2] == "delta":
+        if len(levels) == 4 and levels[0] == "round" and levels[2] in _PER_ROUND:
             r = _parse_round(levels[1])
-            return ParsedTopic(TopicKind.DELTA, round=r, node=validate_id(levels[3], "node id"))
+            node = validate_id(levels[3], "node id")
+            return ParsedTopic(_PER_ROUND[levels[2]], round=r, node=node)
         raise TopicError(f"unknown topic: {topic[:200]!r}")
