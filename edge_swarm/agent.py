@@ -60,6 +60,7 @@ class Agent(NodeRuntime):
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
         self._before_genesis: list[tuple[bytes, int, str]] = []
+        self._checkpoints_on = False
 
     # -- set-up and ledger sync
     def setup(self) -> None:
@@ -68,10 +69,23 @@ class Agent(NodeRuntime):
             t.ledger_events(),
             t.ledger_reply(self.cfg.node_id),
             t.delta_filter(),
-            t.model_latest(),
+            t.resend_filter(self.cfg.node_id),
         ):
             self.mqtt.subscribe(topic, qos=1)
+        self._follow_checkpoints(True)
         self._send_query()
+
+    def _follow_checkpoints(self, on: bool) -> None:
+        """Subscribe to the retained checkpoint only while we need it: an agent that merges
+        every round itself would otherwise receive the whole model again each round."""
+        if on == self._checkpoints_on:
+            return
+        self._checkpoints_on = on
+        for topic in (self.topics.model_latest(), self.topics.model_chunk_filter()):
+            if on:
+                self.mqtt.subscribe(topic, qos=1)
+            else:
+                self.mqtt.unsubscribe(topic)
 
     def _send_query(self) -> None:
         self._query_id = secrets.token_hex(8)
@@ -249,9 +263,11 @@ class Agent(NodeRuntime):
         elif isinstance(action, P.Commit):
             self.holder.commit(action.round)
             self.rounds_done.append(action.round)
+            self._follow_checkpoints(False)
             self._telemetry(action.round)
         elif isinstance(action, P.AdoptCheckpoint):
             self.adopting = (action.round, action.model_hash)
+            self._follow_checkpoints(True)
             self._try_adopt()
         return []
 
@@ -275,7 +291,7 @@ class Agent(NodeRuntime):
         sha = hashlib.sha256(frame).hexdigest()
         assert self.inbox is not None
         self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo
-        self.mqtt.publish(self.topics.delta(action.round, self.cfg.node_id), frame, qos=1)
+        self.sender.publish(self.topics.delta(action.round, self.cfg.node_id), frame, qos=1)
         log.info(
             "round %d: trained in %.2f s, published %d bytes",
             action.round,

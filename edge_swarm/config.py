@@ -37,8 +37,13 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     keepalive_s: int = 10
+    # The broker's maximum packet size: larger messages travel in chunks (Mosquitto drops a
+    # client that sends a bigger packet, and paho would re-send it after every reconnect).
+    max_packet: int = 256 * 1024
 
     def __post_init__(self) -> None:
+        if not _is_int(self.max_packet) or self.max_packet < 4096:
+            raise ConfigError(f"broker.max_packet: {self.max_packet!r} must be at least 4096 bytes")
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"broker.host: {self.host!r} is not a host name")
         if not _is_int(self.port) or not 0 < self.port < 65536:
@@ -79,6 +84,9 @@ class NodeConfig:
     bootstrap_path: Path | None = None
     timing: Timing = field(default_factory=Timing)
     max_envelope_bytes: int = 16 * 1024 * 1024
+    # A device profile may choose its own delta codec (a Pi on a weak link sends 1-bit);
+    # envelopes are self-describing, so one swarm can mix codecs. Checked at agent start.
+    codec_override: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -95,6 +103,8 @@ class NodeConfig:
             raise ConfigError("agent.data is required for an agent")
         if self.role == "gateway" and self.ledger_path is None:
             raise ConfigError("gateway.ledger is required for a gateway")
+        if self.codec_override is not None and not isinstance(self.codec_override, dict):
+            raise ConfigError("agent.codec must be a table, e.g. { name = \"int8\" }")
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -120,7 +130,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     _known(node, "node", ("id", "role", "swarm", "key", "state_dir", "genesis_hash"))
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
-    _known(agent, "agent", ("data",))
+    _known(agent, "agent", ("data", "codec"))
     _known(gateway, "gateway", ("ledger", "bootstrap"))
 
     def path_of(table: dict[str, Any], key: str, where: str) -> Path | None:
@@ -142,6 +152,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             genesis_hash=node.get("genesis_hash"),
             broker=BrokerConfig(**broker),
             data_path=path_of(agent, "data", "agent"),
+            codec_override=agent.get("codec"),
             ledger_path=path_of(gateway, "ledger", "gateway"),
             bootstrap_path=path_of(gateway, "bootstrap", "gateway"),
             timing=Timing(**timing),
@@ -187,6 +198,14 @@ def _q(value: object) -> str:
     return json.dumps(str(value)).replace("\x7f", "\\u007f")
 
 
+def _toml_scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _q(value)
+
+
 def dump_config(cfg: NodeConfig) -> str:
     """Render a config as TOML (absolute paths), as the demo and bundles write it."""
     lines = [
@@ -205,9 +224,15 @@ def dump_config(cfg: NodeConfig) -> str:
         f"host = {_q(cfg.broker.host)}",
         f"port = {cfg.broker.port}",
         f"keepalive_s = {cfg.broker.keepalive_s}",
+        f"max_packet = {cfg.broker.max_packet}",
     ]
     if cfg.data_path is not None:
         lines += ["", "[agent]", f"data = {_q(cfg.data_path)}"]
+        if cfg.codec_override:
+            items = ", ".join(
+                f"{k} = {_toml_scalar(v)}" for k, v in cfg.codec_override.items() if v is not None
+            )
+            lines.append(f"codec = {{ {items} }}")
     if cfg.ledger_path is not None:
         lines += ["", "[gateway]", f"ledger = {_q(cfg.ledger_path)}"]
         if cfg.bootstrap_path is not None:

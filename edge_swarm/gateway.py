@@ -32,6 +32,7 @@ from ledger_lite.errors import LedgerError, Refused
 log = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
 
 
 def create_ledger(path: Path, bootstrap: Path) -> Ledger:
@@ -222,7 +223,12 @@ class Gateway(NodeRuntime):
         except (MessageError, ValueError) as exc:
             self.drops.drop("bad query", str(exc))
             return
-        page = [e.to_dict() for e in self.ledger.entries(q.start, q.limit)]
+        page, size = [], 0
+        for e in self.ledger.entries(q.start, q.limit):
+            size += len(e.canonical())
+            if page and size > REPLY_BYTES:
+                break  # a page stays well under the broker's packet limit
+            page.append(e.to_dict())
         reply = Reply(req=q.req, entries=page, tip_height=self.ledger.height)
         self.mqtt.publish(topic, reply.encode(), qos=1)
 
@@ -301,7 +307,7 @@ class Gateway(NodeRuntime):
 
     def _publish_checkpoint(self) -> None:
         data = encode_checkpoint(self.holder.checkpoint(self.cfg.swarm))
-        self.mqtt.publish(self.topics.model_latest(), data, qos=1, retain=True)
+        self.publish_checkpoint(data)
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
         tmp.write_bytes(data)

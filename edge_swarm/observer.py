@@ -21,6 +21,7 @@ import numpy as np
 from edge_swarm.io.mqtt import Message, MqttClient
 from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
+from edge_swarm.swarm.chunking import Reassembler, parse_chunk
 from edge_swarm.swarm.messages import MessageError, Status, Telemetry
 from edge_swarm.swarm.topics import TopicError, Topics
 from ledger_lite import Entry
@@ -80,6 +81,9 @@ class SwarmObserver:
         self.telemetry: dict[str, list[Telemetry]] = {}
         self.entries: list[Entry] = []
         self._checkpoints: dict[int, Checkpoint] = {}
+        self._chunks = Reassembler(
+            max_bytes=512 * 1024 * 1024, max_messages=4, retry_after_s=60, give_up_after_s=60
+        )
         self._queue: queue.Queue[Message] = queue.Queue()
         self.mqtt = MqttClient(
             client_id=f"{swarm}.observer.{int(time.time() * 1000) % 10**9}",
@@ -100,6 +104,7 @@ class SwarmObserver:
             t.fleet_status_filter(),
             t.fleet_telemetry_filter(),
             t.delta_filter(),
+            t.model_chunk_filter(),
         ):
             self.mqtt.subscribe(topic, qos=1)
 
@@ -137,6 +142,10 @@ class SwarmObserver:
                 self._on_entry(Entry.from_dict(json.loads(msg.payload)))
             elif kind == "model_latest":
                 self._on_checkpoint(decode_checkpoint(msg.payload))
+            elif kind == "model_chunk":
+                whole = self._chunks.add(parse_chunk(msg.payload), time.monotonic(), "checkpoint")
+                if whole is not None:
+                    self._on_checkpoint(decode_checkpoint(whole))
             elif kind == "fleet_status" and msg.payload:
                 st = Status.decode(msg.payload)
                 self.status[st.node] = st.state

@@ -20,17 +20,21 @@ from typing import Any
 import numpy as np
 
 from edge_swarm.config import NodeConfig
+from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.swarm.checkpoint import Checkpoint
+from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
 from edge_swarm.swarm.messages import Status, Telemetry
-from edge_swarm.swarm.topics import TopicError, Topics
+from edge_swarm.swarm.topics import TopicError, TopicKind, Topics
 from ledger_lite import SigningKey
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 10_000  # messages waiting for the loop; past this they are dropped and counted
+CHUNK_RETRY_S = 2.0  # a chunked message without progress for this long: ask for what is missing
+CHUNK_GIVE_UP_S = 60.0  # ... and give it up after this long (the checkpoint recovers the node)
 
 
 def now_ms() -> int:
@@ -161,6 +165,24 @@ class NodeRuntime:
             keepalive=cfg.broker.keepalive_s,
             max_payload=cfg.max_envelope_bytes,
         )
+        # Messages above the broker's packet limit travel in chunks (io/chunked.py).
+        self.sender = ChunkedSender(self.mqtt, max_packet=cfg.broker.max_packet)
+        self.receiver = ChunkedReceiver(
+            Reassembler(
+                max_bytes=2 * cfg.max_envelope_bytes,
+                max_messages=64,
+                retry_after_s=CHUNK_RETRY_S,
+                give_up_after_s=CHUNK_GIVE_UP_S,
+            ),
+            request=lambda topic, payload: self.mqtt.publish(topic, payload, qos=1),
+            resend_topic=resend_topic_for(self.topics),
+        )
+        self._model_chunks = Reassembler(
+            max_bytes=2 * cfg.max_envelope_bytes,
+            max_messages=4,
+            retry_after_s=CHUNK_GIVE_UP_S,
+            give_up_after_s=CHUNK_GIVE_UP_S,
+        )
 
     # -- hooks for subclasses
     def setup(self) -> None:
@@ -195,6 +217,7 @@ class NodeRuntime:
                 if msg is not None:
                     self._dispatch(msg)
                 self.on_tick(now_ms())
+                self.receiver.tick(time.monotonic())
         finally:
             self.shutdown()
 
@@ -219,12 +242,43 @@ class NodeRuntime:
         except TopicError:
             self.drops.drop("bad topic", msg.topic)
             return
+        kind = parsed.kind
+        if kind == TopicKind.RESEND:
+            self.sender.on_resend_request(msg.payload)
+            return
+        if kind == TopicKind.DELTA:
+            whole = self.receiver.feed(msg.topic, msg.payload, time.monotonic())
+            if whole is None:
+                return  # a chunk of a message still incomplete (or a dropped one)
+            msg = Message(msg.topic, whole, msg.retain, msg.qos)
+        elif kind == TopicKind.MODEL_CHUNK:
+            try:
+                chunk = parse_chunk(msg.payload)
+            except ChunkError as exc:
+                self.drops.drop("bad checkpoint chunk", str(exc))
+                return
+            whole = self._model_chunks.add(chunk, time.monotonic(), source="checkpoint")
+            if whole is None:
+                return
+            kind, msg = TopicKind.MODEL_LATEST, Message(msg.topic, whole, True, msg.qos)
         try:
-            self.on_message(parsed.kind, parsed.round, parsed.node, msg)
+            self.on_message(kind, parsed.round, parsed.node, msg)
         except Exception:  # one bad message must never end the process
             log.exception("error while handling a message on %s", msg.topic)
 
     # -- outputs
+    def publish_checkpoint(self, data: bytes) -> None:
+        """Publish a checkpoint retained: whole on ``model/latest`` when it fits one packet,
+        else as retained chunks on ``model/chunk/{i}`` (a retained topic keeps only its last
+        message, so each chunk needs a topic of its own)."""
+        topic = self.topics.model_latest()
+        if len(data) + publish_overhead(topic) <= self.cfg.broker.max_packet:
+            self.mqtt.publish(topic, data, qos=1, retain=True)
+            return
+        size = self.sender.frame_size(self.topics.model_chunk(2**32 - 1))
+        for i, chunk in enumerate(split(data, size)):
+            self.mqtt.publish(self.topics.model_chunk(i), chunk, qos=1, retain=True)
+
     def _status(self, state: str) -> bytes:
         return Status(self.cfg.node_id, self.role, state, self.round_seen).encode()
 

@@ -112,3 +112,10 @@ def test_parse_structured_garbage(levels: list[str]) -> None:
     except TopicError:
         return
     assert isinstance(parsed, ParsedTopic)
+
+
+def test_model_chunk_topics_parse_with_their_index() -> None:
+    t = Topics("s1")
+    assert t.model_chunk(3) == "es/v1/s1/model/chunk/3"
+    assert t.parse(t.model_chunk(3)) == ParsedTopic("model_chunk", None, "3")
+    assert t.model_chunk_filter() == "es/v1/s1/model/chunk/+"

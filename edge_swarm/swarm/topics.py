@@ -66,6 +66,7 @@ class TopicKind:
     DELTA = "delta"
     RESEND = "resend"
     MODEL_LATEST = "model_latest"
+    MODEL_CHUNK = "model_chunk"
     LEDGER_SUBMIT = "ledger_submit"
     LEDGER_EVENTS = "ledger_events"
     LEDGER_QUERY = "ledger_query"
@@ -123,6 +124,7 @@ _WITH_ID: dict[tuple[str, str], str] = {
     ("fleet", "status"): TopicKind.FLEET_STATUS,
     ("fleet", "telemetry"): TopicKind.FLEET_TELEMETRY,
     ("fleet", "cmd"): TopicKind.FLEET_CMD,
+    ("model", "chunk"): TopicKind.MODEL_CHUNK,
 }
 
 # Suffixes of the form (round, {r}, a, {node}) and their kinds.
@@ -166,6 +168,14 @@ class Topics:
     def model_latest(self) -> str:
         """The retained topic of the latest agreed checkpoint."""
         return f"{self.root}model/latest"
+
+    def model_chunk(self, index: int) -> str:
+        """Retained chunk ``index`` of a checkpoint too large for one packet (node = index)."""
+        return f"{self.root}model/chunk/{validate_round(index)}"
+
+    def model_chunk_filter(self) -> str:
+        """A subscription filter matching every retained checkpoint chunk."""
+        return f"{self.root}model/chunk/+"
 
     def ledger_submit(self) -> str:
         """Where nodes send ledger transactions."""
