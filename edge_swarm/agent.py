@@ -14,6 +14,8 @@ import secrets
 import time
 from typing import Any
 
+import numpy as np
+
 from edge_swarm.config import NodeConfig
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.data import load_local
@@ -23,15 +25,17 @@ from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
 from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
+from edge_swarm.swarm.feedback import ErrorFeedback
 from edge_swarm.swarm.inbox import Accepted, Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
 from edge_swarm.swarm.mirror import LedgerMirror, MirrorError
+from edge_swarm.swarm.quantize import CodecSpec
 from ledger_lite import Entry, make_tx
 
 log = logging.getLogger(__name__)
 
-CODEC_FLOAT32 = 0
+RESIDUAL_FILE = "residual.bin"  # error feedback's residual, kept across restarts
 QUERY_RETRY_S = 2.0
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
@@ -45,6 +49,12 @@ class Agent(NodeRuntime):
         super().__init__(cfg)
         assert cfg.data_path is not None
         self.X, self.y = load_local(cfg.data_path)
+        # A bad codec override is refused at start, before the agent joins anything.
+        self.codec_override = (
+            CodecSpec.from_dict(cfg.codec_override) if cfg.codec_override is not None else None
+        )
+        self.codec = CodecSpec("float32")
+        self.feedback: ErrorFeedback | None = None
         self.mirror = LedgerMirror(cfg.genesis_hash)
         self.synced = False
         self._query_id = ""
@@ -173,6 +183,10 @@ class Agent(NodeRuntime):
         spec = ModelSpec.from_dict(params["model"])
         self.local = LocalTraining.from_dict(params["local"])
         self.init_seed = int(params["init_seed"])
+        self.codec = self.codec_override or CodecSpec.from_dict(
+            params.get("codec", {"name": "float32"})
+        )
+        self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
         self.inbox = EnvelopeInbox(
@@ -183,6 +197,15 @@ class Agent(NodeRuntime):
         held, self._before_genesis = self._before_genesis, []
         for payload, rnd, node in held:
             self._on_envelope(payload, rnd, node)
+
+    def _load_feedback(self, n_params: int, enabled: bool) -> ErrorFeedback:
+        path = self.cfg.state_dir / RESIDUAL_FILE
+        try:
+            fb = ErrorFeedback.load(path, n_params, enabled=enabled, missing_ok=True)
+        except ValueError as exc:  # a damaged file costs the residual, not the agent
+            log.warning("starting with a zero residual: %s is unusable (%s)", path, exc)
+            fb = ErrorFeedback(n_params, enabled=enabled)
+        return fb
 
     def _public_key(self, node: str) -> str | None:
         state = self.mirror.state
@@ -278,16 +301,23 @@ class Agent(NodeRuntime):
         t0 = time.perf_counter()
         new, metrics = train_local(self.holder.spec, base, self.X, self.y, self.local, seed)
         self.last_train_s = time.perf_counter() - t0
+        assert self.feedback is not None
+        # What rounding leaves out now is added to the next delta (error feedback).
+        rng = np.random.default_rng(seed + 1)  # stochastic rounding, reproducible per round
+        body, _ = self.feedback.compress(new - base, self.codec, rng)
         header = EnvelopeHeader(
             swarm=self.cfg.swarm,
             round=action.round,
             node=self.cfg.node_id,
             base_hash=action.base_hash,
-            codec=CODEC_FLOAT32,
+            codec=self.codec.codec_id,
             n_params=self.holder.spec.n_params,
             n_samples=len(self.y),
+            flags=self.codec.flags,
         )
-        frame = encode_envelope(header, new - base, sign=self.key.sign)
+        frame = encode_envelope(header, body, sign=self.key.sign)
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.feedback.save(self.cfg.state_dir / RESIDUAL_FILE)
         sha = hashlib.sha256(frame).hexdigest()
         assert self.inbox is not None
         self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo

@@ -104,7 +104,7 @@ class NodeConfig:
         if self.role == "gateway" and self.ledger_path is None:
             raise ConfigError("gateway.ledger is required for a gateway")
         if self.codec_override is not None and not isinstance(self.codec_override, dict):
-            raise ConfigError("agent.codec must be a table, e.g. { name = \"int8\" }")
+            raise ConfigError('agent.codec must be a table, e.g. { name = "int8" }')
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -26,6 +26,7 @@ from edge_swarm.learn.train import STANDARD_TRAINING, LocalTraining, evaluate
 from edge_swarm.observer import RoundRecord, SwarmObserver
 from edge_swarm.provision import SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
+from edge_swarm.swarm.quantize import CodecSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # benchmarks/sim_standard.py (robust across partition seeds and alpha=0.1).
 DEFAULT_LOCAL = STANDARD_TRAINING
 DEFAULT_MERGE = STANDARD_MERGE
+DEFAULT_CODEC = CodecSpec("float32")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class RunConfig:
     start_grace_s: float = 60.0
     min_peers: int = 2
     start_agents: tuple[str, ...] | None = None  # None: all of them
+    codec: CodecSpec = DEFAULT_CODEC
+    error_feedback: bool = True
+    codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
+    max_packet: int = 256 * 1024
     timeout_s: float = 900.0
 
 
@@ -83,15 +89,20 @@ def model_spec(n_features: int, n_classes: int, hidden: tuple[int, ...]) -> Mode
 
 
 @contextlib.contextmanager
-def start_broker(kind: str, workdir: Path) -> Iterator[BrokerConfig]:
-    """Start a broker on a free loopback port for the run's lifetime."""
+def start_broker(kind: str, workdir: Path, max_packet: int = 256 * 1024) -> Iterator[BrokerConfig]:
+    """Start a broker on a free loopback port for the run's lifetime.
+
+    Mosquitto is given ``max_packet`` as its packet limit, as a site's broker would have;
+    amqtt has no such limit.
+    """
     from edge_swarm.io.broker import EmbeddedBroker, MosquittoBroker
 
     broker: Any
     if kind == "embedded":
         broker = EmbeddedBroker(host="127.0.0.1", port=0)
     elif kind == "mosquitto":
-        broker = MosquittoBroker(port=0, workdir=workdir / "mosquitto")
+        limit = f"max_packet_size {max_packet}\n"
+        broker = MosquittoBroker(port=0, workdir=workdir / "mosquitto", extra_conf=limit)
     else:
         raise ValueError(f"unknown broker kind {kind!r}: use 'embedded' or 'mosquitto'")
     broker.start()
@@ -117,10 +128,20 @@ def prepare(cfg: RunConfig, broker: BrokerConfig) -> tuple[Workload, list[Path],
         attest_timeout_s=cfg.attest_timeout_s,
         start_grace_s=cfg.start_grace_s,
         init_seed=cfg.seed,
+        codec=cfg.codec,
+        error_feedback=cfg.error_feedback,
         extra={"workload": cfg.workload},
     )
-    broker = BrokerConfig(broker.host, broker.port, keepalive_s=cfg.keepalive_s)
-    layout = provision_swarm(cfg.workdir, cfg.swarm, params, agent_parts, broker, Timing())
+    broker = BrokerConfig(broker.host, broker.port, cfg.keepalive_s, cfg.max_packet)
+    layout = provision_swarm(
+        cfg.workdir,
+        cfg.swarm,
+        params,
+        agent_parts,
+        broker,
+        Timing(),
+        codec_overrides=dict(cfg.codec_overrides),
+    )
     return workload, agent_parts, layout
 
 
@@ -135,7 +156,7 @@ def run_swarm(
     it must return once its scenario is set up (the run then waits for the last round).
     """
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    with start_broker(cfg.broker, cfg.workdir) as broker:
+    with start_broker(cfg.broker, cfg.workdir, cfg.max_packet) as broker:
         workload, parts, layout = prepare(cfg, broker)
 
         def accuracy(spec: ModelSpec, params: np.ndarray) -> float:

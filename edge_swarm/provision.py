@@ -17,6 +17,7 @@ from edge_swarm.config import BrokerConfig, NodeConfig, Timing, dump_config
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import LocalTraining
 from edge_swarm.swarm.merge import MergeRule
+from edge_swarm.swarm.quantize import CodecSpec
 from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, make_genesis, make_tx
 
 ADMIN_ID = "admin"
@@ -35,6 +36,8 @@ class SwarmParams:
     attest_timeout_s: float = 20.0
     start_grace_s: float = 30.0
     init_seed: int = 0
+    codec: CodecSpec = field(default_factory=lambda: CodecSpec("float32"))
+    error_feedback: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,6 +51,8 @@ class SwarmParams:
             "attest_timeout_s": self.attest_timeout_s,
             "start_grace_s": self.start_grace_s,
             "init_seed": self.init_seed,
+            "codec": self.codec.to_dict(),
+            "error_feedback": self.error_feedback,
             **self.extra,
         }
 
@@ -75,8 +80,14 @@ def provision_swarm(
     data_paths: list[Path],
     broker: BrokerConfig,
     timing: Timing | None = None,
+    codec_overrides: dict[str, CodecSpec] | None = None,
 ) -> SwarmLayout:
-    """Write keys, bootstrap ledger entries and configs for one gateway and one agent a path."""
+    """Write keys, bootstrap ledger entries and configs for one gateway and one agent a path.
+
+    ``codec_overrides`` gives some agents (by node id) a codec other than the swarm's, as a
+    device profile would.
+    """
+    overrides = codec_overrides or {}
     root.mkdir(parents=True, exist_ok=True)
     keys = root / "keys"
     keys.mkdir(exist_ok=True)
@@ -107,6 +118,7 @@ def provision_swarm(
             genesis_hash=genesis.hash,
             data_path=data,
             timing=timing,
+            codec_override=overrides[node].to_dict() if node in overrides else None,
         )
         agent_configs[node] = _write(root / "config" / f"{node}.toml", dump_config(cfg))
 

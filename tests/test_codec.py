@@ -112,9 +112,9 @@ def test_golden_prefix_bytes() -> None:
         {"round": 2**32},
         {"base_hash": "AB" * 32},
         {"base_hash": "ab"},
-        {"codec": 1},  # reserved, not implemented yet
+        {"codec": 9},  # no such codec
         {"codec": True},
-        {"flags": 1},
+        {"flags": 2},  # no such flag
         {"n_params": 0},
         {"n_samples": -1},
         {"n_samples": 2**32},
@@ -134,8 +134,10 @@ def test_encode_refuses_misuse() -> None:
         encode_envelope(header(), np.array([0, 0, np.nan, 0, 0], np.float32), None)
     with pytest.raises(ValueError):
         encode_envelope(header(), np.zeros(5, np.float32), lambda m: b"short")
-    with pytest.raises(ValueError, match="overflows"):
+    with pytest.raises(ValueError):  # overflows float32
         encode_envelope(header(), np.array([0, 0, 1e300, 0, 0]), None)
+    with pytest.raises(ValueError, match="quantize"):  # a quantized header needs a body
+        encode_envelope(header(codec=2), np.zeros(5, np.float32), None)
 
 
 def test_oversized_refused_before_parsing() -> None:
@@ -165,12 +167,18 @@ def test_structural_errors() -> None:
         decode_envelope("not bytes")  # type: ignore[arg-type]
 
 
-def test_body_len_must_match_codec_and_n_params() -> None:
+def test_body_len_bounded_by_codec_and_n_params() -> None:
     frame = bytearray(encode_envelope(header(), np.zeros(5, np.float32), None))
     off = frame.index(struct.pack("<III", 5, 120, 20))
-    frame[off + 8 : off + 12] = struct.pack("<I", 16)
+    frame[off + 8 : off + 12] = struct.pack("<I", 24)
     with pytest.raises(EnvelopeError, match="body_len"):
         decode_envelope(bytes(frame))
+
+
+def test_a_short_body_frames_but_does_not_decode() -> None:
+    env = decode_envelope(encode_envelope(header(), b"\x00" * 16, None))
+    with pytest.raises(EnvelopeError, match="codec body"):
+        decode_delta(env, 5)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

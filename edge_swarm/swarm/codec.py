@@ -29,9 +29,10 @@ Invariants
   ``Envelope.verify`` with the sender's enrolled key, and ``decode_delta`` for the numbers.
 - Arrays cross the wire as raw little-endian bytes with the dtype fixed by the codec id and
   the length fixed by ``n_params``; never pickle network data.
-- Codecs are a table (``_CODECS``) keyed by codec id, so the quantized codecs (ids reserved
-  below) slot in by adding a row. Building with an unknown codec is misuse (ValueError);
-  receiving one is bad input (EnvelopeError).
+- The codec body is ``quantize``'s: self-describing given (codec id, flags, n_params), so a
+  receiver decodes any sender's codec and one swarm can mix them. ``body_len`` is bounded
+  by ``quantize.max_body_len`` before anything is decoded. Building with an unknown codec
+  is misuse (ValueError); receiving one is bad input (EnvelopeError).
 - Misuse by our own code raises ValueError/TypeError; bad input from a peer raises
   EnvelopeError (a ValueError subclass) and nothing else.
 
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_swarm.swarm import quantize
 from edge_swarm.swarm.topics import TopicError, validate_id, validate_round
 
 __all__ = [
@@ -72,15 +74,15 @@ __all__ = [
 MAGIC = b"ESWD"
 VERSION = 1
 
-CODEC_FLOAT32 = 0
+CODEC_FLOAT32 = quantize.CODEC_IDS["float32"]
 """Raw little-endian float32, 4 bytes a parameter."""
-CODEC_FLOAT16 = 1  # reserved
-CODEC_INT8 = 2  # reserved
-CODEC_INT4 = 3  # reserved
-CODEC_SIGN1 = 4  # reserved
+CODEC_FLOAT16 = quantize.CODEC_IDS["float16"]
+CODEC_INT8 = quantize.CODEC_IDS["int8"]
+CODEC_INT4 = quantize.CODEC_IDS["int4"]
+CODEC_SIGN1 = quantize.CODEC_IDS["sign1"]
 
-FLAG_TOPK = 0x01
-"""Reserved: the body is a top-k sparse encoding (indices + values) of the codec."""
+FLAG_TOPK = quantize.FLAG_TOPK
+"""The body is a top-k sparse encoding (indices + values) of the codec."""
 
 SIGNATURE_LEN = 64
 """Ed25519 signature length; the only non-zero signature length accepted."""
@@ -103,35 +105,12 @@ class EnvelopeError(ValueError):
 
 # --------------------------------------------------------------------------- codecs
 
-
-@dataclass(frozen=True)
-class _Codec:
-    """One row of the codec table: body size, encoder and decoder for a codec id."""
-
-    name: str
-    body_len: Callable[[int], int]
-    encode: Callable[[np.ndarray], bytes]
-    decode: Callable[[bytes, int], np.ndarray]
+_CODEC_IDS = frozenset(quantize.CODEC_IDS.values())
+_SUPPORTED_FLAGS = FLAG_TOPK
 
 
-def _f32_encode(delta: np.ndarray) -> bytes:
-    # Explicit little-endian dtype: the bytes are the same on every platform.
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(delta, dtype="<f4")
-    if not np.all(np.isfinite(out)):
-        raise ValueError("delta overflows float32")
-    return out.tobytes()
-
-
-def _f32_decode(body: bytes, n_params: int) -> np.ndarray:
-    # frombuffer + astype copies into a native, writable float32 array.
-    return np.frombuffer(body, dtype="<f4", count=n_params).astype(np.float32)
-
-
-_CODECS: dict[int, _Codec] = {
-    CODEC_FLOAT32: _Codec("float32", lambda n: 4 * n, _f32_encode, _f32_decode),
-}
-_SUPPORTED_FLAGS = 0  # FLAG_TOPK is reserved, not yet implemented
+def _max_body(codec: int, flags: int, n_params: int) -> int:
+    return quantize.max_body_len(codec, flags, n_params)
 
 
 # --------------------------------------------------------------------------- header
@@ -170,7 +149,7 @@ class EnvelopeHeader:
             raise ValueError(str(exc)) from None
         if not isinstance(self.base_hash, str) or _HEX64_RE.fullmatch(self.base_hash) is None:
             raise ValueError(f"base_hash must be 64 lowercase hex chars, got {self.base_hash!r}")
-        if isinstance(self.codec, bool) or self.codec not in _CODECS:
+        if isinstance(self.codec, bool) or self.codec not in _CODEC_IDS:
             raise ValueError(f"unsupported codec id {self.codec!r}")
         if isinstance(self.flags, bool) or not isinstance(self.flags, int):
             raise ValueError(f"flags must be an int, got {self.flags!r}")
@@ -180,9 +159,9 @@ class EnvelopeHeader:
         _check_u32(self.n_samples, "n_samples")
 
     @property
-    def body_len(self) -> int:
-        """The body length, in bytes, that this header's codec and ``n_params`` imply."""
-        return _CODECS[self.codec].body_len(self.n_params)
+    def max_body_len(self) -> int:
+        """The longest body this header's codec, flags and ``n_params`` allow, in bytes."""
+        return _max_body(self.codec, self.flags, self.n_params)
 
 
 def _pack_header(h: EnvelopeHeader, body_len: int) -> bytes:
@@ -207,26 +186,31 @@ def _pack_header(h: EnvelopeHeader, body_len: int) -> bytes:
 
 def encode_envelope(
     header: EnvelopeHeader,
-    delta: np.ndarray,
+    delta: np.ndarray | bytes,
     sign: Callable[[bytes], bytes] | None,
 ) -> bytes:
-    """Encode ``delta`` under ``header`` into a frame, signed by ``sign`` if given.
+    """Frame a delta under ``header``, signed by ``sign`` if given.
 
-    ``delta`` is a 1-D array of ``header.n_params`` finite values; ``sign`` takes the bytes to
-    sign and returns a 64-byte Ed25519 signature. Raises ValueError on misuse (wrong shape or
-    length, non-finite values, a signature of another length).
+    ``delta`` is either a codec body already made by ``quantize.encode`` (or by error
+    feedback) for the header's codec and flags, or a 1-D float32 array of ``n_params`` finite
+    values, which only a float32 header without flags takes. ``sign`` takes the bytes to sign
+    and returns a 64-byte Ed25519 signature. Raises ValueError on misuse (wrong shape, length
+    or codec, non-finite values, a body longer than the codec allows, a bad signature length).
     """
     if not isinstance(header, EnvelopeHeader):
         raise TypeError("header must be an EnvelopeHeader")
-    arr = np.asarray(delta)
-    if arr.ndim != 1 or arr.shape[0] != header.n_params:
-        raise ValueError(f"delta must have shape ({header.n_params},), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("delta holds NaN or Inf")
-    # Never pickle network data: the body is raw little-endian bytes of a fixed dtype.
-    body = _CODECS[header.codec].encode(arr)
-    if len(body) != header.body_len:
-        raise ValueError(f"codec produced {len(body)} bytes, expected {header.body_len}")
+    if isinstance(delta, (bytes, bytearray, memoryview)):
+        body = bytes(delta)
+    else:
+        if header.codec != CODEC_FLOAT32 or header.flags:
+            raise ValueError("a quantized envelope takes its body from quantize.encode")
+        arr = np.asarray(delta)
+        if arr.ndim != 1 or arr.shape[0] != header.n_params:
+            raise ValueError(f"delta must have shape ({header.n_params},), got {arr.shape}")
+        # Never pickle network data: the body is raw little-endian bytes of a fixed dtype.
+        body = quantize.encode(arr.astype(np.float32), quantize.CodecSpec("float32"))
+    if len(body) > header.max_body_len:
+        raise ValueError(f"a body of {len(body)} bytes exceeds {header.max_body_len}")
     signed = _pack_header(header, len(body)) + body
     signature = b"" if sign is None else bytes(sign(signed))
     if sign is not None and len(signature) != SIGNATURE_LEN:
@@ -308,7 +292,7 @@ def _parse_head(r: _Reader) -> tuple[int, int, str, int, str, str, int, int, int
         raise EnvelopeError(f"bad magic {magic!r}")
     if version != VERSION:
         raise EnvelopeError(f"unsupported version {version}")
-    if codec not in _CODECS:
+    if codec not in _CODEC_IDS:
         raise EnvelopeError(f"unsupported codec id {codec}")
     if flags & ~_SUPPORTED_FLAGS:
         raise EnvelopeError(f"unsupported flags {flags:#04x}")
@@ -345,9 +329,9 @@ def _decode(data: bytes) -> Envelope:
     codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len = _parse_head(r)
     if n_params < 1:
         raise EnvelopeError("n_params is 0")
-    expected = _CODECS[codec].body_len(n_params)
-    if body_len != expected:
-        raise EnvelopeError(f"body_len {body_len} != {expected} for {n_params} params")
+    limit = _max_body(codec, flags, n_params)
+    if body_len > limit:
+        raise EnvelopeError(f"body_len {body_len} exceeds {limit} for {n_params} params")
     body = r.take(body_len, "body")
     signed_end = r.pos
     (sig_len,) = r.unpack(_U8, "signature length")
@@ -378,9 +362,10 @@ def decode_delta(env: Envelope, expected_n_params: int) -> np.ndarray:
     h = env.header
     if h.n_params != expected_n_params:
         raise EnvelopeError(f"delta has {h.n_params} params, model has {expected_n_params}")
-    if len(env.body) != h.body_len:
-        raise EnvelopeError(f"body of {len(env.body)} bytes, expected {h.body_len}")
-    delta = _CODECS[h.codec].decode(env.body, h.n_params)
+    try:
+        delta = quantize.decode(env.body, h.codec, h.flags, h.n_params)
+    except quantize.CodecError as exc:
+        raise EnvelopeError(f"bad codec body: {exc}") from None
     if not np.all(np.isfinite(delta)):
         raise EnvelopeError("delta holds NaN or Inf")
     return delta
