@@ -332,6 +332,8 @@ class Agent(NodeRuntime):
             "loss": round(float(metrics["loss"]), 6),
             "accuracy": round(float(metrics["accuracy"]), 6),
             "train_s": round(self.last_train_s, 6),
+            "envelope_bytes": len(frame),
+            "codec": self.codec.codec_id,
         }
         return P.TrainingDone(action.round, sha, len(self.y), summary)
 
