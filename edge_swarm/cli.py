@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
     d.add_argument("--broker", default="embedded", choices=["embedded", "mosquitto"])
     d.add_argument(
+        "--codec",
+        default="int8",
+        help="delta codec: float32, float16, int8, int4, sign1, optionally with top-k, "
+        "e.g. int4+top10 (10%% of the entries); default int8",
+    )
+    d.add_argument(
+        "--no-error-feedback", action="store_true", help="send deltas without error feedback"
+    )
+    d.add_argument(
         "--workdir",
         type=Path,
         default=Path("demo-run"),

@@ -19,23 +19,47 @@ from edge_swarm.report import (
     print_table,
     write_json,
 )
+from edge_swarm.swarm.quantize import CodecSpec
+
+
+def parse_codec(text: str) -> CodecSpec:
+    """``int8``, ``sign1``, ``int4+top10`` (top 10% of the entries) → a CodecSpec."""
+    name, _, top = text.partition("+")
+    if not top:
+        return CodecSpec(name)
+    if not top.startswith("top"):
+        raise ValueError("the part after '+' must be topN, e.g. top10")
+    try:
+        percent = float(top[3:])
+    except ValueError:
+        raise ValueError(f"{top!r}: N in topN must be a number of percent") from None
+    return CodecSpec(name, topk=percent / 100)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     if workdir.exists() and not args.keep:
         shutil.rmtree(workdir)
+    try:
+        codec = parse_codec(args.codec)
+    except ValueError as exc:
+        print(f"edge-swarm demo: --codec {args.codec}: {exc}", file=sys.stderr)
+        return 2
     cfg = RunConfig(
         workdir=workdir,
         workload=args.workload,
         n_agents=args.agents,
         rounds=args.rounds,
         broker=args.broker,
+        codec=codec,
+        error_feedback=not args.no_error_feedback,
     )
     print(
         f"edge-swarm demo: {cfg.n_agents} agent processes, 1 gateway, {cfg.broker} MQTT broker; "
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {cfg.rounds} rounds\n"
-        f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n  files and logs: {workdir}\n",
+        f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n"
+        f"  delta codec: {args.codec}, error feedback {'on' if cfg.error_feedback else 'off'}\n"
+        f"  files and logs: {workdir}\n",
         flush=True,
     )
 
@@ -116,6 +140,8 @@ def summarise(result: RunResult, base: Baselines) -> dict[str, Any]:
         "rounds": cfg.rounds,
         "local_training": cfg.local.to_dict(),
         "merge_rule": cfg.merge.to_dict(),
+        "codec": cfg.codec.to_dict(),
+        "error_feedback": cfg.error_feedback,
         "broker": cfg.broker,
         "final_accuracy": result.final_accuracy,
         "per_round": [

@@ -208,7 +208,9 @@ def encode_envelope(
         if arr.ndim != 1 or arr.shape[0] != header.n_params:
             raise ValueError(f"delta must have shape ({header.n_params},), got {arr.shape}")
         # Never pickle network data: the body is raw little-endian bytes of a fixed dtype.
-        body = quantize.encode(arr.astype(np.float32), quantize.CodecSpec("float32"))
+        with np.errstate(over="ignore"):  # an overflow becomes inf, which encode refuses
+            f32 = arr.astype(np.float32)
+        body = quantize.encode(f32, quantize.CodecSpec("float32"))
     if len(body) > header.max_body_len:
         raise ValueError(f"a body of {len(body)} bytes exceeds {header.max_body_len}")
     signed = _pack_header(header, len(body)) + body
