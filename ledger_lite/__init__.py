@@ -16,7 +16,13 @@ revoked or expired author, by a role the policy does not allow, badly signed, or
 `Ledger` = `SqliteStore` (WAL, one fsynced transaction per entry, re-verified on open)
 plus that state: `submit(tx)` validates, appends and folds, under a lock. `verify_chain`
 and `verify_file` re-check a whole chain; the ``ledger-lite`` command wraps them.
-The package imports nothing from edge_swarm. Raft replication and Merkle proofs come later.
+The package imports nothing from edge_swarm. Raft replication comes later.
+
+Merkle proofs (`merkle`, RFC 9162): `MerkleTree` over the entries' hashes in height order
+answers `inclusion_proof(height, size)` and `consistency_proof(old, new)` for any size it
+has reached; agents check them with the pure `verify_inclusion` / `verify_consistency`. A
+gateway signs (swarm, size, root, time) as a `TreeHead` and sends a `ProofBundle`; the
+agent runs `check_inclusion(bundle, entry_hash, gateway_key)` (`treehead`).
 """
 
 from __future__ import annotations
@@ -37,8 +43,23 @@ from .entry import (
 from .errors import CorruptStore, DecodeError, LedgerError, Refused
 from .keys import SigningKey
 from .ledger import Ledger
+from .merkle import (
+    EMPTY_ROOT,
+    MerkleTree,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from .state import LedgerState, Member
 from .store import SqliteStore
+from .treehead import (
+    ProofBundle,
+    TreeHead,
+    check_consistency,
+    check_inclusion,
+    sign_tree_head,
+    verify_tree_head,
+)
 from .verify import VerifyReport, verify_chain, verify_file
 
 # The submodule ledger_lite.verify shares this name; importing it bound the package
@@ -48,6 +69,7 @@ verify = keys.verify
 
 __all__ = [
     "DEFAULT_POLICY",
+    "EMPTY_ROOT",
     "GENESIS_PREV",
     "KINDS",
     "MAX_ENTRY_BYTES",
@@ -59,17 +81,27 @@ __all__ = [
     "LedgerError",
     "LedgerState",
     "Member",
+    "MerkleTree",
+    "ProofBundle",
     "Refused",
     "SigningKey",
     "SqliteStore",
+    "TreeHead",
     "Tx",
     "VerifyReport",
     "canonical_bytes",
+    "check_consistency",
+    "check_inclusion",
     "errors",
+    "leaf_hash",
     "make_genesis",
     "make_tx",
     "sha256_hex",
+    "sign_tree_head",
     "verify",
     "verify_chain",
+    "verify_consistency",
     "verify_file",
+    "verify_inclusion",
+    "verify_tree_head",
 ]

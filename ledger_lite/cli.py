@@ -3,11 +3,21 @@
     ledger-lite verify PATH       exit 0 "ok: N entries, tip H"; 1 "FAILED at height H: why";
                                   2 for a missing file or bad usage
     ledger-lite show PATH [--kind K] [--round R] [--json] [--limit N]
+    ledger-lite proof PATH --height H [--size N] [--json]
+    ledger-lite proof PATH --consistency OLD [--size NEW] [--json]
+                      [--sign KEYFILE --gateway-id ID]
 
-Both only read the file (SQLite read-only mode); ``show`` verifies the chain first and
-refuses to display a corrupt one (run ``verify`` to see where). The table uses rich when
-it is installed and stdout is a terminal, plain aligned text otherwise; ``--json`` prints
-one canonical JSON object per entry (its eight fields plus ``hash``).
+All only read the file (SQLite read-only mode); ``show`` and ``proof`` verify the chain
+first and refuse a corrupt one (run ``verify`` to see where). ``proof`` builds the RFC 9162
+Merkle tree over the entry hashes, prints the inclusion proof of the entry at height H in
+the tree of the first N entries (default: all), or the consistency proof from the first OLD
+entries to the first NEW, and verifies it with the agents' verifier: exit 0 "ok: …
+verified", 1 if it does not verify, 2 for a height or size out of range. ``--sign`` prints
+instead the signed `ProofBundle` a gateway would send (the key file as ``SigningKey.load``).
+
+The ``show`` table uses rich when it is installed and stdout is a terminal, plain aligned
+text otherwise; ``--json`` prints one canonical JSON object per entry (its eight fields
+plus ``hash``).
 """
 
 from __future__ import annotations
@@ -20,9 +30,12 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from .canonical import canonical_bytes
-from .entry import Entry
+from .entry import Entry, is_id, now_ms
 from .errors import CorruptStore, LedgerError
+from .keys import SigningKey
+from .merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from .store import SqliteStore
+from .treehead import ProofBundle, check_consistency, check_inclusion, sign_tree_head
 from .verify import verify_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,7 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--round", type=int, help="only entries whose payload round is R")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--limit", type=int, help="show at most N entries")
+    _add_proof_parser(sub)
     return p
+
+
+def _add_proof_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("proof", help="print and verify a Merkle inclusion or consistency proof")
+    p.add_argument("path")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--height", type=int, help="inclusion proof of the entry at height H")
+    what.add_argument(
+        "--consistency", type=int, metavar="OLD", help="consistency proof from OLD entries"
+    )
+    p.add_argument("--size", type=int, help="tree of the first N entries (default: all)")
+    p.add_argument("--json", action="store_true", help="one canonical JSON object")
+    p.add_argument("--sign", metavar="KEYFILE", help="print a ProofBundle signed with this key")
+    p.add_argument("--gateway-id", help="the signer's id in the tree head (with --sign)")
 
 
 def _cmd_verify(path: str) -> int:
@@ -110,15 +138,22 @@ def _print_table(entries: Iterator[Entry]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
+def _open_verified(path: str) -> SqliteStore | int:
+    """The store at `path`, verified; or the exit status after printing why not."""
     try:
-        store = SqliteStore(args.path, verify_only=True)
+        return SqliteStore(path, verify_only=True)
     except FileNotFoundError:
-        print(f"ledger-lite: no such ledger file: {args.path}", file=sys.stderr)
+        print(f"ledger-lite: no such ledger file: {path}", file=sys.stderr)
         return EXIT_USAGE
     except CorruptStore as exc:
         print(f"FAILED at height {exc.height}: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    store = _open_verified(args.path)
+    if isinstance(store, int):
+        return store
     with store:
         if args.json:
             for e in _selected(store, args):
@@ -126,6 +161,117 @@ def _cmd_show(args: argparse.Namespace) -> int:
         else:
             _print_table(_selected(store, args))
     return EXIT_OK
+
+
+def _usage_error(message: str) -> int:
+    print(f"ledger-lite proof: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _cmd_proof(args: argparse.Namespace) -> int:
+    if (args.sign is None) != (args.gateway_id is None):
+        return _usage_error("--sign and --gateway-id go together")
+    if args.gateway_id is not None and not is_id(args.gateway_id):
+        return _usage_error("--gateway-id must match [A-Za-z0-9_.-]{1,64}")
+    store = _open_verified(args.path)
+    if isinstance(store, int):
+        return store
+    with store:
+        state = store.verified_state
+        hashes = [bytes.fromhex(e.hash) for e in store]
+    if state is None:
+        print(f"ledger-lite: {args.path} holds no entries", file=sys.stderr)
+        return EXIT_FAILED
+    tree = MerkleTree(hashes)
+    size = tree.size if args.size is None else args.size
+    if not 1 <= size <= tree.size:
+        return _usage_error(f"--size {size} not in [1, {tree.size}] (entries in the ledger)")
+    if args.height is not None and not 0 <= args.height < size:
+        return _usage_error(f"--height {args.height} not in [0, {size - 1}]")
+    if args.consistency is not None and not 0 <= args.consistency <= size:
+        return _usage_error(f"--consistency {args.consistency} not in [0, {size}]")
+    if args.sign is not None:
+        return _print_bundle(args, state.swarm, hashes, tree, size)
+    if args.height is not None:
+        report, ok = _inclusion_report(tree, hashes[args.height], args.height, size)
+    else:
+        report, ok = _consistency_report(tree, args.consistency, size)
+    if args.json:
+        print(canonical_bytes({**report, "verified": ok}).decode("utf-8"))
+    else:
+        _print_report(report)
+        print(f"ok: {report['kind']} proof verified" if ok else "FAILED: proof does not verify")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _inclusion_report(
+    tree: MerkleTree, entry_hash: bytes, height: int, size: int
+) -> tuple[dict[str, object], bool]:
+    proof, root = tree.inclusion_proof(height, size), tree.root(size)
+    leaf = leaf_hash(entry_hash)  # recomputed, not read back from the tree
+    report: dict[str, object] = {
+        "kind": "inclusion",
+        "height": height,
+        "tree_size": size,
+        "entry_hash": entry_hash.hex(),
+        "leaf_hash": leaf.hex(),
+        "root": root.hex(),
+        "proof": [p.hex() for p in proof],
+    }
+    return report, verify_inclusion(leaf, height, size, proof, root)
+
+
+def _consistency_report(tree: MerkleTree, old: int, size: int) -> tuple[dict[str, object], bool]:
+    proof, old_root, new_root = tree.consistency_proof(old, size), tree.root(old), tree.root(size)
+    report: dict[str, object] = {
+        "kind": "consistency",
+        "old_size": old,
+        "new_size": size,
+        "old_root": old_root.hex(),
+        "new_root": new_root.hex(),
+        "proof": [p.hex() for p in proof],
+    }
+    return report, verify_consistency(old, size, old_root, new_root, proof)
+
+
+def _print_report(report: dict[str, object]) -> None:
+    if report["kind"] == "inclusion":
+        print(f"inclusion of height {report['height']} in the tree of size {report['tree_size']}")
+        names = ("entry_hash", "leaf_hash", "root")
+    else:
+        print(f"consistency of size {report['old_size']} with size {report['new_size']}")
+        names = ("old_root", "new_root")
+    for name in names:
+        print(f"{name:<12}{report[name]}")
+    proof = report["proof"]
+    assert isinstance(proof, list)
+    print(f"{'proof':<12}{len(proof)} hashes, leaf end first")
+    for i, h in enumerate(proof):
+        print(f"{i:>10}  {h}")
+
+
+def _print_bundle(
+    args: argparse.Namespace, swarm: str, hashes: list[bytes], tree: MerkleTree, size: int
+) -> int:
+    """Print the signed ProofBundle a gateway would send, after checking it as an agent
+    would (for consistency, against a tree head of the old size signed by the same key)."""
+    key = SigningKey.load(args.sign)  # KeyFileError is a LedgerError: main reports it
+    head = sign_tree_head(key, swarm, args.gateway_id, size, tree.root(size), now_ms())
+    if args.height is not None:
+        proof = tree.inclusion_proof(args.height, size)
+        bundle = ProofBundle.for_inclusion(head, args.height, proof)
+        ok = check_inclusion(bundle, hashes[args.height], key.public_hex, swarm=swarm)
+    else:
+        old_size = args.consistency
+        old = sign_tree_head(
+            key, swarm, args.gateway_id, old_size, tree.root(old_size), head.timestamp_ms
+        )
+        bundle = ProofBundle.for_consistency(head, old_size, tree.consistency_proof(old_size, size))
+        ok = check_consistency(bundle, old, key.public_hex)
+    print(bundle.encode().decode("utf-8"))
+    if not ok:
+        print("FAILED: proof does not verify", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "verify":
             return _cmd_verify(args.path)
+        if args.command == "proof":
+            return _cmd_proof(args)
         return _cmd_show(args)
     except LedgerError as exc:
         print(f"ledger-lite: {exc}", file=sys.stderr)
