@@ -26,7 +26,7 @@ from edge_swarm.swarm.checkpoint import CheckpointError, decode_checkpoint, enco
 from edge_swarm.swarm.inbox import Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission
-from ledger_lite import Entry, Ledger, Tx, make_tx
+from ledger_lite import Entry, Ledger, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
 from ledger_lite.errors import LedgerError, Refused
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Gateway(NodeRuntime):
         self.attested: set[tuple[int, str]] = set()
         self.last_final_round = 0
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
+        self.tree = MerkleTree(bytes.fromhex(e.hash) for e in self.ledger.entries(0))
         self._replay()
 
     # -- start-up
@@ -223,6 +224,9 @@ class Gateway(NodeRuntime):
         except (MessageError, ValueError) as exc:
             self.drops.drop("bad query", str(exc))
             return
+        if q.op != "entries":
+            self.mqtt.publish(topic, self._proof_reply(q).encode(), qos=1)
+            return
         page, size = [], 0
         for e in self.ledger.entries(q.start, q.limit):
             size += len(e.canonical())
@@ -231,6 +235,23 @@ class Gateway(NodeRuntime):
             page.append(e.to_dict())
         reply = Reply(req=q.req, entries=page, tip_height=self.ledger.height)
         self.mqtt.publish(topic, reply.encode(), qos=1)
+
+    def _proof_reply(self, q: Query) -> Reply:
+        """A proof signed by this gateway over the ledger as it is now (RFC 9162 style), so
+        a device can check an entry is in the ledger without holding the chain."""
+        size = self.tree.size
+        if not 0 <= q.start < size or (q.op == "consistency" and q.start == 0):
+            return Reply(req=q.req, tip_height=size - 1, refused=f"out of range: {q.start}")
+        head = sign_tree_head(
+            self.key, self.cfg.swarm, self.cfg.node_id, size, self.tree.root(), now_ms()
+        )
+        if q.op == "inclusion":
+            bundle = ProofBundle.for_inclusion(head, q.start, self.tree.inclusion_proof(q.start))
+        else:
+            bundle = ProofBundle.for_consistency(
+                head, q.start, self.tree.consistency_proof(q.start)
+            )
+        return Reply(req=q.req, tip_height=size - 1, proof=bundle.to_dict())
 
     # -- the ledger and the coordinator
     def _fold(self, entry: Entry) -> None:
@@ -247,6 +268,7 @@ class Gateway(NodeRuntime):
             self.attested = {a for a in self.attested if a[0] >= p["round"]}
 
     def _appended(self, entry: Entry) -> None:
+        self.tree.append(bytes.fromhex(entry.hash))
         self.mqtt.publish(self.topics.ledger_events(), entry.canonical(), qos=1)
         self._fold(entry)
         event = P.Appended(entry.kind, entry.author, entry.payload, entry.ts)

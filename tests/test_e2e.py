@@ -315,3 +315,65 @@ def test_a_broker_with_a_256_kib_packet_limit_carries_a_large_model(tmp_path: Pa
     # The observer evaluated every round from the retained, chunked checkpoint.
     assert all(r.accuracy is not None for r in result.rounds)
     assert max(r.envelope_bytes for r in result.rounds) > 4 * 400_000
+
+
+# --------------------------------------------------------------------------- proofs
+
+
+def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_path: Path) -> None:
+    import queue
+
+    from edge_swarm.swarm.messages import Query, Reply
+    from ledger_lite import (
+        Entry,
+        MerkleTree,
+        ProofBundle,
+        check_inclusion,
+        verify_consistency,
+        verify_tree_head,
+    )
+
+    cfg = small(tmp_path, "embedded", rounds=3)
+    checked: dict[str, bool] = {}
+
+    def ask_for_proofs(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        assert obs.wait_for(lambda: obs.final_round() >= 2, timeout=60)
+        commit = next(e for e in obs.entries if e.kind == "delta_commit" and e.author == "agent-01")
+        gw_key = SigningKey.load(cfg.workdir / "keys" / "gateway-1.key").public_hex
+        replies: queue.Queue[bytes] = queue.Queue()
+        reply_topic = obs.topics.ledger_reply("prover")
+
+        def on_message(m: object) -> None:
+            if m.topic == reply_topic:
+                replies.put(m.payload)
+
+        client = MqttClient("prover", "127.0.0.1", obs.mqtt.port, on_message=on_message)
+        client.start()
+        try:
+            assert client.wait_connected(10)
+            assert client.subscribe(obs.topics.ledger_reply("prover"))
+            # The chain as this device saw it, fetched as an agent does on start.
+            assert client.publish(obs.topics.ledger_query(), Query("prover", "all").encode())
+            seen = [Entry.from_dict(d) for d in Reply.decode(replies.get(timeout=10)).entries]
+            for op, start in (("inclusion", commit.height), ("consistency", commit.height + 1)):
+                q = Query("prover", op, start=start, op=op)
+                assert client.publish(obs.topics.ledger_query(), q.encode(), wait=10)
+                reply = Reply.decode(replies.get(timeout=10))
+                assert reply.proof is not None, reply.refused
+                bundle = ProofBundle.from_dict(reply.proof)
+                if op == "inclusion":
+                    checked[op] = check_inclusion(bundle, commit.hash, gw_key, swarm=cfg.swarm)
+                    # The same proof does not vouch for another entry.
+                    checked["forged"] = check_inclusion(bundle, "00" * 32, gw_key)
+                else:
+                    # The chain this device saw (heights 0..start-1) is a prefix of today's.
+                    old_root = MerkleTree([bytes.fromhex(e.hash) for e in seen[:start]]).root()
+                    head = bundle.head
+                    checked[op] = verify_tree_head(head, gw_key) and verify_consistency(
+                        start, head.tree_size, old_root, head.root, list(bundle.proof)
+                    )
+        finally:
+            client.stop()
+
+    run_swarm(cfg, during=ask_for_proofs)
+    assert checked == {"inclusion": True, "forged": False, "consistency": True}

@@ -65,14 +65,23 @@ class Submission:
         return cls(tx=_typed(_load(data, 128 * 1024), "tx", dict))
 
 
+QUERY_OPS = ("entries", "inclusion", "consistency")
+
+
 @dataclass(frozen=True)
 class Query:
-    """A request on ``ledger/query``: entries from ``start`` (at most ``limit``)."""
+    """A request on ``ledger/query``.
+
+    ``op`` "entries": entries from ``start`` (at most ``limit``); "inclusion": a signed proof
+    that the entry at height ``start`` is in the ledger; "consistency": a signed proof that
+    the ledger of ``start`` entries is a prefix of today's.
+    """
 
     client: str
     req: str
     start: int = 0
     limit: int = MAX_PAGE
+    op: str = "entries"
 
     def encode(self) -> bytes:
         return _dump(asdict(self))
@@ -85,9 +94,12 @@ class Query:
             req=_typed(obj, "req", str),
             start=_typed(obj, "start", int),
             limit=_typed(obj, "limit", int),
+            op=obj.get("op", "entries"),
         )
         if q.start < 0 or not 0 < q.limit <= MAX_PAGE or len(q.req) > 64:
             raise MessageError("query out of range")
+        if q.op not in QUERY_OPS:
+            raise MessageError(f"unknown query op {q.op!r}")
         return q
 
 
@@ -99,6 +111,7 @@ class Reply:
     entries: list[dict[str, Any]] = field(default_factory=list)
     tip_height: int = -1
     refused: str | None = None
+    proof: dict[str, Any] | None = None  # a ledger_lite ProofBundle, checked by the receiver
 
     def encode(self) -> bytes:
         return _dump(asdict(self))
@@ -112,11 +125,15 @@ class Reply:
         refused = obj.get("refused")
         if refused is not None and not isinstance(refused, str):
             raise MessageError("refused must be a string")
+        proof = obj.get("proof")
+        if proof is not None and not isinstance(proof, dict):
+            raise MessageError("proof must be an object")
         return cls(
             req=_typed(obj, "req", str),
             entries=entries,
             tip_height=_typed(obj, "tip_height", int),
             refused=refused,
+            proof=proof,
         )
 
 
