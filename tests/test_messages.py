@@ -65,7 +65,15 @@ def test_round_trip(msg: Any) -> None:
 
 def test_encoding_is_canonical_json() -> None:
     data = Query(client="pi-1", req="r", start=3, limit=9).encode()
-    assert data == b'{"client":"pi-1","limit":9,"req":"r","start":3}'
+    assert data == b'{"client":"pi-1","limit":9,"op":"entries","req":"r","start":3}'
+
+
+def test_query_ops_are_checked() -> None:
+    assert Query.decode(Query("pi-1", "r", start=3, op="inclusion").encode()).op == "inclusion"
+    # An older client without "op" asks for entries.
+    assert Query.decode(b'{"client":"pi-1","limit":9,"req":"r","start":3}').op == "entries"
+    with pytest.raises(MessageError, match="op"):
+        Query.decode(b'{"client":"pi-1","limit":9,"req":"r","start":3,"op":"drop"}')
 
 
 def test_reply_defaults_when_fields_are_absent() -> None:
