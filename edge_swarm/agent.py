@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 RESIDUAL_FILE = "residual.bin"  # error feedback's residual, kept across restarts
 QUERY_RETRY_S = 2.0
+RESUBMIT_S = 3.0
+MAX_SUBMITS = 5
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
@@ -71,6 +73,7 @@ class Agent(NodeRuntime):
         self.rounds_done: list[int] = []
         self._before_genesis: list[tuple[bytes, int, str]] = []
         self._checkpoints_on = False
+        self._unconfirmed: dict[str, list[Any]] = {}  # tx id -> [payload, last sent, tries]
 
     # -- set-up and ledger sync
     def setup(self) -> None:
@@ -109,6 +112,8 @@ class Agent(NodeRuntime):
             self._send_query()  # no reply yet, or a gap in the events: ask (again)
         if self.machine is not None and self.synced:
             self._act(self.machine.handle(P.Tick(now)))
+        if self._unconfirmed:
+            self._resubmit()
 
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
         if kind == "ledger_events":
@@ -137,6 +142,7 @@ class Agent(NodeRuntime):
             self.drops.drop("bad reply", str(exc))
             return
         if reply.refused is not None:
+            self._unconfirmed.pop(reply.req, None)
             log.warning("the ledger refused our submission %s: %s", reply.req[:12], reply.refused)
             return
         if reply.req != self._query_id:
@@ -161,6 +167,7 @@ class Agent(NodeRuntime):
                 self._on_entry(entry)
 
     def _on_entry(self, entry: Entry) -> None:
+        self._unconfirmed.pop(entry.tx_id, None)
         if entry.kind == "genesis":
             self._start_from_genesis(entry.payload["params"])
             return
@@ -352,7 +359,25 @@ class Agent(NodeRuntime):
 
     def _submit(self, action: P.Append) -> None:
         tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload)
-        self.mqtt.publish(self.topics.ledger_submit(), Submission(tx.to_dict()).encode(), qos=1)
+        payload = Submission(tx.to_dict()).encode()
+        self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
+        self._unconfirmed[tx.tx_id] = [payload, time.monotonic(), 1]
+
+    def _resubmit(self) -> None:
+        """Send again what the ledger has not shown after a while: a submission can be lost
+        with a gateway that stopped leading before it forwarded it. A copy that did land is
+        refused as a replay, which changes nothing."""
+        now = time.monotonic()
+        for tx_id, item in list(self._unconfirmed.items()):
+            payload, sent, tries = item
+            if now - sent < RESUBMIT_S:
+                continue
+            if tries >= MAX_SUBMITS:
+                del self._unconfirmed[tx_id]
+                log.warning("submission %s never reached the ledger; giving up", tx_id[:12])
+                continue
+            self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
+            item[1], item[2] = now, tries + 1
 
     def _telemetry(self, rnd: int) -> None:
         self.publish_telemetry(rnd, {"train_s": round(self.last_train_s, 6)})

@@ -23,6 +23,7 @@ else:  # pragma: no cover - Python 3.10 on Jetson images
     import tomli as tomllib
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" would let "\n" in
+_ADDR = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -87,6 +88,9 @@ class NodeConfig:
     # A device profile may choose its own delta codec (a Pi on a weak link sends 1-bit);
     # envelopes are self-describing, so one swarm can mix codecs. Checked at agent start.
     codec_override: dict[str, Any] | None = None
+    # Gateways of one site replicate the ledger by Raft: this one's address, and the others'.
+    raft_self: str | None = None
+    raft_peers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -103,6 +107,11 @@ class NodeConfig:
             raise ConfigError("agent.data is required for an agent")
         if self.role == "gateway" and self.ledger_path is None:
             raise ConfigError("gateway.ledger is required for a gateway")
+        for addr in (self.raft_self, *self.raft_peers):
+            if addr is not None and not _ADDR.fullmatch(str(addr)):
+                raise ConfigError(f"gateway.raft/peers: {addr!r} is not host:port")
+        if self.raft_peers and self.raft_self is None:
+            raise ConfigError("gateway.peers needs gateway.raft, this gateway's own address")
         if self.codec_override is not None and not isinstance(self.codec_override, dict):
             raise ConfigError('agent.codec must be a table, e.g. { name = "int8" }')
 
@@ -131,7 +140,10 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
     _known(agent, "agent", ("data", "codec"))
-    _known(gateway, "gateway", ("ledger", "bootstrap"))
+    _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers"))
+    peers = gateway.get("peers", [])
+    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+        raise ConfigError('gateway.peers must be a list of "host:port" strings')
 
     def path_of(table: dict[str, Any], key: str, where: str) -> Path | None:
         value = table.get(key)
@@ -155,6 +167,8 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             codec_override=agent.get("codec"),
             ledger_path=path_of(gateway, "ledger", "gateway"),
             bootstrap_path=path_of(gateway, "bootstrap", "gateway"),
+            raft_self=gateway.get("raft"),
+            raft_peers=tuple(peers),
             timing=Timing(**timing),
         )
     except TypeError as exc:  # belt and braces: _known has named unknown keys already
@@ -237,6 +251,9 @@ def dump_config(cfg: NodeConfig) -> str:
         lines += ["", "[gateway]", f"ledger = {_q(cfg.ledger_path)}"]
         if cfg.bootstrap_path is not None:
             lines.append(f"bootstrap = {_q(cfg.bootstrap_path)}")
+        if cfg.raft_self is not None:
+            lines.append(f"raft = {_q(cfg.raft_self)}")
+            lines.append("peers = [" + ", ".join(_q(p) for p in cfg.raft_peers) + "]")
     t = cfg.timing
     lines += [
         "",

@@ -1,12 +1,14 @@
 """The gateway process: a ledger replica, the round coordinator, and the checkpoint.
 
-The gateway owns the only writable copy of the ledger (one replica for now; Raft among
-several gateways comes with the replicated ledger). It validates every submission twice:
-``ledger_lite`` checks signature, enrolment and policy; the coordinator checks that the
-entry makes sense for the round in progress (a commit for the open round, once per node).
-Every appended entry is published on ``ledger/events``; agents that missed some ask on
-``ledger/query``. It merges the included envelopes itself, so that it can publish the final
-model as the retained checkpoint that late or lagging agents load.
+A site runs one gateway, or several that replicate the ledger by Raft (``ledger_backend``).
+Every gateway folds every applied entry into its coordinator and merges every round, so
+any of them can take over; only the coordinating one (the Raft leader) acts: it forwards
+agents' submissions to the ledger, opens, closes and finalises rounds, answers ledger
+queries, publishes appended entries on ``ledger/events`` and the retained checkpoint.
+
+Submissions are validated twice: ``ledger_lite`` checks signature, enrolment and policy on
+every replica; the coordinator checks that the entry makes sense for the round in progress
+(a commit for the open round, once per node) before forwarding it.
 """
 
 from __future__ import annotations
@@ -14,19 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from edge_swarm.config import NodeConfig
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
+from edge_swarm.ledger_backend import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
 from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
 from edge_swarm.swarm import protocol as P
-from edge_swarm.swarm.checkpoint import CheckpointError, decode_checkpoint, encode_checkpoint
+from edge_swarm.swarm.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    decode_checkpoint,
+    encode_checkpoint,
+)
 from edge_swarm.swarm.inbox import Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission
-from ledger_lite import Entry, Ledger, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
+from ledger_lite import Entry, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
 from ledger_lite.errors import LedgerError, Refused
 
 log = logging.getLogger(__name__)
@@ -35,92 +42,80 @@ MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
 
 
-def create_ledger(path: Path, bootstrap: Path) -> Ledger:
-    """Create a ledger from a bootstrap file: the genesis entry, then pre-signed entries."""
-    lines = [json.loads(line) for line in bootstrap.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{bootstrap}: empty bootstrap file")
-    ledger = Ledger.create(path, Entry.from_dict(lines[0]))
-    for raw in lines[1:]:
-        ledger.submit(Entry.from_dict(raw).tx)
-    return ledger
+def open_ledger(cfg: NodeConfig, genesis: Entry | None) -> LedgerBackend:
+    assert cfg.ledger_path is not None
+    cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.raft_self is None:
+        return LocalLedger(cfg.ledger_path, genesis)
+    return ReplicatedLedger(cfg.ledger_path, genesis, cfg.raft_self, cfg.raft_peers)
 
 
 class Gateway(NodeRuntime):
-    """One site gateway: ledger, coordinator, checkpoint."""
+    """One site gateway: ledger replica, coordinator, checkpoint."""
 
     role = "gateway"
 
     def __init__(self, cfg: NodeConfig) -> None:
         super().__init__(cfg)
-        assert cfg.ledger_path is not None
-        cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        if cfg.ledger_path.exists():
-            self.ledger = Ledger.open(cfg.ledger_path)
-        elif cfg.bootstrap_path is not None:
-            self.ledger = create_ledger(cfg.ledger_path, cfg.bootstrap_path)
-        else:
-            raise FileNotFoundError(
-                f"no ledger at {cfg.ledger_path} and no [gateway] bootstrap file to create one"
-            )
+        bootstrap = read_bootstrap(cfg.bootstrap_path) if cfg.bootstrap_path else []
+        self.ledger = open_ledger(cfg, bootstrap[0] if bootstrap else None)
+        self._bootstrap = bootstrap[1:]
         genesis = self.ledger.entries(0, 1)[0]
         if cfg.genesis_hash is not None and genesis.hash != cfg.genesis_hash:
+            self.ledger.close()
             raise ValueError(f"ledger genesis {genesis.hash[:12]} is not the configured one")
         params = genesis.payload["params"]
         spec = ModelSpec.from_dict(params["model"])
-        self.holder = ModelHolder(
-            spec, init_params(spec, int(params["init_seed"])), MergeRule.from_dict(params["merge"])
-        )
+        rule = MergeRule.from_dict(params["merge"])
+        self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
         self.inbox = EnvelopeInbox(
             cfg.swarm, spec.n_params, self._public_key, cfg.max_envelope_bytes
         )
-        self.policy = P.RoundPolicy.from_params(params)
-        self.coordinator = P.Coordinator(self.policy, self.holder.hash, now_ms())
+        self.coordinator = P.Coordinator(
+            P.RoundPolicy.from_params(params), self.holder.hash, now_ms()
+        )
+        self.coordinator.replaying = True  # it acts only while this gateway leads
+        self.leading = False
         self.samples: dict[int, dict[str, int]] = {}
         self.pending_merge: P.Merge | None = None
         self.attested: set[tuple[int, str]] = set()
-        self.last_final_round = 0
+        self.last_final: dict[str, Any] | None = None
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
-        self.tree = MerkleTree(bytes.fromhex(e.hash) for e in self.ledger.entries(0))
+        self.tree = MerkleTree()
+        self.folded = -1
+        # Registered before the replay, so nothing applied meanwhile is missed; the height
+        # check in _applied skips what the replay already folded.
+        self.ledger.on_append.append(lambda e: self.call_soon(lambda: self._applied(e)))
+        self.ledger.on_role.append(lambda lead: self.call_soon(lambda: self._on_role(lead)))
         self._replay()
 
     # -- start-up
     def _replay(self) -> None:
         """Rebuild the coordinator and the model from the ledger and the saved checkpoint."""
-        last_final: dict[str, Any] | None = None
-        self.coordinator.replaying = True
-        for entry in self.ledger.entries(1):
-            self._fold(entry)
-            self.coordinator.handle(P.Appended(entry.kind, entry.author, entry.payload, entry.ts))
-            if entry.kind == "model_final":
-                last_final = entry.payload
-        if last_final is not None:
-            self._restore_checkpoint(last_final)
-        self._resumed = self.coordinator.resume()
+        for entry in self.ledger.entries(0):
+            self._fold(entry, live=False)
+        if self.last_final is not None:
+            self._restore_checkpoint(self.last_final)
         log.info(
-            "ledger at height %d; %d rounds done",
-            self.ledger.height,
-            self.coordinator.finished_rounds,
+            "ledger at height %d; %d rounds done", self.folded, self.coordinator.finished_rounds
         )
 
     def _restore_checkpoint(self, final: dict[str, Any]) -> None:
         try:
-            ck = decode_checkpoint(self.checkpoint_path.read_bytes())
+            self._adopt(decode_checkpoint(self.checkpoint_path.read_bytes()))
         except (OSError, CheckpointError) as exc:
-            log.error(
-                "no usable checkpoint for round %d (%s): agents must supply it", final["round"], exc
+            log.warning(
+                "no saved checkpoint of round %d (%s); taking the retained one", final["round"], exc
             )
-            return
-        if (
-            ck.round == final["round"]
-            and ck.model_hash == final["model_hash"]
-            and self.holder.adopt(ck)
-        ):
-            log.info("restored checkpoint of round %d", ck.round)
-        else:
-            log.error(
-                "saved checkpoint is not the ledger's final model of round %d", final["round"]
-            )
+
+    def _adopt(self, ck: Checkpoint) -> bool:
+        final = self.last_final
+        if final is None or ck.round != final["round"] or ck.model_hash != final["model_hash"]:
+            return False
+        if self.holder.round >= ck.round or not self.holder.adopt(ck):
+            return False
+        log.info("holding the final model of round %d", ck.round)
+        return True
 
     def setup(self) -> None:
         t = self.topics
@@ -129,19 +124,36 @@ class Gateway(NodeRuntime):
             t.ledger_query(),
             t.delta_filter(),
             t.fleet_status_filter(),
+            t.model_latest(),
+            t.model_chunk_filter(),
         ):
             self.mqtt.subscribe(topic, qos=1)
+        self.ledger.start()
+
+    def shutdown(self) -> None:
+        try:
+            super().shutdown()
+        finally:
+            self.ledger.close()
+
+    def _on_role(self, lead: bool) -> None:
+        if lead == self.leading:
+            return
+        self.leading = lead
+        log.info("this gateway %s the coordinator", "is now" if lead else "is no longer")
+        if not lead:
+            self.coordinator.replaying = True
+            return
+        for entry in self._bootstrap:  # enrolments of a new site, once, by whoever leads first
+            if entry.tx.tx_id not in self.ledger.state.seen:
+                self.ledger.submit(entry.tx, self._own_result)
+        self.coordinator.resume()  # merges are the gateway's own business (_fold)
         if self.holder.round > 0:
             self._publish_checkpoint()
-        self._act(self._resumed)
 
     # -- inputs
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
-        if kind == "ledger_submit":
-            self._on_submission(msg.payload)
-        elif kind == "ledger_query":
-            self._on_query(msg.payload)
-        elif kind == "delta" and rnd is not None and node is not None:
+        if kind == "delta" and rnd is not None and node is not None:
             try:
                 self.inbox.offer(msg.payload, rnd, node)
             except Dropped as exc:
@@ -150,9 +162,26 @@ class Gateway(NodeRuntime):
             self._retry_merge()
         elif kind == "fleet_status" and node is not None:
             self._on_status(node, msg.payload)
+        elif kind == "model_latest":
+            self._on_checkpoint(msg.payload)
+        elif not self.leading:
+            return  # submissions and queries are the coordinator's to answer
+        elif kind == "ledger_submit":
+            self._on_submission(msg.payload)
+        elif kind == "ledger_query":
+            self._on_query(msg.payload)
 
     def on_tick(self, now: int) -> None:
         self._act(self.coordinator.handle(P.Tick(now)))
+
+    def _on_checkpoint(self, payload: bytes) -> None:
+        try:
+            ck = decode_checkpoint(payload)
+        except CheckpointError as exc:
+            self.drops.drop("bad checkpoint", str(exc))
+            return
+        if ck.swarm == self.cfg.swarm and self._adopt(ck):
+            self._save_checkpoint(encode_checkpoint(ck))
 
     def _on_status(self, node: str, payload: bytes) -> None:
         if not payload:
@@ -173,15 +202,25 @@ class Gateway(NodeRuntime):
             self.drops.drop("bad submission", str(exc))
             return
         reason = self._round_check(tx)
-        try:
-            if reason is not None:
-                raise Refused("out_of_round", reason)
-            entry = self.ledger.submit(tx)
-        except Refused as exc:
-            self.drops.drop("refused submission", f"{tx.kind} from {tx.author}: {exc}")
-            self._reply_refusal(tx, str(exc))
+        if reason is not None:
+            self._refuse(tx, Refused("out_of_round", reason))
             return
-        self._appended(entry)
+
+        def result(entry: Entry | None, error: LedgerError | None) -> None:
+            if error is not None:
+                self.call_soon(lambda: self._refuse(tx, error))
+
+        self.ledger.submit(tx, result)
+
+    def _refuse(self, tx: Tx, error: LedgerError) -> None:
+        if isinstance(error, Refused) and error.reason == "replay":
+            return  # a resubmission of what is already in: nothing to tell
+        self.drops.drop("refused submission", f"{tx.kind} from {tx.author}: {error}")
+        try:
+            topic = self.topics.ledger_reply(tx.author)
+        except ValueError:
+            return
+        self.mqtt.publish(topic, Reply(req=tx.tx_id, refused=str(error)).encode(), qos=1)
 
     def _round_check(self, tx: Tx) -> str | None:
         """The coordinator's part of validation: does this entry fit the round in progress?"""
@@ -202,20 +241,14 @@ class Gateway(NodeRuntime):
             # Attestations of the round just finalised still count for the audit: a node
             # that merged a moment after the majority proves it holds the same bytes.
             closing = cur is not None and cur.number == rnd and cur.included is not None
-            if not closing and rnd != self.last_final_round:
+            last = self.last_final["round"] if self.last_final else 0
+            if not closing and rnd != last:
                 return f"round {rnd} is not awaiting attestations"
             if (rnd, tx.author) in self.attested:
                 return f"{tx.author} already attested round {rnd}"
         elif tx.kind in ("round_open", "round_close", "model_final"):
             return "only the coordinator opens, closes and finalises rounds"
         return None
-
-    def _reply_refusal(self, tx: Tx, reason: str) -> None:
-        try:
-            topic = self.topics.ledger_reply(tx.author)
-        except ValueError:
-            return
-        self.mqtt.publish(topic, Reply(req=tx.tx_id, refused=reason).encode(), qos=1)
 
     def _on_query(self, payload: bytes) -> None:
         try:
@@ -233,7 +266,7 @@ class Gateway(NodeRuntime):
             if page and size > REPLY_BYTES:
                 break  # a page stays well under the broker's packet limit
             page.append(e.to_dict())
-        reply = Reply(req=q.req, entries=page, tip_height=self.ledger.height)
+        reply = Reply(req=q.req, entries=page, tip_height=self.folded)
         self.mqtt.publish(topic, reply.encode(), qos=1)
 
     def _proof_reply(self, q: Query) -> Reply:
@@ -254,53 +287,77 @@ class Gateway(NodeRuntime):
         return Reply(req=q.req, tip_height=size - 1, proof=bundle.to_dict())
 
     # -- the ledger and the coordinator
-    def _fold(self, entry: Entry) -> None:
+    def _applied(self, entry: Entry) -> None:
+        """An entry this replica applied (on the loop thread, in height order)."""
+        if entry.height <= self.folded:
+            return
+        if entry.height > self.folded + 1:  # applied before our callback was registered
+            for missed in self.ledger.entries(self.folded + 1, entry.height - self.folded - 1):
+                self._fold(missed, live=True)
+        self._fold(entry, live=True)
+
+    def _fold(self, entry: Entry, live: bool) -> None:
+        self.folded = entry.height
+        self.tree.append(bytes.fromhex(entry.hash))
+        if entry.kind == "genesis":
+            return
         p = entry.payload
         if entry.kind == "round_open":
             self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))  # held ones join
             self.round_seen = p["round"]
         elif entry.kind == "delta_commit":
             self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
+        elif entry.kind == "round_close" and p["included"]:
+            commits = self.coordinator.current.commits if self.coordinator.current else {}
+            if all(n in commits for n in p["included"]):
+                included = tuple((n, commits[n]) for n in p["included"])
+                self.pending_merge = P.Merge(p["round"], included)
+            else:
+                log.error("round %d closed with nodes that never committed", p["round"])
         elif entry.kind == "model_attest":
             self.attested.add((p["round"], entry.author))
         elif entry.kind == "model_final":
-            self.last_final_round = p["round"]
+            self.last_final = p
             self.attested = {a for a in self.attested if a[0] >= p["round"]}
-
-    def _appended(self, entry: Entry) -> None:
-        self.tree.append(bytes.fromhex(entry.hash))
-        self.mqtt.publish(self.topics.ledger_events(), entry.canonical(), qos=1)
-        self._fold(entry)
-        event = P.Appended(entry.kind, entry.author, entry.payload, entry.ts)
-        self._act(self.coordinator.handle(event))
+        actions = self.coordinator.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
+        if not live:
+            return
+        if self.leading:
+            self.mqtt.publish(self.topics.ledger_events(), entry.canonical(), qos=1)
+        if entry.kind in ("round_open", "round_close", "model_final") and self.leading:
+            log.info("%s %s", entry.kind, json.dumps(p, sort_keys=True)[:200])
+        self._act(actions)
+        self._retry_merge()
 
     def _act(self, actions: list[P.Action]) -> None:
         for action in actions:
-            if isinstance(action, P.Append):
-                self._append_own(action)
-            elif isinstance(action, P.Merge):
-                self.pending_merge = action
-                self._retry_merge()
+            if isinstance(action, P.Append) and self.leading:
+                tx = make_tx(
+                    self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload
+                )
+                self.ledger.submit(tx, self._own_result)
             elif isinstance(action, P.PublishCheckpoint):
                 self._finalise(action)
             elif isinstance(action, P.SwarmDone):
                 log.info("swarm finished: %d rounds", action.rounds)
+            # Merge: every gateway merges each closed round by itself (_fold).
 
-    def _append_own(self, action: P.Append) -> None:
-        tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload)
-        try:
-            entry = self.ledger.submit(tx)
-        except Refused as exc:
-            log.error("the ledger refused the coordinator's %s: %s", action.kind, exc)
-            self.coordinator.append_failed()
+    def _own_result(self, entry: Entry | None, error: LedgerError | None) -> None:
+        if error is None:
             return
-        if action.kind in ("round_open", "round_close", "model_final"):
-            log.info("%s %s", action.kind, json.dumps(action.payload, sort_keys=True)[:200])
-        self._appended(entry)
+
+        def failed() -> None:
+            log.error("the ledger refused the coordinator's entry: %s", error)
+            self.coordinator.append_failed()
+
+        self.call_soon(failed)
 
     def _retry_merge(self) -> None:
         action = self.pending_merge
         if action is None:
+            return
+        if action.round in self.holder.candidates or self.holder.round >= action.round:
+            self.pending_merge = None
             return
         try:
             contributions = self.inbox.take(
@@ -318,8 +375,9 @@ class Gateway(NodeRuntime):
     def _finalise(self, action: P.PublishCheckpoint) -> None:
         cand = self.holder.candidates.get(action.round)
         if cand is None or cand.model_hash != action.model_hash:
-            log.error(
-                "round %d: the final model %s is not the gateway's own merge; no checkpoint",
+            log.warning(
+                "round %d: the final model %s is not this gateway's own merge; "
+                "waiting for the retained checkpoint",
                 action.round,
                 action.model_hash[:12],
             )
@@ -329,7 +387,11 @@ class Gateway(NodeRuntime):
 
     def _publish_checkpoint(self) -> None:
         data = encode_checkpoint(self.holder.checkpoint(self.cfg.swarm))
-        self.publish_checkpoint(data)
+        if self.leading:
+            self.publish_checkpoint(data)
+        self._save_checkpoint(data)
+
+    def _save_checkpoint(self, data: bytes) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
         tmp.write_bytes(data)

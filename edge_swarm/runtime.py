@@ -1,9 +1,10 @@
 """What an agent process and a gateway process share: the event loop around the MQTT adapter,
 the model they hold, and the merge they both perform.
 
-Threads: paho's network thread only puts messages on a bounded queue (the aiomqtt habit);
-one loop thread takes them off, dispatches them, and ticks the pure state machine. So the
-machines, the ledger copy and the model are only ever touched by one thread.
+Threads: paho's network thread only puts messages on a queue (the aiomqtt habit), and
+other library threads (the Raft replica's) only put callables on it; one loop thread takes
+them off, dispatches or runs them, and ticks the pure state machine. So the machines, the
+ledger copy and the model are only ever touched by one thread.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import resource
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +154,9 @@ class NodeRuntime:
         self.cfg = cfg
         self.key = SigningKey.load(cfg.key_path)
         self.topics = Topics(cfg.swarm)
-        self.queue: queue.Queue[Message] = queue.Queue(maxsize=QUEUE_LIMIT)
+        # Unbounded, so that a library thread handing over work never blocks; MQTT input is
+        # bounded in _enqueue instead (a flood is dropped, the ledger's callbacks never are).
+        self.queue: queue.Queue[Message | Callable[[], None]] = queue.Queue()
         self.stopping = threading.Event()
         self.drops = RateLimitedLog(log)
         self.round_seen = 0
@@ -211,11 +215,13 @@ class NodeRuntime:
             self.publish_status("online")
             while not self.stopping.is_set():
                 try:
-                    msg: Message | None = self.queue.get(timeout=self.cfg.timing.tick_s)
+                    item = self.queue.get(timeout=self.cfg.timing.tick_s)
                 except queue.Empty:
-                    msg = None
-                if msg is not None:
-                    self._dispatch(msg)
+                    item = None
+                if isinstance(item, Message):
+                    self._dispatch(item)
+                elif item is not None:
+                    self._run(item)
                 self.on_tick(now_ms())
                 self.receiver.tick(time.monotonic())
         finally:
@@ -231,10 +237,20 @@ class NodeRuntime:
             self.mqtt.stop()
 
     def _enqueue(self, msg: Message) -> None:
-        try:
-            self.queue.put_nowait(msg)
-        except queue.Full:
+        if self.queue.qsize() >= QUEUE_LIMIT:
             self.drops.drop("queue full", msg.topic)
+            return
+        self.queue.put_nowait(msg)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread (from any thread)."""
+        self.queue.put_nowait(fn)
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:  # a failing callback must not end the process either
+            log.exception("error in %r", fn)
 
     def _dispatch(self, msg: Message) -> None:
         try:

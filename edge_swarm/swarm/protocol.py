@@ -259,8 +259,11 @@ class Coordinator:
         return []
 
     def resume(self) -> list[Action]:
-        """End a replay: ask again for the merge of a round that was closed but not final."""
+        """Start acting (after a replay, or on becoming the coordinator): forget an entry we
+        were waiting for (it may have been lost with the old leader) and ask again for the
+        merge of a round that was closed but not final."""
         self.replaying = False
+        self._pending = None
         cur = self.current
         if cur is None or not cur.included:
             return []
