@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workload", default="digits", choices=["digits", "breast_cancer"])
     d.add_argument("--agents", type=int, default=8, help="number of agent processes (default 8)")
     d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
+    d.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes; several replicate the ledger by Raft (default 1)",
+    )
     d.add_argument("--broker", default="embedded", choices=["embedded", "mosquitto"])
     d.add_argument(
         "--codec",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_swarm.config import BrokerConfig, Timing
+from edge_swarm.io.broker import free_port
 from edge_swarm.launch import SwarmProcesses
 from edge_swarm.learn.data import WORKLOADS, Workload, write_partitions
 from edge_swarm.learn.model import ModelSpec
@@ -27,6 +28,7 @@ from edge_swarm.observer import RoundRecord, SwarmObserver
 from edge_swarm.provision import SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
+from ledger_lite import Entry
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class RunConfig:
     error_feedback: bool = True
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
+    n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
     timeout_s: float = 900.0
 
 
@@ -76,7 +79,7 @@ class RunResult:
     bytes_per_agent_round: dict[str, list[tuple[int, int, int]]]
     cold_start_s: float
     wall_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    events: list[Entry] = field(default_factory=list)  # entries seen on ledger/events
 
     @property
     def final_accuracy(self) -> float:
@@ -141,6 +144,9 @@ def prepare(cfg: RunConfig, broker: BrokerConfig) -> tuple[Workload, list[Path],
         broker,
         Timing(),
         codec_overrides=dict(cfg.codec_overrides),
+        raft_addrs=[f"127.0.0.1:{free_port()}" for _ in range(cfg.n_gateways)]
+        if cfg.n_gateways > 1
+        else None,
     )
     return workload, agent_parts, layout
 
@@ -165,7 +171,7 @@ def run_swarm(
         observer = SwarmObserver(cfg.swarm, broker.host, broker.port, accuracy, on_round)
         observer.start()
         procs = SwarmProcesses.from_layout(
-            layout.gateway_config, layout.agent_configs, cfg.workdir / "logs"
+            layout.gateway_configs, layout.agent_configs, cfg.workdir / "logs"
         )
         t0 = time.monotonic()
         try:
@@ -196,6 +202,7 @@ def run_swarm(
         bytes_per_agent_round={n: observer.bytes_per_round(n) for n in observer.telemetry},
         cold_start_s=cold_start,
         wall_s=wall,
+        events=list(observer.entries),
     )
 
 
@@ -211,7 +218,7 @@ def _telemetry_done(observer: SwarmObserver, procs: SwarmProcesses, rounds: int)
 
 def _failure(what: str, procs: SwarmProcesses) -> str:
     lines = [what]
-    for p in [procs.gateway, *procs.agents.values()]:
+    for p in procs.all:
         state = "running" if p.alive else f"exited {p.proc.returncode if p.proc else '-'}"
         lines.append(f"--- {p.node} ({state}), last lines of {p.log_path}:\n{p.tail(8)}")
     return "\n".join(lines)

@@ -49,13 +49,15 @@ def run_demo(args: argparse.Namespace) -> int:
         workdir=workdir,
         workload=args.workload,
         n_agents=args.agents,
+        n_gateways=args.gateways,
         rounds=args.rounds,
         broker=args.broker,
         codec=codec,
         error_feedback=not args.no_error_feedback,
     )
     print(
-        f"edge-swarm demo: {cfg.n_agents} agent processes, 1 gateway, {cfg.broker} MQTT broker; "
+        f"edge-swarm demo: {cfg.n_agents} agent processes, {cfg.n_gateways} gateway(s), "
+        f"{cfg.broker} MQTT broker; "
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {cfg.rounds} rounds\n"
         f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n"
         f"  delta codec: {args.codec}, error feedback {'on' if cfg.error_feedback else 'off'}\n"

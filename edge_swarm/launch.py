@@ -85,30 +85,41 @@ class NodeProcess:
 
 @dataclass
 class SwarmProcesses:
-    """The gateway and agents of one provisioned swarm."""
+    """The gateways and agents of one provisioned swarm."""
 
-    gateway: NodeProcess
+    gateways: dict[str, NodeProcess]
     agents: dict[str, NodeProcess]
 
     @classmethod
     def from_layout(
-        cls, gateway_config: Path, agent_configs: dict[str, Path], logs: Path
+        cls, gateway_configs: dict[str, Path], agent_configs: dict[str, Path], logs: Path
     ) -> SwarmProcesses:
-        gw = NodeProcess("gateway-1", gateway_config, logs / "gateway-1.log")
+        gws = {n: NodeProcess(n, c, logs / f"{n}.log") for n, c in gateway_configs.items()}
         agents = {n: NodeProcess(n, c, logs / f"{n}.log") for n, c in agent_configs.items()}
-        return cls(gw, agents)
+        return cls(gws, agents)
+
+    @property
+    def gateway(self) -> NodeProcess:
+        return self.gateways["gateway-1"]
 
     def start(self, agents: list[str] | None = None) -> None:
-        self.gateway.start("gateway")
+        for gw in self.gateways.values():
+            gw.start("gateway")
         for node in agents if agents is not None else list(self.agents):
             self.agents[node].start("agent")
 
     def stop(self) -> None:
         for p in self.agents.values():
             p.stop()
-        self.gateway.stop()
+        for gw in self.gateways.values():
+            gw.stop()
+
+    @property
+    def all(self) -> list[NodeProcess]:
+        return [*self.gateways.values(), *self.agents.values()]
 
     def failed(self) -> list[NodeProcess]:
         """Processes that exited on their own with an error."""
-        procs = [self.gateway, *self.agents.values()]
-        return [p for p in procs if p.proc is not None and p.proc.poll() not in (None, 0, -9, -15)]
+        return [
+            p for p in self.all if p.proc is not None and p.proc.poll() not in (None, 0, -9, -15)
+        ]

@@ -64,9 +64,18 @@ class SwarmLayout:
     root: Path
     swarm: str
     genesis_hash: str
-    gateway_config: Path
+    gateway_configs: dict[str, Path]
     agent_configs: dict[str, Path]
-    ledger_path: Path
+    ledger_paths: dict[str, Path]
+
+    @property
+    def gateway_config(self) -> Path:
+        return self.gateway_configs["gateway-1"]
+
+    @property
+    def ledger_path(self) -> Path:
+        """The first gateway's ledger (every replica holds the same chain)."""
+        return self.ledger_paths["gateway-1"]
 
 
 def agent_id(i: int) -> str:
@@ -81,11 +90,13 @@ def provision_swarm(
     broker: BrokerConfig,
     timing: Timing | None = None,
     codec_overrides: dict[str, CodecSpec] | None = None,
+    raft_addrs: list[str] | None = None,
 ) -> SwarmLayout:
-    """Write keys, bootstrap ledger entries and configs for one gateway and one agent a path.
+    """Write keys, bootstrap ledger entries and configs for the gateways and one agent a path.
 
     ``codec_overrides`` gives some agents (by node id) a codec other than the swarm's, as a
-    device profile would.
+    device profile would. ``raft_addrs`` ("host:port", one a gateway) makes a site of
+    several gateways replicating the ledger by Raft; without it there is one gateway.
     """
     overrides = codec_overrides or {}
     root.mkdir(parents=True, exist_ok=True)
@@ -101,8 +112,9 @@ def provision_swarm(
         entries.append(tx.chain(len(entries), entries[-1].hash))
 
     timing = timing or Timing()
-    gw_key_path = keys / "gateway-1.key"
-    enroll("gateway-1", "gateway", _key(gw_key_path))
+    gateways = [f"gateway-{i}" for i in range(1, len(raft_addrs or [None]) + 1)]
+    for gw in gateways:
+        enroll(gw, "gateway", _key(keys / f"{gw}.key"))
     agent_configs: dict[str, Path] = {}
     for i, data in enumerate(data_paths, start=1):
         node = agent_id(i)
@@ -124,21 +136,26 @@ def provision_swarm(
 
     bootstrap = root / "bootstrap.jsonl"
     bootstrap.write_text("".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in entries))
-    ledger_path = root / "state" / "gateway-1" / "ledger.sqlite"
-    gw = NodeConfig(
-        node_id="gateway-1",
-        role="gateway",
-        swarm=swarm,
-        key_path=gw_key_path,
-        state_dir=ledger_path.parent,
-        broker=broker,
-        genesis_hash=genesis.hash,
-        ledger_path=ledger_path,
-        bootstrap_path=bootstrap,
-        timing=timing,
-    )
-    gw_config = _write(root / "config" / "gateway-1.toml", dump_config(gw))
-    return SwarmLayout(root, swarm, genesis.hash, gw_config, agent_configs, ledger_path)
+    gw_configs, ledgers = {}, {}
+    for i, gw in enumerate(gateways):
+        ledgers[gw] = root / "state" / gw / "ledger.sqlite"
+        raft = raft_addrs[i] if raft_addrs else None
+        cfg = NodeConfig(
+            node_id=gw,
+            role="gateway",
+            swarm=swarm,
+            key_path=keys / f"{gw}.key",
+            state_dir=ledgers[gw].parent,
+            broker=broker,
+            genesis_hash=genesis.hash,
+            ledger_path=ledgers[gw],
+            bootstrap_path=bootstrap,
+            timing=timing,
+            raft_self=raft,
+            raft_peers=tuple(a for a in raft_addrs or [] if a != raft),
+        )
+        gw_configs[gw] = _write(root / "config" / f"{gw}.toml", dump_config(cfg))
+    return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers)
 
 
 def _key(path: Path) -> SigningKey:
