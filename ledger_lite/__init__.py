@@ -16,7 +16,15 @@ revoked or expired author, by a role the policy does not allow, badly signed, or
 `Ledger` = `SqliteStore` (WAL, one fsynced transaction per entry, re-verified on open)
 plus that state: `submit(tx)` validates, appends and folds, under a lock. `verify_chain`
 and `verify_file` re-check a whole chain; the ``ledger-lite`` command wraps them.
-The package imports nothing from edge_swarm. Raft replication comes later.
+The package imports nothing from edge_swarm.
+
+Replication (`replica`, loaded on first use so that pysyncobj is needed only there):
+`Replica(self_addr, peers, path, genesis)` is one gateway's copy of a ledger replicated by
+Raft (pysyncobj). Any replica accepts `submit(tx, callback)` / `submit_sync(tx)`; the leader
+orders; every replica validates each entry with `LedgerState` and appends it to its own
+`SqliteStore`, together with the last applied Raft index, before acknowledging it and
+calling `on_append`. A restarted replica replays its Raft journal (skipping what SQLite
+already holds) and catches up from the leader's log or a pickle-free snapshot.
 
 Merkle proofs (`merkle`, RFC 9162): `MerkleTree` over the entries' hashes in height order
 answers `inclusion_proof(height, size)` and `consistency_proof(old, new)` for any size it
@@ -62,6 +70,18 @@ from .treehead import (
 )
 from .verify import VerifyReport, verify_chain, verify_file
 
+_LAZY = {"Replica": "replica", "ReplicationError": "replica", "RaftTiming": "replica_raft"}
+
+
+def __getattr__(name: str) -> object:
+    """Load the Raft replica (and pysyncobj) only when it is asked for (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # The submodule ledger_lite.verify shares this name; importing it bound the package
 # attribute to the module, so bind the public name back to the signature check.
 # (Import the module's contents with ``from ledger_lite.verify import ...``.)
@@ -83,7 +103,10 @@ __all__ = [
     "Member",
     "MerkleTree",
     "ProofBundle",
+    "RaftTiming",
     "Refused",
+    "Replica",
+    "ReplicationError",
     "SigningKey",
     "SqliteStore",
     "TreeHead",

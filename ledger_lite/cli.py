@@ -18,6 +18,15 @@ instead the signed `ProofBundle` a gateway would send (the key file as ``Signing
 The ``show`` table uses rich when it is installed and stdout is a terminal, plain aligned
 text otherwise; ``--json`` prints one canonical JSON object per entry (its eight fields
 plus ``hash``).
+
+    ledger-lite replica --self HOST:PORT --peer HOST:PORT ... --path FILE [--genesis FILE]
+                        [--password-file FILE] [--compact-entries N]
+
+runs one Raft replica of the ledger at FILE in the foreground (`ledger_lite.replica`) until
+SIGTERM or Ctrl-C, then stops cleanly (exit 0); exit 1 if the stored chain does not verify
+("FAILED at height H: why") or the replica stops on a fault. ``--genesis`` (a file whose
+first line is the genesis entry as JSON, as in a gateway bootstrap file) is needed to create
+FILE. It takes no submissions itself: gateways embed `Replica` for that.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from .canonical import canonical_bytes
 from .entry import Entry, is_id, now_ms
@@ -55,7 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--limit", type=int, help="show at most N entries")
     _add_proof_parser(sub)
+    _add_replica_parser(sub)
     return p
+
+
+def _add_replica_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser("replica", help="run one Raft replica of a ledger in the foreground")
+    r.add_argument("--self", dest="self_addr", required=True, metavar="HOST:PORT")
+    r.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
+    r.add_argument("--path", required=True, help="the replica's SQLite ledger file")
+    r.add_argument("--genesis", help="file whose first line is the genesis entry (JSON)")
+    r.add_argument("--password-file", help="cluster secret (needs the cryptography package)")
+    r.add_argument("--compact-entries", type=int, default=20_000, help="snapshot every N")
 
 
 def _add_proof_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -274,6 +295,52 @@ def _print_bundle(
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _cmd_replica(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .replica import Replica  # pysyncobj is only needed here
+
+    genesis = None
+    try:
+        if args.genesis:
+            text = Path(args.genesis).read_text(encoding="utf-8").strip()
+            genesis = Entry.from_bytes(text.splitlines()[0].encode("utf-8")) if text else None
+        password = None
+        if args.password_file:
+            password = Path(args.password_file).read_text(encoding="utf-8").strip()
+    except (OSError, LedgerError) as exc:
+        print(f"ledger-lite: bad --genesis or --password-file: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        replica = Replica(
+            args.self_addr,
+            args.peer,
+            args.path,
+            genesis,
+            password=password,
+            compact_entries=args.compact_entries,
+        )
+    except CorruptStore as exc:
+        print(f"FAILED at height {exc.height}: {exc.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, ImportError) as exc:
+        print(f"ledger-lite: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"replica {args.self_addr}: height {replica.height}, tip {replica.tip}", flush=True)
+    while not stop.wait(0.5) and replica.failure is None:
+        pass
+    failure = replica.failure
+    replica.close()
+    if failure is not None:
+        print(f"FAILED: the replica stopped: {failure}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with `argv` (default sys.argv[1:]); return the exit status."""
     try:
@@ -289,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_verify(args.path)
         if args.command == "proof":
             return _cmd_proof(args)
+        if args.command == "replica":
+            return _cmd_replica(args)
         return _cmd_show(args)
     except LedgerError as exc:
         print(f"ledger-lite: {exc}", file=sys.stderr)

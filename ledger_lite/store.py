@@ -2,14 +2,19 @@
 
 Layout: ``entries(height INTEGER PRIMARY KEY, hash TEXT, body BLOB)`` where ``body`` is
 the entry's canonical bytes and ``hash`` its SHA-256 hex (an index for lookups, never
-trusted: verification recomputes it). ``PRAGMA user_version`` holds the format version;
-later tables (Merkle nodes, Raft metadata) will sit beside ``entries`` under a new version.
+trusted: verification recomputes it). ``PRAGMA user_version`` holds the format version.
+Beside it, ``meta(key TEXT PRIMARY KEY, value INTEGER)`` holds small counters that must move
+in the same transaction as the entries (a Raft replica keeps there the last Raft log index
+it applied); it is created on every writable open, so a file of this format may lack it
+(readers treat that as "nothing recorded"), and verification never reads it.
 
 Durability: WAL journal with ``synchronous=FULL``, so every committed append is fsynced to
 the WAL before `append` returns, and each append is a single transaction. A crash, even a
 power cut, therefore leaves either the whole entry or none of it — never half an entry,
 and never a row whose body and hash disagree. (``NORMAL`` would be faster but may lose the
 last commits on power loss, which a ledger that peers have already seen must not do.)
+`append_many` writes several entries (and meta values) in one such transaction: all of
+them or none, for one fsync.
 
 One process writes a ledger file at a time; the in-process lock makes a store safe to
 share between threads. Opening re-verifies the whole chain and raises `CorruptStore`
@@ -22,7 +27,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .entry import GENESIS_PREV, Entry
@@ -37,6 +42,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries ("
     "height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
 )
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
 
 
 class SqliteStore:
@@ -80,6 +86,7 @@ class SqliteStore:
             if version == 0:  # a new file: write the layout once
                 conn.execute(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute(_META_SCHEMA)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -119,27 +126,53 @@ class SqliteStore:
         entry is the caller's job (`Ledger` does it). Raises LedgerError on a read-only
         store, a linkage mismatch, or a row another writer already took.
         """
+        self.append_many([entry])
+
+    def append_many(self, entries: Sequence[Entry], meta: Mapping[str, int] | None = None) -> None:
+        """Append `entries` (in order) and set the `meta` values, all in one transaction.
+
+        Either every entry and every meta value is durable when this returns, or (on an
+        exception) none of them is and the store is unchanged. Linkage is checked as in
+        `append`, entry by entry; an empty `entries` with `meta` just sets the values.
+        Raises LedgerError on a read-only store, a linkage mismatch or a failed write.
+        """
         if self.read_only:
             raise LedgerError("store opened verify_only: read-only")
         with self._lock:
             height, prev = (-1, GENESIS_PREV) if self._tip is None else self._tip
-            if entry.height != height + 1 or entry.prev_hash != prev:
-                raise LedgerError(
-                    f"append at height {entry.height} does not extend tip at height {height}"
-                )
-            body, digest = entry.canonical(), entry.hash
+            rows = []
+            for entry in entries:
+                if entry.height != height + 1 or entry.prev_hash != prev:
+                    raise LedgerError(
+                        f"append at height {entry.height} does not extend tip at height {height}"
+                    )
+                height, prev = entry.height, entry.hash
+                rows.append((entry.height, prev, entry.canonical()))
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    "INSERT INTO entries(height, hash, body) VALUES (?, ?, ?)",
-                    (entry.height, digest, body),
+                self._conn.executemany(
+                    "INSERT INTO entries(height, hash, body) VALUES (?, ?, ?)", rows
                 )
+                if meta:
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items()
+                    )
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                raise LedgerError(f"append at height {entry.height} failed: {exc}") from exc
-            self._tip = (entry.height, digest)
+                raise LedgerError(f"append at height {height} failed: {exc}") from exc
+            if rows:
+                self._tip = (height, prev)
+
+    def get_meta(self, key: str) -> int | None:
+        """The meta value stored under `key`, or None (never set, or no meta table)."""
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            except sqlite3.OperationalError:  # a read-only file written before the table
+                return None
+        return None if row is None else int(row[0])
 
     # -- reading -----------------------------------------------------------------------
 
@@ -160,6 +193,24 @@ class SqliteStore:
             "SELECT height, body FROM entries WHERE height >= ? ORDER BY height LIMIT ?",
             (from_height, -1 if limit is None else max(limit, 0)),
         )
+
+    def bodies(self, from_height: int = 0, to_height: int | None = None) -> Iterator[bytes]:
+        """The stored canonical bodies of heights `from_height`..`to_height` (inclusive;
+        default: to the tip), in order, read in pages. Raw bytes, not re-verified here."""
+        last = len(self) - 1 if to_height is None else to_height
+        height = from_height
+        while height <= last:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT height, body FROM entries WHERE height BETWEEN ? AND ? "
+                    "ORDER BY height LIMIT 1024",
+                    (height, last),
+                ).fetchall()
+            if not rows:
+                return
+            for _, body in rows:
+                yield body
+            height = rows[-1][0] + 1
 
     def load(self) -> list[Entry]:
         """Every entry, in height order."""
