@@ -95,7 +95,9 @@ class ReplicatedLedger:
     def __init__(self, path: Path, genesis: Entry | None, self_addr: str, peers: tuple[str, ...]):
         from ledger_lite.replica import Replica
 
-        self.replica = Replica(self_addr, list(peers), path, genesis)
+        # Not started until the gateway has read the chain and registered its callbacks, so
+        # that no entry applied or election won meanwhile goes unseen.
+        self.replica = Replica(self_addr, list(peers), path, genesis, autostart=False)
         self.on_append: list[Callable[[Entry], None]] = self.replica.on_append
         self.on_role: list[Callable[[bool], None]] = self.replica.on_role
 
@@ -114,9 +116,7 @@ class ReplicatedLedger:
         return self.replica.state
 
     def start(self) -> None:
-        if self.replica.is_leader:  # elected before our callback was registered
-            for callback in self.on_role:
-                callback(True)
+        self.replica.start()
 
     def close(self) -> None:
         self.replica.close()
