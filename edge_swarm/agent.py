@@ -270,6 +270,11 @@ class Agent(NodeRuntime):
             return
         log.info("adopted checkpoint of round %d (%s)", ck.round, ck.model_hash[:12])
         self.adopting = None
+        if ck.round == max(self.machine.finals):
+            # Say on the ledger which bytes we hold now, as an agent that merged does: the
+            # record then shows every node on the final model, however it got there.
+            attest = {"round": ck.round, "model_hash": ck.model_hash, "state_hash": ck.state_hash}
+            self._submit(P.Append("model_attest", attest))
         self._act(self.machine.handle(P.CheckpointAdopted(ck.round, ck.model_hash)))
         self._telemetry(ck.round)
 

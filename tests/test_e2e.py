@@ -46,7 +46,6 @@ def small(workdir: Path, broker: str, **kw: object) -> RunConfig:
         n_agents=4,
         rounds=4,
         broker=broker,
-        keepalive_s=2,
         round_deadline_s=20.0,
         attest_timeout_s=10.0,
         start_grace_s=20.0,

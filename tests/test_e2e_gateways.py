@@ -22,7 +22,6 @@ def test_swarm_survives_sigkill_of_the_raft_leader_and_replicas_agree(tmp_path: 
         n_agents=4,
         rounds=6,
         n_gateways=3,
-        keepalive_s=2,
         round_deadline_s=20.0,
         attest_timeout_s=10.0,
         start_grace_s=20.0,
