@@ -91,6 +91,12 @@ def _audit(args: argparse.Namespace) -> int:
     return run_audit(args)
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from edge_swarm.operator_cli import run_operator
+
+    return run_operator(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-swarm",
@@ -145,6 +151,39 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--host", default="127.0.0.1")
     b.add_argument("--port", type=int, default=1883)
     b.set_defaults(func=_broker)
+
+    k = sub.add_parser("keygen", help="make this device's key pair and print its enrolment request")
+    k.add_argument("--node-id", required=True, help="the device's id, e.g. pi-ward3-01")
+    k.add_argument("--key", type=Path, required=True, help="where to keep the private key (0600)")
+    k.add_argument("--role", default="agent", choices=["agent", "gateway"])
+    k.set_defaults(func=_operator, op="keygen")
+
+    ad = sub.add_parser("admin", help="swarm administration: admin init")
+    adsub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    ai = adsub.add_parser("init", help="make the admin key and the genesis of a new swarm")
+    ai.add_argument("--swarm", required=True, help="the swarm's id")
+    ai.add_argument(
+        "--out", type=Path, required=True, help="directory for admin.key and bootstrap.jsonl"
+    )
+    ai.add_argument("--model", default="64,32,10", help="MLP layer sizes (default 64,32,10)")
+    ai.add_argument("--rounds", type=int, default=20)
+    ai.add_argument("--codec", default="int8", help="delta codec (see demo --codec)")
+    ai.set_defaults(func=_operator, op="admin-init")
+
+    for name, what in (("enroll", "enrol a device"), ("revoke", "revoke a device")):
+        e = sub.add_parser(name, help=f"{what}: an admin-signed ledger entry")
+        e.add_argument("--admin-key", type=Path, required=True)
+        e.add_argument("--swarm", required=True)
+        where = e.add_mutually_exclusive_group(required=True)
+        where.add_argument("--bootstrap", type=Path, help="append to a site's bootstrap file")
+        where.add_argument("--broker", help="submit to a running site: HOST:PORT")
+        if name == "enroll":
+            e.add_argument("--request", required=True, help="the device's request JSON file, or -")
+            e.add_argument("--expires-days", type=float, help="enrolment ends after this long")
+        else:
+            e.add_argument("--node", required=True)
+            e.add_argument("--reason", default="revoked by the operator")
+        e.set_defaults(func=_operator, op=name)
 
     a = sub.add_parser("audit", help="who contributed what to each round, from a ledger file")
     a.add_argument("ledger", type=Path, help="the gateway's ledger.sqlite")

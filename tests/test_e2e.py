@@ -374,5 +374,15 @@ def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_pat
         finally:
             client.stop()
 
-    run_swarm(cfg, during=ask_for_proofs)
-    assert checked == {"inclusion": True, "forged": False, "consistency": True}
+    def proofs_then_enroll(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        ask_for_proofs(procs, obs)
+        # The operator enrols a new device on the running site, over MQTT.
+        from edge_swarm.operator import EnrollRequest, enroll_tx, publish_tx
+
+        admin = SigningKey.load(cfg.workdir / "keys" / "admin.key")
+        req = EnrollRequest("pi-new", SigningKey.generate().public_hex)
+        entry = publish_tx(enroll_tx(admin, cfg.swarm, req), "127.0.0.1", obs.mqtt.port)
+        checked["enrolled"] = entry.kind == "enroll" and entry.payload["node"] == "pi-new"
+
+    run_swarm(cfg, during=proofs_then_enroll)
+    assert checked == {"inclusion": True, "forged": False, "consistency": True, "enrolled": True}

@@ -1,0 +1,139 @@
+"""What the operator does with keys and the ledger: device keys, a new swarm, enrolment.
+
+- ``keygen``: a device makes its own Ed25519 key pair; the private key never leaves it
+  (owner-only file) and the device shows an enrolment request (its id and public key).
+- ``admin_init``: the operator makes the swarm's admin key and the genesis, which fixes the
+  admins, the policy and the training parameters, in a bootstrap file.
+- ``enroll`` / ``revoke``: admin-signed transactions. Before the site starts they are
+  appended to the bootstrap file (the first coordinating gateway submits them); on a running
+  site they are published on ``ledger/submit`` like any other transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, Tx, make_genesis, make_tx
+
+ROLES = ("agent", "gateway", "admin")
+
+
+class OperatorError(ValueError):
+    """A request the operator's tools cannot carry out; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """What a device shows the operator: who it is and its public key."""
+
+    node: str
+    pubkey: str
+    role: str = "agent"
+
+    def to_json(self) -> str:
+        return json.dumps({"node": self.node, "pubkey": self.pubkey, "role": self.role})
+
+    @classmethod
+    def from_json(cls, text: str) -> EnrollRequest:
+        try:
+            obj = json.loads(text)
+            req = cls(str(obj["node"]), str(obj["pubkey"]), str(obj.get("role", "agent")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OperatorError(f"not an enrolment request: {exc}") from None
+        if req.role not in ROLES or len(req.pubkey) != 64:
+            raise OperatorError("an enrolment request needs a role and a 64-hex public key")
+        return req
+
+
+def keygen(key_path: Path, node: str, role: str = "agent") -> EnrollRequest:
+    """Make a device key at ``key_path`` (refusing to overwrite one) and its request."""
+    if key_path.exists():
+        raise OperatorError(f"{key_path} exists: a device keeps its key; delete it to start anew")
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    key.save(key_path)
+    return EnrollRequest(node, key.public_hex, role)
+
+
+def admin_init(out_dir: Path, swarm: str, params: dict[str, Any]) -> tuple[Path, Entry]:
+    """Make the admin key and a bootstrap file holding the genesis; returns its path."""
+    key_path, bootstrap = out_dir / "admin.key", out_dir / "bootstrap.jsonl"
+    if bootstrap.exists():
+        raise OperatorError(f"{bootstrap} exists: one genesis per swarm")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    admin = SigningKey.generate()
+    admin.save(key_path)
+    genesis = make_genesis(admin, "admin", swarm, DEFAULT_POLICY, params)
+    bootstrap.write_text(json.dumps(genesis.to_dict(), sort_keys=True) + "\n")
+    return bootstrap, genesis
+
+
+def enroll_tx(
+    admin: SigningKey, swarm: str, req: EnrollRequest, expires_days: float | None = None
+) -> Tx:
+    """An admin-signed enrol transaction; ``expires_days`` bounds the enrolment in time."""
+    expires = None if expires_days is None else int((time.time() + expires_days * 86400) * 1000)
+    payload = {"node": req.node, "role": req.role, "pubkey": req.pubkey, "expires_ms": expires}
+    return make_tx(admin, swarm, "enroll", "admin", payload)
+
+
+def revoke_tx(admin: SigningKey, swarm: str, node: str, reason: str) -> Tx:
+    return make_tx(admin, swarm, "revoke", "admin", {"node": node, "reason": reason})
+
+
+def append_to_bootstrap(bootstrap: Path, tx: Tx) -> Entry:
+    """Chain ``tx`` after the last entry of a bootstrap file (before the site starts)."""
+    lines = [ln for ln in bootstrap.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise OperatorError(f"{bootstrap} is empty: run `edge-swarm admin init` first")
+    last = Entry.from_dict(json.loads(lines[-1]))
+    entry = tx.chain(last.height + 1, last.hash)
+    with bootstrap.open("a") as f:
+        f.write(json.dumps(entry.to_dict(), sort_keys=True) + "\n")
+    return entry
+
+
+def publish_tx(tx: Tx, host: str, port: int, timeout: float = 15.0) -> Entry:
+    """Submit ``tx`` to a running site over MQTT and wait until the ledger shows it.
+
+    Raises OperatorError with the ledger's reason if it is refused, or on a timeout.
+    """
+    import queue
+
+    from edge_swarm.io.mqtt import Message, MqttClient
+    from edge_swarm.swarm.messages import Reply, Submission
+    from edge_swarm.swarm.topics import Topics
+
+    topics = Topics(tx.swarm)
+    inbox: queue.Queue[Message] = queue.Queue()
+    client = MqttClient(f"{tx.swarm}.operator.{tx.tx_id[:8]}", host, port, on_message=inbox.put)
+    client.start()
+    try:
+        if not client.wait_connected(timeout):
+            raise OperatorError(f"cannot reach the broker at {host}:{port}")
+        client.subscribe(topics.ledger_events())
+        client.subscribe(topics.ledger_reply(tx.author))
+        client.publish(topics.ledger_submit(), Submission(tx.to_dict()).encode(), wait=timeout)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            # Only our two topics count: some brokers (amqtt) also hand a new subscriber
+            # retained messages of other topics.
+            if msg.topic == topics.ledger_events():
+                entry = Entry.from_dict(json.loads(msg.payload))
+                if entry.tx_id == tx.tx_id:
+                    return entry
+            elif msg.topic == topics.ledger_reply(tx.author):
+                reply = Reply.decode(msg.payload)
+                if reply.req == tx.tx_id and reply.refused:
+                    raise OperatorError(f"the ledger refused it: {reply.refused}")
+        raise OperatorError(f"the ledger did not show the entry within {timeout:.0f} s")
+    finally:
+        client.stop()

@@ -1,0 +1,83 @@
+"""``edge-swarm keygen | admin init | enroll | revoke``: the operator's key and ledger tasks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge_swarm.operator import (
+    EnrollRequest,
+    OperatorError,
+    admin_init,
+    append_to_bootstrap,
+    enroll_tx,
+    keygen,
+    publish_tx,
+    revoke_tx,
+)
+from ledger_lite import SigningKey, Tx
+from ledger_lite.errors import LedgerError
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (OperatorError, LedgerError, OSError, ValueError) as exc:
+        print(f"edge-swarm {args.op}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.op == "keygen":
+        req = keygen(args.key, args.node_id, args.role)
+        print(f"key written to {args.key} (owner-only); give the operator this request:")
+        print(req.to_json())
+        return 0
+    if args.op == "admin-init":
+        return _admin_init(args)
+    admin = SigningKey.load(args.admin_key)
+    if args.op == "enroll":
+        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+        tx = enroll_tx(admin, args.swarm, EnrollRequest.from_json(text), args.expires_days)
+        what = "enrolled " + tx.payload["node"]
+    else:
+        tx = revoke_tx(admin, args.swarm, args.node, args.reason)
+        what = "revoked " + args.node
+    return _deliver(args, tx, what)
+
+
+def _deliver(args: argparse.Namespace, tx: Tx, what: str) -> int:
+    if args.bootstrap is not None:
+        entry = append_to_bootstrap(args.bootstrap, tx)
+        print(f"{what}: entry {entry.height} appended to {args.bootstrap}")
+        return 0
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise OperatorError("--broker takes HOST:PORT")
+    entry = publish_tx(tx, host, int(port))
+    print(f"{what}: ledger entry {entry.height} ({entry.hash[:16]})")
+    return 0
+
+
+def _admin_init(args: argparse.Namespace) -> int:
+    from edge_swarm.demo import DEFAULT_LOCAL, DEFAULT_MERGE
+    from edge_swarm.demo_cli import parse_codec
+    from edge_swarm.learn.model import ModelSpec
+    from edge_swarm.provision import SwarmParams
+
+    try:
+        sizes = tuple(int(s) for s in args.model.split(","))
+    except ValueError:
+        raise OperatorError("--model takes layer sizes like 64,32,10") from None
+    params = SwarmParams(
+        model=ModelSpec(sizes=sizes),
+        local=DEFAULT_LOCAL,
+        merge=DEFAULT_MERGE,
+        rounds=args.rounds,
+        codec=parse_codec(args.codec),
+    )
+    bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
+    print(f"admin key: {args.out / 'admin.key'} (owner-only; keep it off the clinic network)")
+    print(f"genesis {genesis.hash}\nbootstrap file: {bootstrap}")
+    return 0

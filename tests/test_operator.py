@@ -1,0 +1,56 @@
+"""The operator's tasks: device keys, a new swarm's genesis, enrolment and revocation."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from edge_swarm.cli import main
+from ledger_lite import Entry, verify_chain
+
+
+def read_chain(path: Path) -> list[Entry]:
+    return [Entry.from_dict(json.loads(ln)) for ln in path.read_text().splitlines() if ln]
+
+
+def test_keygen_admin_init_enroll_and_revoke_build_a_valid_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "pi" / "device.key"
+    assert main(["keygen", "--node-id", "pi-1", "--key", str(key)]) == 0
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    request = capsys.readouterr().out.splitlines()[-1]
+    assert json.loads(request)["node"] == "pi-1"
+    # A device keeps its key: a second keygen does not overwrite it.
+    assert main(["keygen", "--node-id", "pi-1", "--key", str(key)]) == 2
+
+    site = tmp_path / "site"
+    assert main(["admin", "init", "--swarm", "clinic", "--out", str(site)]) == 0
+    (tmp_path / "req.json").write_text(request)
+    common = ["--admin-key", str(site / "admin.key"), "--swarm", "clinic"]
+    boot = ["--bootstrap", str(site / "bootstrap.jsonl")]
+    assert main(["enroll", *common, *boot, "--request", str(tmp_path / "req.json")]) == 0
+    assert main(["revoke", *common, *boot, "--node", "pi-1"]) == 0
+
+    chain = read_chain(site / "bootstrap.jsonl")
+    assert [e.kind for e in chain] == ["genesis", "enroll", "revoke"]
+    assert chain[0].payload["params"]["codec"]["name"] == "int8"
+    assert verify_chain(chain).ok
+
+
+def test_operator_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = tmp_path / "site"
+    assert main(["admin", "init", "--swarm", "clinic", "--out", str(site)]) == 0
+    assert main(["admin", "init", "--swarm", "clinic", "--out", str(site)]) == 2
+    assert "one genesis per swarm" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"node": "x"}')
+    args = ["enroll", "--admin-key", str(site / "admin.key"), "--swarm", "clinic"]
+    args += ["--bootstrap", str(site / "bootstrap.jsonl"), "--request", str(tmp_path / "bad.json")]
+    assert main(args) == 2
+    assert "enrolment request" in capsys.readouterr().err
+    (site / "admin.key").chmod(0o644)
+    assert main([*args[:-1], str(tmp_path / "bad.json")]) == 2
+    assert "chmod 600" in capsys.readouterr().err
