@@ -35,6 +35,7 @@ from ledger_lite import SigningKey
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 10_000  # messages waiting for the loop; past this they are dropped and counted
+STOP_PUBLISH_WAIT_S = 2.0
 CHUNK_RETRY_S = 2.0  # a chunked message without progress for this long: ask for what is missing
 CHUNK_GIVE_UP_S = 60.0  # ... and give it up after this long (the checkpoint recovers the node)
 
@@ -232,7 +233,8 @@ class NodeRuntime:
 
     def shutdown(self) -> None:
         try:
-            self.publish_status("offline", wait=True)
+            # Bounded: a node stopping on a dead connection must not hang its service manager.
+            self.publish_status("offline", wait=STOP_PUBLISH_WAIT_S)
         finally:
             self.mqtt.stop()
 
@@ -298,7 +300,7 @@ class NodeRuntime:
     def _status(self, state: str) -> bytes:
         return Status(self.cfg.node_id, self.role, state, self.round_seen).encode()
 
-    def publish_status(self, state: str, wait: bool = False) -> None:
+    def publish_status(self, state: str, wait: bool | float = False) -> None:
         topic = self.topics.fleet_status(self.cfg.node_id)
         self.mqtt.publish(topic, self._status(state), qos=1, retain=True, wait=wait)
 
