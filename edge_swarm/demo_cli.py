@@ -56,7 +56,8 @@ def run_demo(args: argparse.Namespace) -> int:
         error_feedback=not args.no_error_feedback,
     )
     print(
-        f"edge-swarm demo: {cfg.n_agents} agent processes, {cfg.n_gateways} gateway(s), "
+        f"edge-swarm demo: {cfg.n_agents} agent processes, "
+        f"{cfg.n_gateways} gateway{'s' if cfg.n_gateways > 1 else ''}, "
         f"{cfg.broker} MQTT broker; "
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {cfg.rounds} rounds\n"
         f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n"
