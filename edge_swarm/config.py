@@ -11,7 +11,9 @@ be unpacked anywhere.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,7 +35,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Where the MQTT broker is; ``keepalive_s`` also bounds how fast a dead node is noticed."""
+    """Where the MQTT broker is; ``keepalive_s`` also bounds how fast a dead node is noticed.
+
+    ``tls_ca`` (the swarm CA's certificate) turns on TLS towards a locked-down broker;
+    ``username`` and ``password_file`` (a file holding only the password, mode 0600) log in.
+    Both or neither of the last two. See ``edge_swarm.trust.broker_config``.
+    """
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -41,8 +48,25 @@ class BrokerConfig:
     # The broker's maximum packet size: larger messages travel in chunks (Mosquitto drops a
     # client that sends a bigger packet, and paho would re-send it after every reconnect).
     max_packet: int = 256 * 1024
+    tls_ca: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
 
     def __post_init__(self) -> None:
+        for name in ("tls_ca", "password_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"broker.{name}: {value!r} is not a path")
+                object.__setattr__(self, name, Path(value))
+        if self.username is not None and (
+            not isinstance(self.username, str) or not _ID.fullmatch(self.username)
+        ):
+            raise ConfigError(
+                f"broker.username: {self.username!r} must match [A-Za-z0-9_.-]{{1,64}}"
+            )
+        if (self.username is None) != (self.password_file is None):
+            raise ConfigError("broker.username and broker.password_file go together: give both")
         if not _is_int(self.max_packet) or self.max_packet < 4096:
             raise ConfigError(f"broker.max_packet: {self.max_packet!r} must be at least 4096 bytes")
         if not isinstance(self.host, str) or not self.host:
@@ -51,6 +75,33 @@ class BrokerConfig:
             raise ConfigError(f"broker.port: {self.port!r} is not a TCP port")
         if not _is_int(self.keepalive_s) or self.keepalive_s < 1:
             raise ConfigError("broker.keepalive_s must be an integer of at least 1")
+
+    def read_password(self) -> str | None:
+        """The broker password from ``password_file`` (None without one).
+
+        The file holds the password on its first line. Raises ConfigError if it is missing,
+        empty, or readable or writable by group or others (the password is a secret: the
+        same rule as for private keys).
+        """
+        if self.password_file is None:
+            return None
+        path = self.password_file
+        try:
+            mode = os.stat(path).st_mode
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"broker.password_file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"broker.password_file {path}: not UTF-8 text") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"broker.password_file {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+            )
+        password = text.splitlines()[0] if text else ""
+        if not password:
+            raise ConfigError(f"broker.password_file {path} is empty")
+        return password
 
 
 @dataclass(frozen=True)
@@ -154,6 +205,10 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
+    broker = dict(broker)
+    for key in ("tls_ca", "password_file"):
+        if key in broker:
+            broker[key] = path_of(broker, key, "broker")
     try:
         return NodeConfig(
             node_id=_str(node, "id", "node"),
@@ -240,6 +295,12 @@ def dump_config(cfg: NodeConfig) -> str:
         f"keepalive_s = {cfg.broker.keepalive_s}",
         f"max_packet = {cfg.broker.max_packet}",
     ]
+    if cfg.broker.tls_ca is not None:
+        lines.append(f"tls_ca = {_q(cfg.broker.tls_ca)}")
+    if cfg.broker.username is not None:
+        lines.append(f"username = {_q(cfg.broker.username)}")
+    if cfg.broker.password_file is not None:
+        lines.append(f"password_file = {_q(cfg.broker.password_file)}")
     if cfg.data_path is not None:
         lines += ["", "[agent]", f"data = {_q(cfg.data_path)}"]
         if cfg.codec_override:

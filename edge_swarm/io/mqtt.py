@@ -22,6 +22,15 @@ policy around it:
   counted; an exception raised by the ``on_message`` handler is caught, logged (rate
   limited) and counted, so it never kills paho's thread. The handler runs on paho's thread:
   it must be quick and must not block (hand the message to a queue).
+- **Security.** Optional TLS (``TlsSettings``: trust exactly the swarm CA's file, TLS 1.2 or
+  later, the broker's name checked against its certificate, optionally a client
+  certificate) and username/password. A connection that can never succeed as configured,
+  a CONNACK refusing the credentials ("not authorized", "bad user name or password", "client
+  identifier not valid") or a broker certificate that does not verify, is not retried
+  forever in silence: the client logs an error once, stops reconnecting (unless
+  ``retry_refused``), ``wait_connected`` returns False at once and ``connect_failure`` says
+  why. Network failures (broker down, connection reset) are retried as before, and are
+  also reported by ``connect_failure`` until the next successful connection.
 - **Shutdown.** ``stop()`` sends DISCONNECT (which tells the broker to discard the will) and
   joins paho's thread.
 - **Counters.** ``stats`` is a snapshot; bytes count payload + UTF-8 topic bytes of messages
@@ -35,6 +44,9 @@ RuntimeError; trouble from the network is logged and counted, never raised.
 from __future__ import annotations
 
 import logging
+import os
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,9 +58,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "ConnectFailure",
     "Message",
     "MqttClient",
     "MqttStats",
+    "TlsSettings",
     "Will",
 ]
 
@@ -97,6 +111,73 @@ class Will:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """TLS towards the broker.
+
+    ``ca_file`` holds the only certificate authorities trusted for the broker (the swarm
+    CA): the system's public CAs are not loaded. ``certfile``/``keyfile`` (both or neither)
+    present a client certificate to a broker that requires one. ``check_hostname`` checks the
+    host dialled against the broker certificate's names; turn it off only for a broker
+    reached under a name its certificate does not list (the CA is still checked).
+    """
+
+    ca_file: str | os.PathLike[str]
+    certfile: str | os.PathLike[str] | None = None
+    keyfile: str | os.PathLike[str] | None = None
+    check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("TlsSettings: give both certfile and keyfile, or neither")
+
+    def context(self) -> ssl.SSLContext:
+        """A client ``SSLContext`` (TLS >= 1.2, certificate required) for these settings.
+
+        Raises ValueError naming the file when a CA, certificate or key cannot be loaded.
+        """
+        try:
+            ctx = ssl.create_default_context(cafile=os.fspath(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS CA file {self.ca_file}: {exc}") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = self.check_hostname
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if self.certfile is not None and self.keyfile is not None:
+            try:
+                ctx.load_cert_chain(os.fspath(self.certfile), os.fspath(self.keyfile))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"cannot load the TLS client certificate {self.certfile} / key "
+                    f"{self.keyfile}: {exc}"
+                ) from None
+        return ctx
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why the last connection attempt failed.
+
+    ``kind`` is ``"refused"`` (the broker's CONNACK refused us), ``"tls"`` (the TLS
+    handshake failed) or ``"network"`` (no TCP connection, or it closed before CONNACK).
+    ``permanent`` failures cannot succeed without a change of configuration (credentials,
+    CA): the client stops retrying them unless built with ``retry_refused=True``.
+    """
+
+    kind: str
+    reason: str
+    permanent: bool
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.reason}"
+
+
+# CONNACK reason codes (paho maps MQTT 3.1.1's return codes onto MQTT 5's) that no retry can
+# cure: client identifier not valid, bad user name or password, not authorized, banned,
+# bad authentication method.
+_PERMANENT_CONNACK = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
+
+
+@dataclass(frozen=True)
 class MqttStats:
     """A snapshot of a client's counters.
 
@@ -113,6 +194,7 @@ class MqttStats:
     handler_errors: int = 0
     connects: int = 0
     disconnects: int = 0
+    connect_failures: int = 0
 
 
 class _Counters:
@@ -172,6 +254,11 @@ class MqttClient:
     once the remembered subscriptions have been sent again (their SUBACKs may still be on the
     way). Both must return quickly and must not wait on this client. Nothing happens on the
     network before ``start()``.
+
+    ``tls`` (TlsSettings) turns on TLS; ``username``/``password`` are sent in CONNECT.
+    ``retry_refused`` keeps reconnecting after a permanent failure (a device waiting for the
+    broker to learn its credentials); by default the client gives up (see ``connect_failure``).
+    Raises ValueError on bad arguments, including TLS files that cannot be loaded.
     """
 
     def __init__(
@@ -189,6 +276,10 @@ class MqttClient:
         reconnect_max_s: float = 30.0,
         max_queued: int = 1000,
         on_connected: Callable[[], None] | None = None,
+        tls: TlsSettings | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        retry_refused: bool = False,
     ) -> None:
         if not isinstance(client_id, str) or not client_id:
             raise ValueError("client_id must be a non-empty string")
@@ -196,6 +287,10 @@ class MqttClient:
             raise ValueError("keepalive and max_payload must be >= 1, max_queued >= 0")
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        if password is not None and username is None:
+            raise ValueError("a password needs a username")
+        if username is not None and (not isinstance(username, str) or not username):
+            raise ValueError("username must be a non-empty string")
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -210,6 +305,13 @@ class MqttClient:
         self._pending: dict[int, list[str]] = {}  # SUBSCRIBE mid -> filters
         self._is_connected = False
         self._connected = threading.Event()
+        # Set when connected or given up: what wait_connected waits for.
+        self._settled = threading.Event()
+        self._failure: ConnectFailure | None = None
+        self._gave_up = False
+        self._retry_refused = retry_refused
+        self.tls = tls
+        self.username = username
         self._started = False
         self._stopped = False
 
@@ -227,7 +329,12 @@ class MqttClient:
         if will is not None:
             self._check_payload(will.payload)
             c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        if tls is not None:
+            c.tls_set_context(tls.context())
+        if username is not None:
+            c.username_pw_set(username, password)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
@@ -244,8 +351,24 @@ class MqttClient:
         self._client.loop_start()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Block until connected (CONNACK accepted) or ``timeout`` seconds; return whether so."""
-        return self._connected.wait(timeout)
+        """Block until connected (CONNACK accepted) or ``timeout`` seconds; return whether so.
+
+        Returns False at once when the client has given up on a permanent failure; then, or
+        after a timeout, ``connect_failure`` says what went wrong (if anything did).
+        """
+        self._settled.wait(timeout)
+        return self._connected.is_set()
+
+    @property
+    def connect_failure(self) -> ConnectFailure | None:
+        """Why the last connection attempt failed; None once a connection succeeds."""
+        with self._lock:
+            return self._failure
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether the client stopped reconnecting after a permanent failure."""
+        return self._gave_up
 
     @property
     def connected(self) -> bool:
@@ -392,9 +515,11 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if reason_code.is_failure:
-            self._warn.warn("connack", "broker refused the connection: %s", reason_code)
+            permanent = getattr(reason_code, "value", None) in _PERMANENT_CONNACK
+            self._failed(ConnectFailure("refused", f"broker refused: {reason_code}", permanent))
             return
         with self._lock:
+            self._failure = None
             self._is_connected = True
             self._pending.clear()
             for sub in self._subs.values():
@@ -403,6 +528,7 @@ class MqttClient:
                 self._send_subscribe_locked(list(self._subs))
         self._counters.add(connects=1)
         self._connected.set()
+        self._settled.set()
         log.info("connected to %s:%d as %s", self.host, self.port, self.client_id)
         if self._on_connected_hook is not None:
             try:
@@ -418,6 +544,39 @@ class MqttClient:
             self._counters.add(disconnects=1)
             if not self._stopped:
                 self._warn.warn("disconnect", "lost the broker connection: %s", reason_code)
+        elif not self._stopped and not self._gave_up:
+            with self._lock:
+                refused = self._failure is not None and self._failure.kind == "refused"
+            if not refused:  # a refusal is the better reason; the broker then hangs up
+                why = f"connection closed before CONNACK ({reason_code})"
+                self._failed(ConnectFailure("network", why, False))
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` around the connection attempt, so the
+        # exception that made the attempt fail is the one being handled.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = f"the broker's certificate did not verify: {exc.verify_message or exc}"
+            failure = ConnectFailure("tls", why, True)
+        elif isinstance(exc, ssl.SSLError):
+            failure = ConnectFailure("tls", f"TLS handshake failed: {exc}", False)
+        else:
+            failure = ConnectFailure("network", f"cannot connect: {exc}", False)
+        self._failed(failure)
+
+    def _failed(self, failure: ConnectFailure) -> None:
+        """Record a failed attempt; on a permanent one, give up unless told to retry."""
+        with self._lock:
+            self._failure = failure
+        self._counters.add(connect_failures=1)
+        where = f"{self.host}:{self.port}"
+        if not failure.permanent or self._retry_refused:
+            self._warn.warn(f"connect:{failure.kind}", "cannot connect to %s: %s", where, failure)
+            return
+        self._gave_up = True
+        log.error("cannot connect to %s as %s: %s; not retrying", where, self.client_id, failure)
+        self._client.disconnect()  # ends paho's loop: no more reconnects
+        self._settled.set()
 
     def _mark_disconnected(self) -> bool:
         with self._lock:
@@ -428,6 +587,8 @@ class MqttClient:
                 sub.done.clear()
                 sub.granted = False
         self._connected.clear()
+        if not self._gave_up:
+            self._settled.clear()
         return was
 
     def _on_subscribe(
