@@ -79,6 +79,33 @@ def _broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_config(args: argparse.Namespace) -> int:
+    from edge_swarm.trust.broker_config import BrokerConfigError, write_broker_config
+
+    try:
+        nodes = dict(n.split("=", 1) for n in args.node)
+    except ValueError:
+        print("edge-swarm broker config: --node takes ID=ROLE, e.g. pi-1=agent", file=sys.stderr)
+        return 2
+    try:
+        files = write_broker_config(
+            args.out,
+            args.swarm,
+            nodes,
+            args.bind_host,
+            args.bind_port,
+            hostnames=tuple(args.hostname),
+        )
+    except (BrokerConfigError, ValueError, OSError) as exc:
+        print(f"edge-swarm broker config: {exc}", file=sys.stderr)
+        return 2
+    print(f"Mosquitto configuration: {files.conf}\nCA certificate for devices: {files.ca_cert}")
+    for user, password in sorted(files.credentials.items()):
+        print(f"  {user}: {password}   (give it to that device only; it is not stored in clear)")
+    print(f"run: mosquitto -c {files.conf}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edge_swarm.demo_cli import run_demo
 
@@ -119,7 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="gateway processes; several replicate the ledger by Raft (default 1)",
     )
-    d.add_argument("--broker", default="embedded", choices=["embedded", "mosquitto"])
+    d.add_argument(
+        "--broker",
+        default="embedded",
+        choices=["embedded", "mosquitto", "mosquitto-tls"],
+        help="embedded amqtt (default), a Mosquitto process, or a locked-down Mosquitto "
+        "(TLS from the swarm's CA, a password per device, per-device ACL)",
+    )
     d.add_argument(
         "--codec",
         default="int8",
@@ -147,10 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--config", required=True, type=Path, help="the node's TOML file")
         r.set_defaults(func=lambda a, role=role: _run_node(a, role))
 
-    b = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt) in the foreground")
+    b = sub.add_parser("broker", help="run the embedded broker, or write a site's Mosquitto config")
     b.add_argument("--host", default="127.0.0.1")
     b.add_argument("--port", type=int, default=1883)
     b.set_defaults(func=_broker)
+    bsub = b.add_subparsers(dest="broker_command", metavar="ACTION")
+    bc = bsub.add_parser(
+        "config", help="write a TLS + password + per-device ACL Mosquitto configuration"
+    )
+    bc.add_argument("--swarm", required=True)
+    bc.add_argument("--out", type=Path, required=True, help="directory for the broker's files")
+    bc.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="ID=ROLE",
+        help="a device and its role (agent or gateway); repeat for each",
+    )
+    bc.add_argument("--host", dest="bind_host", default="0.0.0.0", help="listener address")
+    bc.add_argument("--port", dest="bind_port", type=int, default=8883)
+    bc.add_argument("--hostname", action="append", default=[], help="names in the certificate")
+    bc.set_defaults(func=_broker_config)
 
     k = sub.add_parser("keygen", help="make this device's key pair and print its enrolment request")
     k.add_argument("--node-id", required=True, help="the device's id, e.g. pi-ward3-01")

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,31 +91,87 @@ def model_spec(n_features: int, n_classes: int, hidden: tuple[int, ...]) -> Mode
     return ModelSpec(sizes=(n_features, *hidden, n_classes), activation="relu")
 
 
+@dataclass(frozen=True)
+class SiteBroker:
+    """The broker a run uses: where it is, and per-user password files when locked down."""
+
+    config: BrokerConfig
+    passwords: dict[str, Path] = field(default_factory=dict)
+
+    def client_options(self, user: str) -> dict[str, Any]:
+        """MqttClient keyword arguments for ``user`` (TLS and login when locked down)."""
+        if self.config.tls_ca is None:
+            return {}
+        from edge_swarm.io.mqtt import TlsSettings
+
+        return {
+            "tls": TlsSettings(self.config.tls_ca),
+            "username": user,
+            "password": self.passwords[user].read_text().strip(),
+        }
+
+
+def _locked_down(cfg: RunConfig, workdir: Path) -> tuple[Any, SiteBroker]:
+    """A Mosquitto with the site's generated TLS, password and per-device ACL configuration."""
+    import getpass
+
+    from edge_swarm.io.broker import MosquittoBroker
+    from edge_swarm.provision import agent_id
+    from edge_swarm.trust.broker_config import write_broker_config
+    from edge_swarm.trust.pki import write_private
+
+    nodes = {agent_id(i): "agent" for i in range(1, cfg.n_agents + 1)}
+    nodes |= {f"gateway-{i}": "gateway" for i in range(1, cfg.n_gateways + 1)}
+    files = write_broker_config(
+        workdir / "broker",
+        cfg.swarm,
+        nodes,
+        "127.0.0.1",
+        free_port(),
+        run_as=getpass.getuser(),  # as root, Mosquitto would drop to a user who cannot read these
+        max_packet_size=cfg.max_packet,
+    )
+    passwords = {}
+    (workdir / "secrets").mkdir(parents=True, exist_ok=True)
+    for user, password in files.credentials.items():
+        passwords[user] = workdir / "secrets" / f"{user}.password"
+        write_private(passwords[user], password.encode())
+    broker = MosquittoBroker(files.port, workdir / "mosquitto", conf=files.conf.read_text())
+    return broker, SiteBroker(
+        BrokerConfig("127.0.0.1", files.port, tls_ca=files.ca_cert), passwords
+    )
+
+
 @contextlib.contextmanager
-def start_broker(kind: str, workdir: Path, max_packet: int = 256 * 1024) -> Iterator[BrokerConfig]:
-    """Start a broker on a free loopback port for the run's lifetime.
+def start_broker(cfg: RunConfig, workdir: Path) -> Iterator[SiteBroker]:
+    """Start the run's broker on a free loopback port for the run's lifetime.
 
     Mosquitto is given ``max_packet`` as its packet limit, as a site's broker would have;
-    amqtt has no such limit.
+    amqtt has no such limit. ``mosquitto-tls`` is a locked-down site broker: TLS from the
+    swarm's own CA, a password per device, and an ACL confining each device to its topics.
     """
     from edge_swarm.io.broker import EmbeddedBroker, MosquittoBroker
 
+    kind, max_packet = cfg.broker, cfg.max_packet
     broker: Any
-    if kind == "embedded":
+    site: SiteBroker | None = None
+    if kind == "mosquitto-tls":
+        broker, site = _locked_down(cfg, workdir)
+    elif kind == "embedded":
         broker = EmbeddedBroker(host="127.0.0.1", port=0)
     elif kind == "mosquitto":
         limit = f"max_packet_size {max_packet}\n"
         broker = MosquittoBroker(port=0, workdir=workdir / "mosquitto", extra_conf=limit)
     else:
-        raise ValueError(f"unknown broker kind {kind!r}: use 'embedded' or 'mosquitto'")
+        raise ValueError(f"unknown broker {kind!r}: embedded, mosquitto or mosquitto-tls")
     broker.start()
     try:
-        yield BrokerConfig(host="127.0.0.1", port=broker.port)
+        yield site or SiteBroker(BrokerConfig(host="127.0.0.1", port=broker.port))
     finally:
         broker.stop()
 
 
-def prepare(cfg: RunConfig, broker: BrokerConfig) -> tuple[Workload, list[Path], SwarmLayout]:
+def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], SwarmLayout]:
     """Write partitions and provision the swarm in ``cfg.workdir``."""
     workload = WORKLOADS[cfg.workload]()
     parts = write_partitions(workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data")
@@ -135,7 +191,7 @@ def prepare(cfg: RunConfig, broker: BrokerConfig) -> tuple[Workload, list[Path],
         error_feedback=cfg.error_feedback,
         extra={"workload": cfg.workload},
     )
-    broker = BrokerConfig(broker.host, broker.port, cfg.keepalive_s, cfg.max_packet)
+    broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)
     layout = provision_swarm(
         cfg.workdir,
         cfg.swarm,
@@ -144,6 +200,7 @@ def prepare(cfg: RunConfig, broker: BrokerConfig) -> tuple[Workload, list[Path],
         broker,
         Timing(),
         codec_overrides=dict(cfg.codec_overrides),
+        passwords=site.passwords,
         raft_addrs=[f"127.0.0.1:{free_port()}" for _ in range(cfg.n_gateways)]
         if cfg.n_gateways > 1
         else None,
@@ -162,13 +219,21 @@ def run_swarm(
     it must return once its scenario is set up (the run then waits for the last round).
     """
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    with start_broker(cfg.broker, cfg.workdir, cfg.max_packet) as broker:
-        workload, parts, layout = prepare(cfg, broker)
+    with start_broker(cfg, cfg.workdir) as site:
+        broker = site.config
+        workload, parts, layout = prepare(cfg, site)
 
         def accuracy(spec: ModelSpec, params: np.ndarray) -> float:
             return evaluate(spec, params, workload.X_test, workload.y_test)["accuracy"]
 
-        observer = SwarmObserver(cfg.swarm, broker.host, broker.port, accuracy, on_round)
+        observer = SwarmObserver(
+            cfg.swarm,
+            broker.host,
+            broker.port,
+            accuracy,
+            on_round,
+            mqtt_options=site.client_options("operator"),
+        )
         observer.start()
         procs = SwarmProcesses.from_layout(
             layout.gateway_configs, layout.agent_configs, cfg.workdir / "logs"

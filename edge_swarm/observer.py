@@ -71,6 +71,7 @@ class SwarmObserver:
         port: int,
         evaluate: Callable[[ModelSpec, np.ndarray], float] | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
+        mqtt_options: dict[str, Any] | None = None,
     ) -> None:
         self.topics = Topics(swarm)
         self.swarm = swarm
@@ -91,6 +92,7 @@ class SwarmObserver:
             port=port,
             on_message=self._queue.put,
             max_payload=256 * 1024 * 1024,
+            **(mqtt_options or {}),
         )
 
     def start(self, timeout: float = 15.0) -> None:

@@ -9,7 +9,7 @@ and chained after the genesis in a bootstrap file from which the gateway creates
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ def provision_swarm(
     timing: Timing | None = None,
     codec_overrides: dict[str, CodecSpec] | None = None,
     raft_addrs: list[str] | None = None,
+    passwords: dict[str, Path] | None = None,
 ) -> SwarmLayout:
     """Write keys, bootstrap ledger entries and configs for the gateways and one agent a path.
 
@@ -99,6 +100,13 @@ def provision_swarm(
     several gateways replicating the ledger by Raft; without it there is one gateway.
     """
     overrides = codec_overrides or {}
+
+    def broker_for(node: str) -> BrokerConfig:
+        """A locked-down broker knows each device by its own name and password."""
+        if not passwords or node not in passwords:
+            return broker
+        return replace(broker, username=node, password_file=passwords[node])
+
     root.mkdir(parents=True, exist_ok=True)
     keys = root / "keys"
     keys.mkdir(exist_ok=True)
@@ -126,7 +134,7 @@ def provision_swarm(
             swarm=swarm,
             key_path=key_path,
             state_dir=root / "state" / node,
-            broker=broker,
+            broker=broker_for(node),
             genesis_hash=genesis.hash,
             data_path=data,
             timing=timing,
@@ -146,7 +154,7 @@ def provision_swarm(
             swarm=swarm,
             key_path=keys / f"{gw}.key",
             state_dir=ledgers[gw].parent,
-            broker=broker,
+            broker=broker_for(gw),
             genesis_hash=genesis.hash,
             ledger_path=ledgers[gw],
             bootstrap_path=bootstrap,

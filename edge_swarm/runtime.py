@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_swarm.config import NodeConfig
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
-from edge_swarm.io.mqtt import Message, MqttClient, Will
+from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.swarm.checkpoint import Checkpoint
 from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
@@ -169,6 +169,9 @@ class NodeRuntime:
             will=Will(self.topics.fleet_status(cfg.node_id), self._status("offline"), retain=True),
             keepalive=cfg.broker.keepalive_s,
             max_payload=cfg.max_envelope_bytes,
+            tls=TlsSettings(cfg.broker.tls_ca) if cfg.broker.tls_ca is not None else None,
+            username=cfg.broker.username,
+            password=cfg.broker.read_password(),
         )
         # Messages above the broker's packet limit travel in chunks (io/chunked.py).
         self.sender = ChunkedSender(self.mqtt, max_packet=cfg.broker.max_packet)
@@ -205,11 +208,14 @@ class NodeRuntime:
         self.mqtt.start()
         timeout = self.cfg.timing.connect_timeout_s
         if not self.mqtt.wait_connected(timeout):
+            failure = self.mqtt.connect_failure
             self.mqtt.stop()
             b = self.cfg.broker
+            why = f" ({failure.kind}: {failure.reason})" if failure is not None else ""
             raise RuntimeError(
-                f"could not reach the MQTT broker at {b.host}:{b.port} within {timeout:.0f} s; "
-                "is it running (edge-swarm broker) and is [broker] in the config right?"
+                f"could not connect to the MQTT broker at {b.host}:{b.port} within "
+                f"{timeout:.0f} s{why}; is it running (edge-swarm broker) and are [broker] "
+                "host, port, tls_ca, username and password_file in the config right?"
             )
         try:
             self.setup()

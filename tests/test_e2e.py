@@ -386,3 +386,14 @@ def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_pat
 
     run_swarm(cfg, during=proofs_then_enroll)
     assert checked == {"inclusion": True, "forged": False, "consistency": True, "enrolled": True}
+
+
+def test_a_swarm_trains_through_a_locked_down_broker(tmp_path: Path) -> None:
+    need("mosquitto")
+    # TLS from the swarm's own CA, a password per device and an ACL that confines each
+    # device to its own topics (edge_swarm/trust/broker_config.py): the protocol still runs.
+    result = run_swarm(small(tmp_path, "mosquitto-tls", rounds=3))
+    _same_bytes_every_round(result)
+    assert all(r.accuracy is not None for r in result.rounds)
+    conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "acl_file" in conf and "certfile" in conf
