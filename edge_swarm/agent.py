@@ -359,7 +359,7 @@ class Agent(NodeRuntime):
             log.warning("round %d: cannot merge: %s", action.round, exc)
             return P.MergeFailed(action.round, str(exc))
         cand = self.holder.merge(action.round, contributions)
-        self.inbox.forget_before(action.round)
+        self.inbox.forget_before(action.round + 1)  # replays of a merged round: refused
         return P.MergeDone(action.round, cand.model_hash, cand.state_hash)
 
     def _submit(self, action: P.Append) -> None:

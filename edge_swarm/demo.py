@@ -80,6 +80,10 @@ class RunResult:
     cold_start_s: float
     wall_s: float
     events: list[Entry] = field(default_factory=list)  # entries seen on ledger/events
+    telemetry: dict[str, dict[str, float]] = field(default_factory=dict)  # latest per node
+
+    def telemetry_of(self, node: str) -> dict[str, float]:
+        return self.telemetry.get(node, {})
 
     @property
     def final_accuracy(self) -> float:
@@ -268,6 +272,7 @@ def run_swarm(
         cold_start_s=cold_start,
         wall_s=wall,
         events=list(observer.entries),
+        telemetry={n: dict(r[-1].values) for n, r in observer.telemetry.items() if r},
     )
 
 

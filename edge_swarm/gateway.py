@@ -34,6 +34,7 @@ from edge_swarm.swarm.inbox import Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission
 from ledger_lite import Entry, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
+from ledger_lite import verify as verify_signature
 from ledger_lite.errors import LedgerError, Refused
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,12 @@ class Gateway(NodeRuntime):
         except (MessageError, LedgerError) as exc:
             self.drops.drop("bad submission", str(exc))
             return
+        # Authenticate before anything about the round is looked at (or told to the sender);
+        # every replica checks again when it applies the entry.
+        key = self.ledger.state.public_key(tx.author)
+        if key is None or not verify_signature(key, tx.signing_bytes(), bytes.fromhex(tx.sig)):
+            self._refuse(tx, Refused("bad_signature", "unknown author or bad signature"))
+            return
         reason = self._round_check(tx)
         if reason is not None:
             self._refuse(tx, Refused("out_of_round", reason))
@@ -367,7 +374,7 @@ class Gateway(NodeRuntime):
             return  # still waiting for an envelope; every arrival retries
         self.pending_merge = None
         cand = self.holder.merge(action.round, contributions)
-        self.inbox.forget_before(action.round)
+        self.inbox.forget_before(action.round + 1)  # replays of a merged round: refused
         self._act(
             self.coordinator.handle(P.MergeDone(action.round, cand.model_hash, cand.state_hash))
         )

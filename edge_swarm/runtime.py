@@ -317,6 +317,7 @@ class NodeRuntime:
             "bytes_in": stats.bytes_in,
             "peak_rss_kb": peak_rss_kb(),
             "drops": sum(self.drops.counts.values()),
+            **{f"drop:{reason}": n for reason, n in self.drops.counts.items()},
         }
         body = Telemetry(self.cfg.node_id, rnd, {**base, **values}).encode()
         self.mqtt.publish(self.topics.fleet_telemetry(self.cfg.node_id), body, qos=1)

@@ -17,6 +17,7 @@ import pytest
 
 from edge_swarm.demo import RunConfig, RunResult, run_swarm
 from edge_swarm.io.broker import find_mosquitto
+from edge_swarm.io.chunked import ChunkedSender
 from edge_swarm.io.mqtt import MqttClient
 from edge_swarm.launch import SwarmProcesses
 from edge_swarm.observer import SwarmObserver
@@ -59,7 +60,17 @@ def clean_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> RunResult:
     need(request.param)
-    return run_swarm(small(tmp_path_factory.mktemp(f"clean-{request.param}"), request.param))
+    return run_swarm(reference(tmp_path_factory.mktemp(f"clean-{request.param}"), request.param))
+
+
+# The reference swarm trains a 100k-parameter model, so that a round lasts long enough
+# (a few seconds, not a fifth of one) for hostile messages to land while it is open.
+BIG = (512, 128)
+BIG_N = 64 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10
+
+
+def reference(workdir: Path, broker: str) -> RunConfig:
+    return small(workdir, broker, hidden=BIG)
 
 
 def entries_of(result: RunResult) -> list:
@@ -213,57 +224,131 @@ def test_a_frozen_agent_is_left_behind_by_the_deadline(tmp_path: Path) -> None:
     assert result.rounds[-1].accuracy is not None
 
 
-def _hostile_envelopes(cfg: RunConfig, rnd: int) -> list[tuple[str, bytes]]:
-    """What a buggy or hostile client sends; agent-01's key stands for a compromised device."""
+def _hostile_envelopes(
+    cfg: RunConfig, rnd: int, base: str, earlier: bytes
+) -> list[tuple[str | None, str, bytes]]:
+    """What a buggy or hostile client sends on the swarm's delta topics, with the reason each
+    must be dropped for. agent-01's key stands for a stolen device's; ``earlier`` is a genuine
+    envelope of an earlier round, captured on the wire; ``base`` the open round's base."""
+    import numpy as np
+
     agent_key = SigningKey.load(cfg.workdir / "keys" / "agent-01.key")
     stranger = SigningKey.generate()
-    base = "ab" * 32
     root = f"es/v1/{cfg.swarm}/round"
 
-    def env(swarm: str, r: int, node: str, key: SigningKey) -> bytes:
+    def env(
+        swarm: str, r: int, node: str, key: SigningKey | None, n: int = BIG_N, body: bytes = b""
+    ) -> bytes:
         h = EnvelopeHeader(
-            swarm=swarm, round=r, node=node, base_hash=base, codec=0, n_params=2410, n_samples=10
+            swarm=swarm, round=r, node=node, base_hash=base, codec=0, n_params=n, n_samples=10
         )
-        import numpy as np
+        payload = body or np.ones(n, np.float32)
+        return encode_envelope(h, payload, sign=None if key is None else key.sign)
 
-        return encode_envelope(h, np.ones(2410, np.float32), sign=key.sign)
-
+    nan_body = np.full(BIG_N, np.nan, dtype="<f4").tobytes()
+    genuine = env(cfg.swarm, rnd, "agent-01", agent_key)
     return [
-        (f"{root}/{rnd}/delta/agent-01", os.urandom(3000)),  # malformed
-        (f"{root}/50/delta/agent-01", env(cfg.swarm, 50, "agent-01", agent_key)),  # wrong round
+        ("malformed", f"{root}/{rnd}/delta/agent-01", os.urandom(3000)),
+        ("malformed", f"{root}/{rnd}/delta/agent-01", genuine[: len(genuine) // 2]),  # truncated
+        ("wrong round", f"{root}/50/delta/agent-01", env(cfg.swarm, 50, "agent-01", agent_key)),
+        ("wrong swarm", f"{root}/{rnd}/delta/agent-01", env("other", rnd, "agent-01", agent_key)),
+        ("unknown node", f"{root}/{rnd}/delta/intruder", env(cfg.swarm, rnd, "intruder", stranger)),
         (
+            "bad signature",
+            f"{root}/{rnd}/delta/agent-03",
+            env(cfg.swarm, rnd, "agent-03", stranger),
+        ),
+        ("unsigned", f"{root}/{rnd}/delta/agent-02", env(cfg.swarm, rnd, "agent-02", None)),
+        (
+            "wrong length",
             f"{root}/{rnd}/delta/agent-01",
-            env("other-swarm", rnd, "agent-01", agent_key),
-        ),  # wrong swarm
-        (f"{root}/{rnd}/delta/intruder", env(cfg.swarm, rnd, "intruder", stranger)),  # unknown node
-        (f"{root}/{rnd}/delta/agent-03", env(cfg.swarm, rnd, "agent-03", stranger)),  # forged
+            env(cfg.swarm, rnd, "agent-01", agent_key, n=100),
+        ),
+        (
+            "bad values",
+            f"{root}/{rnd}/delta/agent-01",
+            env(cfg.swarm, rnd, "agent-01", agent_key, body=nan_body),
+        ),
+        # A replay of round 1: chunked, it is dropped by the reassembler as a message it has
+        # already completed; whole, the inbox refuses it as "wrong round" (test_inbox.py).
+        (None, f"{root}/1/delta/agent-02", earlier),
     ]
 
 
-def test_bad_envelopes_are_dropped_with_reasons_and_change_nothing(
+def test_hostile_messages_are_dropped_with_reasons_and_change_nothing(
     tmp_path: Path, clean_run: RunResult
 ) -> None:
+    import queue
+
+    from edge_swarm.swarm.messages import Submission
+    from ledger_lite import make_tx
+
     # Same broker and settings as the clean run, which is the reference.
-    cfg = small(tmp_path, clean_run.config.broker)
+    cfg = reference(tmp_path, clean_run.config.broker)
+    sent: list[str] = []
 
     def attack(procs: SwarmProcesses, obs: SwarmObserver) -> None:
-        assert obs.wait_for(lambda: 2 in obs.rounds and obs.rounds[2].opened_ms > 0, timeout=60)
-        client = MqttClient("hostile", "127.0.0.1", obs.mqtt.port, on_message=lambda m: None)
+        captured: queue.Queue[bytes] = queue.Queue()
+        r1 = obs.topics.delta(1, "agent-02")
+
+        def on_message(m: object) -> None:
+            if m.topic == r1:  # type: ignore[attr-defined]
+                captured.put(m.payload)  # type: ignore[attr-defined]
+
+        client = MqttClient("hostile", "127.0.0.1", obs.mqtt.port, on_message=on_message)
         client.start()
         try:
             assert client.wait_connected(10)
-            for topic, payload in _hostile_envelopes(cfg, 2):
-                assert client.publish(topic, payload, qos=1, wait=10)
+            assert client.subscribe(obs.topics.delta_filter())
+            assert obs.wait_for(lambda: 2 in obs.rounds and obs.rounds[2].opened_ms > 0, timeout=60)
+            opened = [e for e in obs.entries if e.kind == "round_open" and e.payload["round"] == 2]
+            base = opened[0].payload["base_model_hash"]
+            earlier = captured.get(timeout=10)
+            # Chunked like an honest sender's, so that the broker's packet limit passes them.
+            sender = ChunkedSender(client, max_packet=cfg.max_packet)
+            for reason, topic, payload in _hostile_envelopes(cfg, 2, base, earlier):
+                if reason is not None:
+                    sent.append(reason)
+                assert sender.publish(topic, payload, qos=1)
+            # And on the ledger: a forged commit in agent-01's name, and a stranger's.
+            stranger = SigningKey.generate()
+            commit = {
+                "round": 2,
+                "node": "agent-01",
+                "envelope_sha256": "00" * 32,
+                "n_samples": 1,
+                "metrics": {},
+            }
+            for key, author in ((stranger, "agent-01"), (stranger, "intruder")):
+                tx = make_tx(key, cfg.swarm, "delta_commit", author, dict(commit, node=author))
+                payload = Submission(tx.to_dict()).encode()
+                assert client.publish(obs.topics.ledger_submit(), payload, qos=1, wait=10)
+            assert client.publish(obs.topics.ledger_submit(), b"{not json", qos=1, wait=10)
         finally:
             client.stop()
 
     result = run_swarm(cfg, during=attack)
-    # Deterministic training and merging: the attacked swarm ends on the clean swarm's bytes.
+    # Deterministic training and merging: the attacked swarm ends on the clean swarm's bytes,
+    # and nothing the attacker sent reached the ledger.
     assert finals(result) == finals(clean_run)
+    assert all(e.author != "intruder" for e in entries_of(result))
+    commits = [
+        e for e in entries_of(result) if e.kind == "delta_commit" and e.payload["round"] == 2
+    ]
+    assert all(e.payload["envelope_sha256"] != "00" * 32 for e in commits)
     for node in ("gateway-1", "agent-01", "agent-04"):
         log = log_of(result, node)
-        for reason in ("malformed", "wrong round", "wrong swarm", "unknown node", "bad signature"):
+        for reason in set(sent):
             assert f"dropped ({reason}" in log, f"{node} did not log a '{reason}' drop"
+    gateway = log_of(result, "gateway-1")
+    assert "delta_commit from agent-01: bad_signature" in gateway
+    assert "delta_commit from intruder: bad_signature" in gateway
+    assert "bad submission" in gateway
+    # Each reason is counted, and reported in the agents' telemetry.
+    for node in ("agent-01", "agent-04"):
+        counts = result.telemetry_of(node)
+        for reason in set(sent):
+            assert counts.get(f"drop:{reason}", 0) >= sent.count(reason), (node, reason, counts)
 
 
 # --------------------------------------------------------------------------- codecs

@@ -73,11 +73,13 @@ class EnvelopeInbox:
         self._kept: dict[tuple[int, str], dict[str, np.ndarray]] = {}
         self._samples: dict[tuple[int, str, str], int] = {}
         self._early: dict[tuple[int, str], bytes] = {}
+        self._newest: int | None = None
 
     def expect(self, view: RoundView) -> list[Accepted]:
         """Accept envelopes for this round (called on ``round_open``); returns those that
         were held for it and pass the checks now."""
         self.rounds[view.round] = view
+        self._newest = max(self._newest or 0, view.round)
         accepted = []
         for key in sorted(k for k in self._early if k[0] == view.round):
             payload = self._early.pop(key)
@@ -120,6 +122,8 @@ class EnvelopeInbox:
         if key is None:
             raise Dropped("unknown node", h.node)
         # The signature is checked before anything else the header claims is believed.
+        if not env.is_signed:
+            raise Dropped("unsigned", h.node)
         if not env.verify(key):
             raise Dropped("bad signature", h.node)
         if h.base_hash != view.base_hash:
@@ -140,7 +144,9 @@ class EnvelopeInbox:
         return Accepted(h.round, h.node, env.sha256)
 
     def _hold(self, payload: bytes, rnd: int, node: str) -> bool:
-        newest = max(self.rounds, default=None)
+        # The newest round ever opened here, not only those still kept: once a round is
+        # merged and forgotten, its replays must be refused, not held as "early".
+        newest = self._newest
         if newest is not None and not newest < rnd <= newest + EARLY_ROUNDS_AHEAD:
             return False
         if self._early_bytes(but=(rnd, node)) + len(payload) > MAX_EARLY_BYTES:
