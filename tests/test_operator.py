@@ -54,3 +54,30 @@ def test_operator_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     (site / "admin.key").chmod(0o644)
     assert main([*args[:-1], str(tmp_path / "bad.json")]) == 2
     assert "chmod 600" in capsys.readouterr().err
+
+
+def test_an_agent_refuses_to_start_with_a_key_others_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from edge_swarm.config import NodeConfig, dump_config
+    from ledger_lite import SigningKey
+
+    key = tmp_path / "device.key"
+    SigningKey.generate().save(key)
+    key.chmod(0o644)
+    data = tmp_path / "data.npz"
+    np.savez(data, X=np.zeros((2, 64), np.float32), y=np.array([0, 1]))
+    cfg = NodeConfig(
+        node_id="pi-1",
+        role="agent",
+        swarm="clinic",
+        key_path=key,
+        state_dir=tmp_path / "state",
+        data_path=data,
+    )
+    (tmp_path / "agent.toml").write_text(dump_config(cfg))
+    assert main(["agent", "--config", str(tmp_path / "agent.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "chmod 600" in err
