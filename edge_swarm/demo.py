@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_swarm.config import BrokerConfig, Timing
-from edge_swarm.io.broker import free_port
+from edge_swarm.io.broker import free_port, free_ports
 from edge_swarm.launch import SwarmProcesses
 from edge_swarm.learn.data import WORKLOADS, Workload, write_partitions
 from edge_swarm.learn.model import ModelSpec
@@ -205,7 +205,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         Timing(),
         codec_overrides=dict(cfg.codec_overrides),
         passwords=site.passwords,
-        raft_addrs=[f"127.0.0.1:{free_port()}" for _ in range(cfg.n_gateways)]
+        raft_addrs=[f"127.0.0.1:{p}" for p in free_ports(cfg.n_gateways)]
         if cfg.n_gateways > 1
         else None,
     )

@@ -326,3 +326,11 @@ def test_site_configuration_runs_on_mosquitto(tmp_path: Path) -> None:
             assert inbox.wait_payload(b"m")
         finally:
             c.stop()
+
+
+def test_free_ports_are_distinct() -> None:
+    from edge_swarm.io.broker import free_ports
+
+    for _ in range(20):
+        ports = free_ports(5)
+        assert len(set(ports)) == 5

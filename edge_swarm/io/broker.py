@@ -72,6 +72,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` a moment ago.
+
+    All sockets stay bound until every port is picked: closed one at a time, the OS may
+    hand out the same port twice (it did, and two Raft replicas then fought for it).
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     """Whether a TCP connection to ``host:port`` succeeds within ``timeout`` seconds."""
     try:
