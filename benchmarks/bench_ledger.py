@@ -39,7 +39,7 @@ from edge_swarm.report import print_table, write_json  # noqa: E402
 from ledger_lite import SigningKey, Tx, make_genesis, make_tx  # noqa: E402
 from ledger_lite.keys import verify  # noqa: E402
 from ledger_lite.verify import verify_file  # noqa: E402
-from tests.replica_proc import ReplicaProcess, free_port, wait_until  # noqa: E402
+from tests.replica_proc import ReplicaProcess, free_ports, wait_until  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 GOAL_APPENDS_PER_S = 2000.0
@@ -170,7 +170,7 @@ def at_tip(procs: list[ReplicaProcess], height: int) -> None:
 def start_cluster(work: Workload, tmp: Path) -> list[ReplicaProcess]:
     gfile = tmp / "genesis.json"
     gfile.write_bytes(work.genesis.canonical())
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     procs = [
         ReplicaProcess(a, [b for b in addrs if b != a], tmp / f"r{i}.db", gfile)
         for i, a in enumerate(addrs)

@@ -131,6 +131,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: the sockets stay bound until all are picked, since ports
+    picked one at a time can repeat."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
     """Poll `cond` until it returns a true value (returned) or `timeout` s pass
     (TimeoutError naming `what`)."""

@@ -33,7 +33,7 @@ from ledger_lite.replica_raft import RaftTiming, install_safe_unpickler, safe_lo
 from ledger_lite.replica_snapshot import SnapshotHeader, iter_entries, read_header, write_snapshot
 from ledger_lite.verify import verify_file
 
-from .replica_proc import ReplicaProcess, free_port, wait_until
+from .replica_proc import ReplicaProcess, free_port, free_ports, wait_until
 from .test_ledger_support import ADMIN_KEY, SWARM, T0, delta_commit, genesis, seed_key
 
 FAST = RaftTiming(
@@ -92,7 +92,7 @@ def cluster(tmp_path: Path) -> Iterator[Any]:
     made: list[Replica] = []
 
     def make(n: int = 3, **kw: Any) -> list[Replica]:
-        addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         for i, addr in enumerate(addrs):
             made.append(Replica(addr, addrs, tmp_path / f"r{i}.db", genesis(), timing=FAST, **kw))
         reps = made[-n:]
@@ -338,7 +338,7 @@ class ProcCluster:
         self.dir = tmp_path
         gfile = tmp_path / "genesis.json"
         gfile.write_bytes(genesis().canonical())
-        addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.procs = [
             ReplicaProcess(
                 a, [p for p in addrs if p != a], tmp_path / f"r{i}.db", gfile,
