@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 from .errors import EncodeError
@@ -83,3 +84,21 @@ def to_json_value(obj: Any) -> Any:
 def sha256_hex(data: bytes) -> str:
     """Lowercase hex SHA-256 of `data`."""
     return hashlib.sha256(data).hexdigest()
+
+
+# JSON from the network is parsed only after its nesting depth is checked: json.loads
+# recurses once per level, and while the stack is that deep any finaliser that happens to
+# run (a socket's, a thread's) fails too and is reported as an unraisable error.
+JSON_MAX_DEPTH = 64  # our documents nest a handful of levels; nothing honest comes near this
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(rb"[^\[\]{}]")
+
+
+def json_too_deep(data: bytes, max_depth: int = JSON_MAX_DEPTH) -> bool:
+    """Whether the brackets outside strings in ``data`` nest deeper than ``max_depth``."""
+    depth = 0
+    for b in _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", data)):
+        depth += 1 if b in b"[{" else -1
+        if depth > max_depth:
+            return True
+    return False

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .canonical import canonical_bytes, sha256_hex, to_json_value
+from .canonical import canonical_bytes, json_too_deep, sha256_hex, to_json_value
 from .errors import DecodeError
 from .keys import SigningKey
 
@@ -110,6 +110,9 @@ def _decode_json(data: bytes | str, what: str) -> Any:
         return out
 
     try:
+        raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+        if json_too_deep(raw):
+            raise DecodeError(f"{what}: JSON nested too deeply")
         text = data.decode("utf-8") if isinstance(data, bytes) else data  # UTF-8 only, no BOMs
         return json.loads(text, parse_constant=no_constants, object_pairs_hook=no_duplicates)
     except DecodeError:

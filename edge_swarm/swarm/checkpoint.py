@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_swarm.swarm import jsonsafe
+
 MAGIC = b"ESCK"
 VERSION = 1
 _PREFIX = struct.Struct("<4sBI")
@@ -71,7 +73,7 @@ def decode_checkpoint(data: bytes, max_size: int = MAX_CHECKPOINT) -> Checkpoint
     if hlen > MAX_HEADER or _PREFIX.size + hlen > len(data):
         raise CheckpointError("bad checkpoint header length")
     try:
-        header = json.loads(data[_PREFIX.size : _PREFIX.size + hlen])
+        header = jsonsafe.loads(data[_PREFIX.size : _PREFIX.size + hlen])
         n_params, state_len = int(header["n_params"]), int(header["state_len"])
         fields = (
             str(header["swarm"]),

@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edge_swarm.swarm import jsonsafe
+
 MAX_JSON = 1024 * 1024  # a query reply carries a page of entries; nothing else comes close
 MAX_PAGE = 500
 
@@ -25,7 +27,7 @@ def _load(data: bytes, max_size: int = MAX_JSON) -> dict[str, Any]:
     if len(data) > max_size:
         raise MessageError(f"message of {len(data)} bytes exceeds {max_size}")
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = jsonsafe.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting recurses
         raise MessageError(f"not JSON: {exc!r:.200}") from None
     if not isinstance(obj, dict):
