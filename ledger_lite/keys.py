@@ -21,6 +21,7 @@ from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
 from .errors import KeyFileError
+from .files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +75,7 @@ class SigningKey:
         """
         path = Path(path)
         pem = self._key.export_key(format="PEM").encode("ascii")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # fails if path exists: never clobber a key by accident
-                os.unlink(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        write_private(path, pem, overwrite=overwrite)  # never clobbers a key by accident
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SigningKey:
@@ -126,20 +112,6 @@ class SigningKey:
 
     def __repr__(self) -> str:
         return f"SigningKey(public_hex={self._public_hex[:16]}…)"
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); ignored where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 try:  # OpenSSL's Ed25519 through `cryptography` verifies about 3x faster than pycryptodome,

@@ -35,6 +35,7 @@ from typing import IO, Any
 from .canonical import canonical_bytes
 from .entry import MAX_ENTRY_BYTES, Entry, is_hex64, is_uint
 from .errors import DecodeError
+from .files import fsync_dir as _fsync_dir
 
 MAGIC = b"ledger-lite snapshot 1\n"
 MAX_HEADER_BYTES = 1024 * 1024
@@ -132,19 +133,6 @@ def write_snapshot(
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_exact(fh: IO[bytes], n: int, what: str) -> bytes:

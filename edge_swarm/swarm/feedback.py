@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_swarm.swarm.quantize import CodecSpec, decode, encode
+from ledger_lite.files import fsync_dir as _fsync_dir
 
 __all__ = ["MAGIC", "VERSION", "ErrorFeedback"]
 
@@ -189,17 +190,3 @@ class ErrorFeedback:
                 return cls(n_params, enabled)
             raise
         return cls.from_bytes(data, n_params, enabled)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

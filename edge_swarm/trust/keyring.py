@@ -62,6 +62,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_swarm.swarm.topics import validate_id
 from edge_swarm.trust.payload import KEY_LEN, TrustError, build_aad
+from ledger_lite.files import write_private
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -162,22 +163,7 @@ class EncryptionKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # fails if path exists: never clobber a key by accident
-                os.unlink(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        write_private(path, pem, overwrite=overwrite)  # never clobbers a key by accident
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EncryptionKey:
@@ -216,20 +202,6 @@ class EncryptionKey:
 
     def __repr__(self) -> str:
         return f"EncryptionKey(public_hex={self.public_hex[:16]}…)"
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); ignored where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- wrapping

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ledger_lite import files
+
 __all__ = [
     "CA_DAYS",
     "CERT_DAYS",
@@ -244,18 +246,7 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> Path:
     name and renamed over ``path``, so a reader never sees half a key and a file that was
     once world-readable is replaced rather than reused. Returns the path.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o600)  # in case the file system ignored the mode at creation
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_private(path, data)
 
 
 def write_public(path: str | os.PathLike[str], data: bytes) -> Path:
