@@ -145,6 +145,12 @@ class Gateway(NodeRuntime):
         if not lead:
             self.coordinator.replaying = True
             return
+        try:
+            self.ledger.catch_up()
+        except LedgerError as exc:
+            log.warning("could not catch up before coordinating: %s", exc)
+        for entry in self.ledger.entries(self.folded + 1):  # fold now what sync applied
+            self._fold(entry, live=True)
         for entry in self._bootstrap:  # enrolments of a new site, once, by whoever leads first
             if entry.tx.tx_id not in self.ledger.state.seen:
                 self.ledger.submit(entry.tx, self._own_result)

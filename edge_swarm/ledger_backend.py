@@ -35,6 +35,7 @@ class LedgerBackend(Protocol):
     @property
     def state(self) -> LedgerState: ...
     def start(self) -> None: ...
+    def catch_up(self, timeout: float = 10.0) -> None: ...
     def close(self) -> None: ...
 
 
@@ -85,6 +86,9 @@ class LocalLedger:
         for callback in self.on_role:
             callback(True)
 
+    def catch_up(self, timeout: float = 10.0) -> None:
+        """Nothing to wait for: a lone ledger applies every entry as it is submitted."""
+
     def close(self) -> None:
         self.ledger.close()
 
@@ -117,6 +121,11 @@ class ReplicatedLedger:
 
     def start(self) -> None:
         self.replica.start()
+
+    def catch_up(self, timeout: float = 10.0) -> None:
+        """Wait until everything committed before now is applied here (a new leader must
+        not act on a state that misses its predecessor's last entries)."""
+        self.replica.sync(timeout)
 
     def close(self) -> None:
         self.replica.close()

@@ -288,6 +288,8 @@ class Coordinator:
             self.agents.discard(p["node"])
             self.online.discard(p["node"])
         elif ev.kind == "round_open":
+            if p["round"] <= self.last_round:
+                return []  # a second open of a round (two leaders a moment apart): the first counts
             self.current = _Round(p["round"], p["base_model_hash"], p["deadline_ms"])
             self.current.expected = frozenset(self.online & self.agents)
             self.last_round = p["round"]
@@ -480,6 +482,8 @@ class Participant:
         p = ev.payload
         self._now = max(self._now, ev.ts)
         if ev.kind == "round_open":
+            if self.open is not None and p["round"] <= self.open.number:
+                return []  # a second open of the same round: the first one counts
             self.open = _Round(p["round"], p["base_model_hash"], p["deadline_ms"])
             return self._maybe_train()
         if ev.kind == "delta_commit":
