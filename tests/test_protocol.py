@@ -250,3 +250,19 @@ def test_start_grace_delays_only_the_first_round() -> None:
     c.handle(P.PeerSeen("c", False))
     (op,) = c.handle(P.Tick(30))  # long before the grace of 10 s is over
     assert op.payload["round"] == 2
+
+
+def test_a_second_open_of_the_same_round_is_ignored_by_both_machines() -> None:
+    # Two leaders a moment apart can both open round 1; the first open counts.
+    c = coordinator(["a", "b"])
+    (op,) = c.handle(P.Tick(0))
+    append(c, op, 0)
+    c.handle(commit("a", 1))
+    again = {"round": 1, "base_model_hash": H0, "deadline_ms": 99_999}
+    assert c.handle(P.Appended("round_open", "gw2", again, 5)) == []
+    assert c.current is not None and set(c.current.commits) == {"a"}
+
+    p = P.Participant("a", H0)
+    assert p.handle(opened()) == [P.Train(1, H0)]
+    assert p.handle(P.Appended("round_open", "gw2", again, 5)) == []
+    assert p.open is not None and p.open.deadline_ms == 1000
