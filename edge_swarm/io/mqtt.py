@@ -356,8 +356,18 @@ class MqttClient:
         Returns False at once when the client has given up on a permanent failure; then, or
         after a timeout, ``connect_failure`` says what went wrong (if anything did).
         """
+        # Not just the first outcome: a connection that drops right after its CONNACK (amqtt
+        # does that now and then under load) is retried by paho, so wait for the next one.
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._settled.wait(timeout)
-        return self._connected.is_set()
+        while not self._connected.is_set():
+            if self._gave_up:
+                return False
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._connected.wait(0.1 if left is None else min(left, 0.1))
+        return True
 
     @property
     def connect_failure(self) -> ConnectFailure | None:
