@@ -154,7 +154,8 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, poll: float =
             return value
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
+        # The condition lives in another process (its status over a pipe): poll, bounded.
+        threading.Event().wait(poll)
 
 
 class ReplicaProcess:

@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -478,7 +477,8 @@ def _crash_loop(procs: ProcCluster, kills: int, seed: int, rate: float = 250) ->
     feeder.start()
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(0.05, 0.5))  # a random moment to crash at
+            # A random moment to crash at: a delay chosen on purpose, not a wait for anything.
+            threading.Event().wait(rng.uniform(0.05, 0.5))
             victim.kill()
             report = verify_file(victim.path)
             assert report.ok, report
