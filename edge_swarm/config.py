@@ -11,9 +11,7 @@ be unpacked anywhere.
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +21,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 on Jetson images
     import tomli as tomllib
+
+from ledger_lite.files import OpenToOthersError, read_private
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" would let "\n" in
 _ADDR = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
@@ -87,17 +87,13 @@ class BrokerConfig:
             return None
         path = self.password_file
         try:
-            mode = os.stat(path).st_mode
-            text = path.read_text(encoding="utf-8")
+            text = read_private(path, 4096, "broker.password_file").decode("utf-8")
+        except OpenToOthersError as exc:
+            raise ConfigError(str(exc)) from None
         except OSError as exc:
             raise ConfigError(f"broker.password_file {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"broker.password_file {path}: not UTF-8 text") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"broker.password_file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-            )
         password = text.splitlines()[0] if text else ""
         if not password:
             raise ConfigError(f"broker.password_file {path} is empty")

@@ -10,6 +10,7 @@ keys and broker secrets.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -52,3 +53,24 @@ def write_private(path: str | os.PathLike[str], data: bytes, overwrite: bool = T
         raise
     fsync_dir(path.parent)
     return path
+
+
+class OpenToOthersError(PermissionError):
+    """A secret file that group or other users may access; the message says to chmod 600."""
+
+
+def read_private(path: str | os.PathLike[str], limit: int, what: str = "key file") -> bytes:
+    """Read at most ``limit`` bytes of a secret file that only its owner may access.
+
+    Raises OpenToOthersError (naming ``chmod 600``) if group or other have any permission
+    bit on it (POSIX), and OSError if it cannot be read.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise OpenToOthersError(
+                f"{what} {path} is accessible by group/other "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+            )
+        return fh.read(limit)

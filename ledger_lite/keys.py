@@ -14,14 +14,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import stat
 from pathlib import Path
 
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
 from .errors import KeyFileError
-from .files import write_private
+from .files import OpenToOthersError, read_private, write_private
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +85,9 @@ class SigningKey:
         """
         path = Path(path)
         try:
-            with open(path, "rb") as fh:
-                mode = os.fstat(fh.fileno()).st_mode
-                if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise KeyFileError(
-                        f"key file {path} is accessible by group/other "
-                        f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-                    )
-                data = fh.read(16384)
+            data = read_private(path, 16384, "key file")
+        except OpenToOthersError as exc:
+            raise KeyFileError(str(exc)) from None
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
         return cls._parse(data, path)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_swarm.swarm.topics import validate_id
 from edge_swarm.trust.payload import KEY_LEN, TrustError, build_aad
-from ledger_lite.files import write_private
+from ledger_lite.files import OpenToOthersError, read_private, write_private
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -174,14 +173,9 @@ class EncryptionKey:
         """
         path = Path(path)
         try:
-            with open(path, "rb") as fh:
-                mode = os.fstat(fh.fileno()).st_mode
-                if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise KeyFileError(
-                        f"encryption key file {path} is accessible by group/other "
-                        f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-                    )
-                data = fh.read(_MAX_KEY_FILE)
+            data = read_private(path, _MAX_KEY_FILE, "encryption key file")
+        except OpenToOthersError as exc:
+            raise KeyFileError(str(exc)) from None
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
         return cls._parse(data, path)
