@@ -23,8 +23,8 @@ from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
 from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
 from edge_swarm.swarm import protocol as P
-from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
-from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
+from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
+from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
 from edge_swarm.swarm.feedback import ErrorFeedback
 from edge_swarm.swarm.inbox import Accepted, Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
@@ -58,6 +58,7 @@ class Agent(NodeRuntime):
         self.codec = CodecSpec("float32")
         self.feedback: ErrorFeedback | None = None
         self.mirror = LedgerMirror(cfg.genesis_hash)
+        self._sealed_checkpoint: bytes | None = None  # one we hold no key for yet
         self.synced = False
         self._query_id = ""
         self._query_sent = 0.0
@@ -175,8 +176,12 @@ class Agent(NodeRuntime):
             return
         p = entry.payload
         held: list[Accepted] = []
+        if self.fold_keys(entry) and self._sealed_checkpoint is not None:
+            self._on_checkpoint(self._sealed_checkpoint)  # a key for it may have come
         if entry.kind == "round_open":
-            held = self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))
+            assert self.mirror.state is not None
+            epoch = self.epochs.on_round_open(p["round"], entry.height, self.mirror.state)
+            held = self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))
             self.round_seen = p["round"]
         elif entry.kind == "delta_commit":
             self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
@@ -187,6 +192,7 @@ class Agent(NodeRuntime):
             self._act(actions)
 
     def _start_from_genesis(self, params: dict[str, Any]) -> None:
+        self.set_security(params)
         spec = ModelSpec.from_dict(params["model"])
         self.local = LocalTraining.from_dict(params["local"])
         self.init_seed = int(params["init_seed"])
@@ -196,9 +202,7 @@ class Agent(NodeRuntime):
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
-        self.inbox = EnvelopeInbox(
-            self.cfg.swarm, spec.n_params, self._public_key, self.cfg.max_envelope_bytes
-        )
+        self.inbox = self.make_inbox(spec.n_params, self._public_key)
         self.machine = P.Participant(self.cfg.node_id, self.holder.hash)
         self.machine.replaying = True
         held, self._before_genesis = self._before_genesis, []
@@ -246,10 +250,14 @@ class Agent(NodeRuntime):
         self._act(self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256)))
 
     def _on_checkpoint(self, payload: bytes) -> None:
+        self._sealed_checkpoint = None
         try:
-            ck = decode_checkpoint(payload)
+            ck = self.open_checkpoint(payload)
         except CheckpointError as exc:
             self.drops.drop("bad checkpoint", str(exc))
+            return
+        if ck is None:
+            self._sealed_checkpoint = payload  # retried when a key epoch arrives
             return
         if ck.swarm != self.cfg.swarm:
             self.drops.drop("bad checkpoint", f"for swarm {ck.swarm}")
@@ -289,6 +297,8 @@ class Agent(NodeRuntime):
         assert self.machine is not None and self.holder is not None
         if isinstance(action, P.Train):
             done = self._train(action)
+            if done is None:
+                return []  # cannot seal this round: it closes without us
             own = P.EnvelopeStored(done.round, self.cfg.node_id, done.envelope_sha256)
             return self.machine.handle(done) + self.machine.handle(own)
         if isinstance(action, P.Append):
@@ -306,8 +316,16 @@ class Agent(NodeRuntime):
             self._try_adopt()
         return []
 
-    def _train(self, action: P.Train) -> P.TrainingDone:
+    def _train(self, action: P.Train) -> P.TrainingDone | None:
         assert self.holder is not None and self.local is not None
+        sealing = self.epochs.round_key(action.round) if self.security == "sealed" else None
+        if self.security == "sealed" and sealing is None:
+            log.warning(
+                "round %d: no data key for its epoch (%s); sitting this round out",
+                action.round,
+                self.epochs.round_epochs.get(action.round),
+            )
+            return None
         base = self.holder.params
         seed = training_seed(self.init_seed, action.round, self.cfg.node_id)
         t0 = time.perf_counter()
@@ -325,9 +343,15 @@ class Agent(NodeRuntime):
             codec=self.codec.codec_id,
             n_params=self.holder.spec.n_params,
             n_samples=len(self.y),
-            flags=self.codec.flags,
+            flags=self.codec.flags | (FLAG_SEALED if sealing else 0),
+            epoch=sealing[0] if sealing else None,
         )
-        frame = encode_envelope(header, body, sign=self.key.sign)
+        frame = encode_envelope(
+            header,
+            body,
+            sign=None if self.security == "none" else self.key.sign,
+            data_key=sealing[1] if sealing else None,
+        )
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.feedback.save(self.cfg.state_dir / RESIDUAL_FILE)
         sha = hashlib.sha256(frame).hexdigest()

@@ -204,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keygen", help="make this device's key pair and print its enrolment request")
     k.add_argument("--node-id", required=True, help="the device's id, e.g. pi-ward3-01")
-    k.add_argument("--key", type=Path, required=True, help="where to keep the private key (0600)")
-    k.add_argument("--role", default="agent", choices=["agent", "gateway"])
+    k.add_argument(
+        "--key",
+        type=Path,
+        required=True,
+        help="where to keep the signing key (0600); the encryption key goes to KEY.enc",
+    )
+    k.add_argument("--role", default="agent", choices=["agent", "gateway", "observer"])
     k.set_defaults(func=_operator, op="keygen")
 
     ad = sub.add_parser("admin", help="swarm administration: admin init")

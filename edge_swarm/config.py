@@ -138,6 +138,9 @@ class NodeConfig:
     # Gateways of one site replicate the ledger by Raft: this one's address, and the others'.
     raft_self: str | None = None
     raft_peers: tuple[str, ...] = ()
+    # The device's X25519 key (owner-only file): data keys of the swarm are wrapped for it.
+    # Required when the genesis seals deltas; checked at start.
+    enc_key_path: Path | None = None
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -183,7 +186,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     agent = _table(raw, "agent", required=False)
     gateway = _table(raw, "gateway", required=False)
     # A misspelt key would otherwise be ignored without a word (a dropped genesis pin).
-    _known(node, "node", ("id", "role", "swarm", "key", "state_dir", "genesis_hash"))
+    _known(node, "node", ("id", "role", "swarm", "key", "enc_key", "state_dir", "genesis_hash"))
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
     _known(agent, "agent", ("data", "codec"))
@@ -211,6 +214,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             role=_str(node, "role", "node"),
             swarm=_str(node, "swarm", "node"),
             key_path=path_of(node, "key", "node") or _missing("node.key"),
+            enc_key_path=path_of(node, "enc_key", "node"),
             state_dir=path_of(node, "state_dir", "node") or _missing("node.state_dir"),
             genesis_hash=node.get("genesis_hash"),
             broker=BrokerConfig(**broker),
@@ -281,6 +285,8 @@ def dump_config(cfg: NodeConfig) -> str:
         f"key = {_q(cfg.key_path)}",
         f"state_dir = {_q(cfg.state_dir)}",
     ]
+    if cfg.enc_key_path is not None:
+        lines.append(f"enc_key = {_q(cfg.enc_key_path)}")
     if cfg.genesis_hash:
         lines.append(f"genesis_hash = {_q(cfg.genesis_hash)}")
     lines += [

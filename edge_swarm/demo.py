@@ -25,9 +25,10 @@ from edge_swarm.learn.data import WORKLOADS, Workload, write_partitions
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import STANDARD_TRAINING, LocalTraining, evaluate
 from edge_swarm.observer import RoundRecord, SwarmObserver
-from edge_swarm.provision import SwarmLayout, SwarmParams, provision_swarm
+from edge_swarm.provision import OBSERVER_ID, SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
+from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import Entry
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class RunConfig:
     start_agents: tuple[str, ...] | None = None  # None: all of them
     codec: CodecSpec = DEFAULT_CODEC
     error_feedback: bool = True
+    security: str = "sealed"  # signed + encrypted deltas; "signed" / "none" for comparison
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
@@ -193,6 +195,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         init_seed=cfg.seed,
         codec=cfg.codec,
         error_feedback=cfg.error_feedback,
+        security=cfg.security,
         extra={"workload": cfg.workload},
     )
     broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)
@@ -237,6 +240,7 @@ def run_swarm(
             accuracy,
             on_round,
             mqtt_options=site.client_options("operator"),
+            reader=_observer_reader(layout),
         )
         observer.start()
         procs = SwarmProcesses.from_layout(
@@ -274,6 +278,13 @@ def run_swarm(
         events=list(observer.entries),
         telemetry={n: dict(r[-1].values) for n, r in observer.telemetry.items() if r},
     )
+
+
+def _observer_reader(layout: SwarmLayout) -> tuple[str, EncryptionKey] | None:
+    """The enrolled observer's identity: it reads the sealed global model to report accuracy."""
+    if layout.observer_enc_key is None:
+        return None
+    return OBSERVER_ID, EncryptionKey.load(layout.observer_enc_key)
 
 
 def _finished(observer: SwarmObserver, rounds: int) -> bool:

@@ -30,9 +30,10 @@ from edge_swarm.swarm.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
-from edge_swarm.swarm.inbox import Dropped, EnvelopeInbox, RoundView
+from edge_swarm.swarm.inbox import Dropped, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission
+from edge_swarm.trust.keyring import new_epoch
 from ledger_lite import Entry, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
 from ledger_lite import verify as verify_signature
 from ledger_lite.errors import LedgerError, Refused
@@ -66,12 +67,12 @@ class Gateway(NodeRuntime):
             self.ledger.close()
             raise ValueError(f"ledger genesis {genesis.hash[:12]} is not the configured one")
         params = genesis.payload["params"]
+        self.set_security(params)
         spec = ModelSpec.from_dict(params["model"])
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
-        self.inbox = EnvelopeInbox(
-            cfg.swarm, spec.n_params, self._public_key, cfg.max_envelope_bytes
-        )
+        self.inbox = self.make_inbox(spec.n_params, self._public_key)
+        self._epoch_pending = False  # a key_epoch submitted, not yet applied
         self.coordinator = P.Coordinator(
             P.RoundPolicy.from_params(params), self.holder.hash, now_ms()
         )
@@ -141,6 +142,7 @@ class Gateway(NodeRuntime):
         if lead == self.leading:
             return
         self.leading = lead
+        self._epoch_pending = False  # a submission in flight died with the old role
         log.info("this gateway %s the coordinator", "is now" if lead else "is no longer")
         if not lead:
             self.coordinator.replaying = True
@@ -183,11 +185,11 @@ class Gateway(NodeRuntime):
 
     def _on_checkpoint(self, payload: bytes) -> None:
         try:
-            ck = decode_checkpoint(payload)
+            ck = self.open_checkpoint(payload)
         except CheckpointError as exc:
             self.drops.drop("bad checkpoint", str(exc))
             return
-        if ck.swarm == self.cfg.swarm and self._adopt(ck):
+        if ck is not None and ck.swarm == self.cfg.swarm and self._adopt(ck):
             self._save_checkpoint(encode_checkpoint(ck))
 
     def _on_status(self, node: str, payload: bytes) -> None:
@@ -315,8 +317,16 @@ class Gateway(NodeRuntime):
         if entry.kind == "genesis":
             return
         p = entry.payload
+        if entry.kind == "key_epoch":
+            self.fold_keys(entry)
+            self._epoch_pending = False
+            if live and self.leading and self.holder.round > 0:
+                self._publish_checkpoint()  # so that new recipients can read the model
+        elif entry.kind == "enroll":
+            self.fold_keys(entry)
         if entry.kind == "round_open":
-            self.inbox.expect(RoundView(p["round"], p["base_model_hash"]))  # held ones join
+            epoch = self.epochs.on_round_open(p["round"], entry.height, self.ledger.state)
+            self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))  # held join
             self.round_seen = p["round"]
         elif entry.kind == "delta_commit":
             self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
@@ -345,6 +355,9 @@ class Gateway(NodeRuntime):
     def _act(self, actions: list[P.Action]) -> None:
         for action in actions:
             if isinstance(action, P.Append) and self.leading:
+                if action.kind == "round_open" and not self._epoch_ready():
+                    self.coordinator.append_failed()  # the round opens once the epoch is in
+                    continue
                 tx = make_tx(
                     self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload
                 )
@@ -354,6 +367,32 @@ class Gateway(NodeRuntime):
             elif isinstance(action, P.SwarmDone):
                 log.info("swarm finished: %d rounds", action.rounds)
             # Merge: every gateway merges each closed round by itself (_fold).
+
+    def _epoch_ready(self) -> bool:
+        """In a sealed swarm, whether the newest key epoch wraps the data key for exactly
+        the members who should read the next round; if not, append a fresh epoch first
+        (a revoked device is left out of it, a newly enrolled one let in)."""
+        if self.security != "sealed":
+            return True
+        if self._epoch_pending:
+            return False
+        recipients = self.epochs.rotation_needed(self.ledger.state, now_ms())
+        if recipients is None:
+            return True
+        latest = self.ledger.state.key_epoch
+        number = 0 if latest is None else latest + 1
+        epoch, _ = new_epoch(self.cfg.swarm, number, recipients)
+        tx = make_tx(self.key, self.cfg.swarm, "key_epoch", self.cfg.node_id, epoch.to_dict())
+        log.info("key epoch %d for %d recipients", number, len(recipients))
+        self._epoch_pending = True
+
+        def result(entry: Entry | None, error: LedgerError | None) -> None:
+            if error is not None:
+                log.error("the ledger refused key epoch %d: %s", number, error)
+                self.call_soon(lambda: setattr(self, "_epoch_pending", False))
+
+        self.ledger.submit(tx, result)
+        return False
 
     def _own_result(self, entry: Entry | None, error: LedgerError | None) -> None:
         if error is None:
@@ -399,10 +438,15 @@ class Gateway(NodeRuntime):
         self._publish_checkpoint()
 
     def _publish_checkpoint(self) -> None:
-        data = encode_checkpoint(self.holder.checkpoint(self.cfg.swarm))
+        ck = self.holder.checkpoint(self.cfg.swarm)
+        data = encode_checkpoint(ck)
         if self.leading:
-            self.publish_checkpoint(data)
-        self._save_checkpoint(data)
+            wire = self.wire_checkpoint(ck, data, self.ledger.state)
+            if wire is None:
+                log.warning("round %d: no usable data key; checkpoint not published", ck.round)
+            else:
+                self.publish_checkpoint(wire)
+        self._save_checkpoint(data)  # on this device's own disk, in the clear
 
     def _save_checkpoint(self, data: bytes) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,20 @@ import numpy as np
 
 from edge_swarm.io.mqtt import Message, MqttClient
 from edge_swarm.learn.model import ModelSpec, model_hash
-from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
+from edge_swarm.swarm.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    SealedCheckpoint,
+    decode_checkpoint,
+    is_sealed_checkpoint,
+    open_checkpoint,
+    parse_sealed_checkpoint,
+)
 from edge_swarm.swarm.chunking import Reassembler, parse_chunk
 from edge_swarm.swarm.messages import MessageError, Status, Telemetry
 from edge_swarm.swarm.topics import TopicError, Topics
+from edge_swarm.trust.epochs import EpochTracker
+from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import Entry
 from ledger_lite.errors import LedgerError
 
@@ -72,8 +82,14 @@ class SwarmObserver:
         evaluate: Callable[[ModelSpec, np.ndarray], float] | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
         mqtt_options: dict[str, Any] | None = None,
+        reader: tuple[str, EncryptionKey] | None = None,
     ) -> None:
+        """``reader`` is (enrolled observer id, its encryption key): in a sealed swarm the
+        observer can only evaluate checkpoints of the epochs wrapped for it."""
         self.topics = Topics(swarm)
+        self.epochs = EpochTracker(swarm, *(reader or ("observer", None)))
+        self._sealed: list[SealedCheckpoint] = []  # waiting for their epoch's key
+        self.pubkeys: dict[str, str] = {}  # from enrolments seen: telemetry is checked
         self.swarm = swarm
         self.evaluate = evaluate
         self.on_round = on_round
@@ -143,11 +159,11 @@ class SwarmObserver:
             elif kind == "ledger_events":
                 self._on_entry(Entry.from_dict(json.loads(msg.payload)))
             elif kind == "model_latest":
-                self._on_checkpoint(decode_checkpoint(msg.payload))
+                self._on_checkpoint_bytes(msg.payload)
             elif kind == "model_chunk":
                 whole = self._chunks.add(parse_chunk(msg.payload), time.monotonic(), "checkpoint")
                 if whole is not None:
-                    self._on_checkpoint(decode_checkpoint(whole))
+                    self._on_checkpoint_bytes(whole)
             elif kind == "fleet_status" and msg.payload:
                 st = Status.decode(msg.payload)
                 self.status[st.node] = st.state
@@ -163,6 +179,15 @@ class SwarmObserver:
     def _on_entry(self, e: Entry) -> None:
         self.entries.append(e)
         p = e.payload
+        if e.kind == "enroll":
+            self.pubkeys[p["node"]] = p["pubkey"]
+            self.epochs.on_enroll(p["node"])
+        elif e.kind == "revoke":
+            self.pubkeys.pop(p["node"], None)
+        elif e.kind == "key_epoch" and self.epochs.on_key_epoch(p):
+            waiting, self._sealed = self._sealed, []
+            for sealed in waiting:
+                self._open_sealed(sealed)
         if e.kind == "round_open":
             self._record(p["round"]).opened_ms = e.ts
         elif e.kind == "delta_commit":
@@ -179,6 +204,19 @@ class SwarmObserver:
             rec = self._record(p["round"])
             rec.final_ms, rec.model_hash, rec.attesters = e.ts, p["model_hash"], p["attesters"]
             self._maybe_evaluate(rec)
+
+    def _on_checkpoint_bytes(self, data: bytes) -> None:
+        if is_sealed_checkpoint(data):
+            self._open_sealed(parse_sealed_checkpoint(data))
+        else:
+            self._on_checkpoint(decode_checkpoint(data))
+
+    def _open_sealed(self, sealed: SealedCheckpoint) -> None:
+        key = self.epochs.key(sealed.epoch)
+        if key is None:
+            self._sealed = [*self._sealed[-3:], sealed]  # bounded: the newest few
+            return
+        self._on_checkpoint(open_checkpoint(sealed, key))
 
     def _on_checkpoint(self, ck: Checkpoint) -> None:
         self._checkpoints[ck.round] = ck

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, Tx, make_genesis, make_tx
 
-ROLES = ("agent", "gateway", "admin")
+ROLES = ("agent", "gateway", "observer", "admin")
 
 
 class OperatorError(ValueError):
@@ -33,30 +34,57 @@ class EnrollRequest:
     node: str
     pubkey: str
     role: str = "agent"
+    enc_pubkey: str | None = None  # X25519: the swarm's data keys are wrapped for it
 
     def to_json(self) -> str:
-        return json.dumps({"node": self.node, "pubkey": self.pubkey, "role": self.role})
+        obj = {"node": self.node, "pubkey": self.pubkey, "role": self.role}
+        if self.enc_pubkey is not None:
+            obj["enc_pubkey"] = self.enc_pubkey
+        return json.dumps(obj)
 
     @classmethod
     def from_json(cls, text: str) -> EnrollRequest:
         try:
             obj = json.loads(text)
-            req = cls(str(obj["node"]), str(obj["pubkey"]), str(obj.get("role", "agent")))
-        except (ValueError, KeyError, TypeError) as exc:
+            enc = obj.get("enc_pubkey")
+            req = cls(
+                str(obj["node"]),
+                str(obj["pubkey"]),
+                str(obj.get("role", "agent")),
+                None if enc is None else str(enc),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise OperatorError(f"not an enrolment request: {exc}") from None
-        if req.role not in ROLES or len(req.pubkey) != 64:
+        if req.role not in ROLES or not _is_hex64(req.pubkey):
             raise OperatorError("an enrolment request needs a role and a 64-hex public key")
+        if req.enc_pubkey is not None and not _is_hex64(req.enc_pubkey):
+            raise OperatorError("enc_pubkey must be 64 lowercase hex characters")
         return req
 
 
+def _is_hex64(value: str) -> bool:
+    return len(value) == 64 and not value.strip("0123456789abcdef")
+
+
+def enc_key_path(key_path: Path) -> Path:
+    """Where a device keeps its encryption key: next to its signing key."""
+    return key_path.with_name(key_path.name + ".enc")
+
+
 def keygen(key_path: Path, node: str, role: str = "agent") -> EnrollRequest:
-    """Make a device key at ``key_path`` (refusing to overwrite one) and its request."""
-    if key_path.exists():
-        raise OperatorError(f"{key_path} exists: a device keeps its key; delete it to start anew")
+    """Make a device's signing key at ``key_path`` and its encryption key next to it
+    (refusing to overwrite either), and the enrolment request naming both public keys."""
+    enc_path = enc_key_path(key_path)
+    for path in (key_path, enc_path):
+        if path.exists():
+            raise OperatorError(
+                f"{path} exists: a device keeps its keys; delete both to start anew"
+            )
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate()
+    key, enc = SigningKey.generate(), EncryptionKey.generate()
     key.save(key_path)
-    return EnrollRequest(node, key.public_hex, role)
+    enc.save(enc_path)
+    return EnrollRequest(node, key.public_hex, role, enc.public_hex)
 
 
 def admin_init(out_dir: Path, swarm: str, params: dict[str, Any]) -> tuple[Path, Entry]:
@@ -77,7 +105,14 @@ def enroll_tx(
 ) -> Tx:
     """An admin-signed enrol transaction; ``expires_days`` bounds the enrolment in time."""
     expires = None if expires_days is None else int((time.time() + expires_days * 86400) * 1000)
-    payload = {"node": req.node, "role": req.role, "pubkey": req.pubkey, "expires_ms": expires}
+    payload: dict[str, Any] = {
+        "node": req.node,
+        "role": req.role,
+        "pubkey": req.pubkey,
+        "expires_ms": expires,
+    }
+    if req.enc_pubkey is not None:
+        payload["enc_pubkey"] = req.enc_pubkey
     return make_tx(admin, swarm, "enroll", "admin", payload)
 
 

@@ -11,6 +11,7 @@ from edge_swarm.operator import (
     OperatorError,
     admin_init,
     append_to_bootstrap,
+    enc_key_path,
     enroll_tx,
     keygen,
     publish_tx,
@@ -31,7 +32,10 @@ def run_operator(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.op == "keygen":
         req = keygen(args.key, args.node_id, args.role)
-        print(f"key written to {args.key} (owner-only); give the operator this request:")
+        print(
+            f"keys written to {args.key} and {enc_key_path(args.key)} (owner-only; set them "
+            "as [node] key and enc_key); give the operator this request:"
+        )
         print(req.to_json())
         return 0
     if args.op == "admin-init":

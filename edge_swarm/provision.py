@@ -18,9 +18,11 @@ from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import LocalTraining
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
+from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, make_genesis, make_tx
 
 ADMIN_ID = "admin"
+OBSERVER_ID = "observer"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class SwarmParams:
     init_seed: int = 0
     codec: CodecSpec = field(default_factory=lambda: CodecSpec("float32"))
     error_feedback: bool = True
+    # How deltas travel: "sealed" (signed + AES-256-GCM), "signed", or "none" (a benchmark
+    # baseline only). See trust/epochs.py.
+    security: str = "sealed"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +58,7 @@ class SwarmParams:
             "init_seed": self.init_seed,
             "codec": self.codec.to_dict(),
             "error_feedback": self.error_feedback,
+            "security": self.security,
             **self.extra,
         }
 
@@ -67,6 +73,7 @@ class SwarmLayout:
     gateway_configs: dict[str, Path]
     agent_configs: dict[str, Path]
     ledger_paths: dict[str, Path]
+    observer_enc_key: Path | None = None  # the operator's laptop, when it may read models
 
     @property
     def gateway_config(self) -> Path:
@@ -114,25 +121,37 @@ def provision_swarm(
     genesis = make_genesis(admin, ADMIN_ID, swarm, DEFAULT_POLICY, params.to_dict())
     entries: list[Entry] = [genesis]
 
-    def enroll(node: str, role: str, key: SigningKey) -> None:
-        payload = {"node": node, "role": role, "pubkey": key.public_hex, "expires_ms": None}
+    def enroll(node: str, role: str, key: SigningKey) -> Path:
+        """Enrol ``node`` with its signing key and a new encryption key (returns its path)."""
+        enc_path = keys / f"{node}.enc.key"
+        enc = EncryptionKey.generate()
+        enc.save(enc_path)
+        payload = {
+            "node": node,
+            "role": role,
+            "pubkey": key.public_hex,
+            "expires_ms": None,
+            "enc_pubkey": enc.public_hex,
+        }
         tx = make_tx(admin, swarm, "enroll", ADMIN_ID, payload)
         entries.append(tx.chain(len(entries), entries[-1].hash))
+        return enc_path
 
     timing = timing or Timing()
     gateways = [f"gateway-{i}" for i in range(1, len(raft_addrs or [None]) + 1)]
-    for gw in gateways:
-        enroll(gw, "gateway", _key(keys / f"{gw}.key"))
+    gw_enc = {gw: enroll(gw, "gateway", _key(keys / f"{gw}.key")) for gw in gateways}
+    observer_enc = enroll(OBSERVER_ID, "observer", _key(keys / f"{OBSERVER_ID}.key"))
     agent_configs: dict[str, Path] = {}
     for i, data in enumerate(data_paths, start=1):
         node = agent_id(i)
         key_path = keys / f"{node}.key"
-        enroll(node, "agent", _key(key_path))
+        enc_path = enroll(node, "agent", _key(key_path))
         cfg = NodeConfig(
             node_id=node,
             role="agent",
             swarm=swarm,
             key_path=key_path,
+            enc_key_path=enc_path,
             state_dir=root / "state" / node,
             broker=broker_for(node),
             genesis_hash=genesis.hash,
@@ -153,6 +172,7 @@ def provision_swarm(
             role="gateway",
             swarm=swarm,
             key_path=keys / f"{gw}.key",
+            enc_key_path=gw_enc[gw],
             state_dir=ledgers[gw].parent,
             broker=broker_for(gw),
             genesis_hash=genesis.hash,
@@ -163,7 +183,7 @@ def provision_swarm(
             raft_peers=tuple(a for a in raft_addrs or [] if a != raft),
         )
         gw_configs[gw] = _write(root / "config" / f"{gw}.toml", dump_config(cfg))
-    return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers)
+    return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers, observer_enc)
 
 
 def _key(path: Path) -> SigningKey:

@@ -25,12 +25,23 @@ from edge_swarm.config import NodeConfig
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
-from edge_swarm.swarm.checkpoint import Checkpoint
+from edge_swarm.swarm.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    decode_checkpoint,
+    is_sealed_checkpoint,
+    open_checkpoint,
+    parse_sealed_checkpoint,
+    seal_checkpoint,
+)
 from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
+from edge_swarm.swarm.inbox import EnvelopeInbox
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
 from edge_swarm.swarm.messages import Status, Telemetry
 from edge_swarm.swarm.topics import TopicError, TopicKind, Topics
-from ledger_lite import SigningKey
+from edge_swarm.trust.epochs import EpochTracker, security_mode
+from edge_swarm.trust.keyring import EncryptionKey
+from ledger_lite import Entry, LedgerState, SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +165,10 @@ class NodeRuntime:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.key = SigningKey.load(cfg.key_path)
+        # Loaded at start so that a key file others can read stops the node right here.
+        enc_key = EncryptionKey.load(cfg.enc_key_path) if cfg.enc_key_path is not None else None
+        self.epochs = EpochTracker(cfg.swarm, cfg.node_id, enc_key)
+        self.security = "signed"  # until the genesis says otherwise
         self.topics = Topics(cfg.swarm)
         # Unbounded, so that a library thread handing over work never blocks; MQTT input is
         # bounded in _enqueue instead (a flood is dropped, the ledger's callbacks never are).
@@ -289,6 +304,62 @@ class NodeRuntime:
             self.on_message(kind, parsed.round, parsed.node, msg)
         except Exception:  # one bad message must never end the process
             log.exception("error while handling a message on %s", msg.topic)
+
+    # -- security: the genesis's mode, key epochs, sealed checkpoints
+    def set_security(self, params: dict[str, Any]) -> None:
+        """Adopt the genesis's security mode; a sealed swarm needs this node's enc key."""
+        self.security = security_mode(params)
+        if self.security == "sealed" and self.epochs.enc_key is None:
+            # Not an exception the loop would log and carry on from: the node cannot work.
+            raise SystemExit(
+                f"{self.cfg.node_id}: swarm {self.cfg.swarm} encrypts its deltas, and this "
+                "node has no encryption key: make one with `edge-swarm keygen`, enrol its "
+                "enc_pubkey, and set [node] enc_key in the config"
+            )
+
+    def make_inbox(self, n_params: int, public_key: Callable[[str], str | None]) -> EnvelopeInbox:
+        return EnvelopeInbox(
+            self.cfg.swarm,
+            n_params,
+            public_key,
+            self.cfg.max_envelope_bytes,
+            security=self.security,
+            data_key=self.epochs.key if self.security == "sealed" else None,
+        )
+
+    def fold_keys(self, entry: Entry) -> bool:
+        """Fold key epochs and enrolments; return whether a new data key is now held."""
+        if entry.kind == "key_epoch":
+            return self.epochs.on_key_epoch(entry.payload)
+        if entry.kind == "enroll":
+            self.epochs.on_enroll(entry.payload["node"])
+        return False
+
+    def open_checkpoint(self, payload: bytes) -> Checkpoint | None:
+        """Decode a checkpoint from the network: open it if sealed (None when this node
+        holds no key for its epoch yet). Raises CheckpointError for bad bytes, and for a
+        plain checkpoint in a sealed swarm."""
+        if not is_sealed_checkpoint(payload):
+            if self.security == "sealed":
+                raise CheckpointError("an unsealed checkpoint in a sealed swarm")
+            return decode_checkpoint(payload)
+        sealed = parse_sealed_checkpoint(payload)
+        if sealed.swarm != self.cfg.swarm:
+            raise CheckpointError(f"a checkpoint for swarm {sealed.swarm}")
+        key = self.epochs.key(sealed.epoch)
+        if key is None:
+            return None
+        return open_checkpoint(sealed, key)
+
+    def wire_checkpoint(self, ck: Checkpoint, data: bytes, state: LedgerState) -> bytes | None:
+        """What goes on the wire for checkpoint ``data``: sealed under the newest epoch in a
+        sealed swarm (None if this node holds no usable key), else ``data`` itself."""
+        if self.security != "sealed":
+            return data
+        sealing = self.epochs.sealing_key(state)
+        if sealing is None:
+            return None
+        return seal_checkpoint(data, ck.swarm, ck.round, sealing[0], sealing[1])
 
     # -- outputs
     def publish_checkpoint(self, data: bytes) -> None:

@@ -47,9 +47,12 @@ KINDS: frozenset[str] = frozenset(
         "round_close",
         "model_attest",
         "model_final",
+        "key_epoch",
     }
 )
-ROLES: tuple[str, ...] = ("admin", "gateway", "agent")
+ROLES: tuple[str, ...] = ("admin", "gateway", "agent", "observer")
+"""An ``observer`` authors nothing under the default policy; it is enrolled so that it can
+be given the swarm's data key (an engineer's laptop watching accuracy) and revoked."""
 
 DEFAULT_POLICY: dict[str, list[str]] = {
     "enroll": ["admin"],
@@ -61,6 +64,7 @@ DEFAULT_POLICY: dict[str, list[str]] = {
     "model_final": ["gateway"],
     "delta_commit": ["agent"],
     "model_attest": ["agent", "gateway"],
+    "key_epoch": ["gateway", "admin"],
 }
 
 TX_FIELDS = ("swarm", "kind", "author", "ts", "payload", "sig")

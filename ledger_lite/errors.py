@@ -29,6 +29,8 @@ REPLAY = "replay"
 NODE_MISMATCH = "node_mismatch"
 UNKNOWN_NODE = "unknown_node"
 BAD_GENESIS = "bad_genesis"
+STALE_EPOCH = "stale_epoch"
+REVOKED_NODE = "revoked_node"
 
 REASONS: frozenset[str] = frozenset(
     {
@@ -47,6 +49,8 @@ REASONS: frozenset[str] = frozenset(
         NODE_MISMATCH,
         UNKNOWN_NODE,
         BAD_GENESIS,
+        STALE_EPOCH,
+        REVOKED_NODE,
     }
 )
 

@@ -4,7 +4,9 @@ Why not jsonschema: there are ten fixed, flat shapes; a table of field → check
 is shorter than the schemas would be, has no dependency to install on a Pi, runs in a few
 microseconds per entry, and gives messages that name the field.
 
-Rules: every listed field is required and checked; unknown fields are refused, except that
+Rules: every listed field is required and checked, except the few in ``OPTIONAL`` (checked
+when present: a device enrolled without an encryption key, as before key epochs existed, is
+still a well-formed enrolment); unknown fields are refused, except that
 ``config`` and ``fleet_command`` payloads are free-form objects and ``params`` (genesis)
 and ``metrics`` (delta_commit) are free-form objects inside their payload. Hashes and public
 keys are 64 lowercase hex chars; counts, rounds and times are ints in [0, 2**63).
@@ -64,6 +66,24 @@ def _sorted_ids(v: Any) -> str | None:
     return None
 
 
+MAX_RECIPIENTS = 1024
+"""Most recipients one ``key_epoch`` may name (the 64 KiB entry limit binds first)."""
+_MAX_WRAP_HEX = 512
+
+
+def _wrapped(v: Any) -> str | None:
+    """{node id: wrapped data key as lowercase hex}: opaque to the ledger, bounded in size."""
+    if not isinstance(v, dict) or not 1 <= len(v) <= MAX_RECIPIENTS:
+        return f"must be an object of 1..{MAX_RECIPIENTS} {{id: hex}} entries"
+    for node, blob in v.items():
+        if not is_id(node):
+            return f"names {node!r:.70}, which is not an id"
+        ok_hex = isinstance(blob, str) and 0 < len(blob) <= _MAX_WRAP_HEX and len(blob) % 2 == 0
+        if not ok_hex or blob.strip("0123456789abcdef"):
+            return f"entry {node!r} must be lowercase hex of at most {_MAX_WRAP_HEX} chars"
+    return None
+
+
 def _admins(v: Any) -> str | None:
     if not isinstance(v, dict) or not v:
         return "must be a non-empty object {id: pubkey_hex}"
@@ -108,10 +128,16 @@ SCHEMAS: dict[str, tuple[Mapping[str, Check], bool]] = {
         {"round": _uint, "model_hash": _hex64, "state_hash": _hex64, "attesters": _sorted_ids},
         False,
     ),
+    "key_epoch": ({"swarm": _id, "epoch": _uint, "wrapped": _wrapped}, False),
     "config": ({}, True),
     "fleet_command": ({}, True),
 }
 assert set(SCHEMAS) == KINDS, "every kind needs a schema"
+
+# kind -> fields that may be left out, checked when present.
+OPTIONAL: dict[str, Mapping[str, Check]] = {
+    "enroll": {"enc_pubkey": _hex64},  # the device's X25519 key, to wrap data keys for it
+}
 
 
 def payload_problem(kind: str, payload: Any) -> str | None:
@@ -127,13 +153,15 @@ def payload_problem(kind: str, payload: Any) -> str | None:
         return "payload must be a JSON object"
     if free_form:
         return None
+    optional = OPTIONAL.get(kind, {})
     missing = [name for name in fields if name not in payload]
     if missing:
         return f"{kind}: missing {missing}"
-    extra = sorted(str(k) for k in payload if k not in fields)
+    extra = sorted(str(k) for k in payload if k not in fields and k not in optional)
     if extra:
         return f"{kind}: unknown fields {extra[:5]}"
-    for name, check in fields.items():
+    checks = [*fields.items(), *((n, c) for n, c in optional.items() if n in payload)]
+    for name, check in checks:
         problem = check(payload[name])
         if problem:
             return f"{kind}.{name} {problem}"

@@ -40,6 +40,7 @@ class Member:
     pubkey: str
     expires_ms: int | None = None
     revoked_at_height: int | None = None
+    enc_pubkey: str | None = None  # X25519, for data keys; None if enrolled without one
 
     def active_at(self, ts_ms: int) -> bool:
         """True iff not revoked and not expired at `ts_ms`."""
@@ -69,6 +70,7 @@ class LedgerState:
         self.tip: str = genesis.hash
         self.height: int = 0
         self.seen: set[str] = {genesis.tx_id}
+        self.key_epoch: int | None = None  # the newest key epoch appended, if any
 
     @classmethod
     def from_genesis(cls, entry: Entry) -> LedgerState:
@@ -127,7 +129,9 @@ class LedgerState:
         wrong_prev_hash, wrong_swarm, unknown_kind (or bad_genesis for a second genesis),
         oversized, bad_payload, unknown_author, revoked_author, expired_author,
         role_not_allowed, replay, bad_signature, node_mismatch (delta_commit.node must be
-        the author), unknown_node (revoke of a node never enrolled).
+        the author), unknown_node (revoke of a node never enrolled, or a key_epoch wrapping
+        for one), wrong_swarm / stale_epoch / revoked_node (a key_epoch for another swarm,
+        not after the newest epoch, or wrapping a key for a revoked node).
         """
         h = entry.height
         if h != self.height + 1:
@@ -181,6 +185,24 @@ class LedgerState:
             raise Refused(E.NODE_MISMATCH, f"delta_commit.node {p['node']!r} is not the author", h)
         if entry.kind == "revoke" and p["node"] not in self.members:
             raise Refused(E.UNKNOWN_NODE, f"cannot revoke {p['node']!r}: never enrolled", h)
+        if entry.kind == "key_epoch":
+            if p["swarm"] != self.swarm:
+                raise Refused(E.WRONG_SWARM, f"key_epoch for swarm {p['swarm']!r}", h)
+            # Epochs only go up: an old epoch replayed under a new signature must not
+            # bring back a key that a revocation retired.
+            if self.key_epoch is not None and p["epoch"] <= self.key_epoch:
+                raise Refused(
+                    E.STALE_EPOCH, f"epoch {p['epoch']} is not after epoch {self.key_epoch}", h
+                )
+            unknown = sorted(n for n in p["wrapped"] if n not in self.members)
+            if unknown:
+                raise Refused(E.UNKNOWN_NODE, f"key_epoch wraps for non-members {unknown[:5]}", h)
+            # The ledger itself holds the line: no data key is ever wrapped for a revoked node.
+            revoked = sorted(
+                n for n in p["wrapped"] if self.members[n].revoked_at_height is not None
+            )
+            if revoked:
+                raise Refused(E.REVOKED_NODE, f"key_epoch wraps for revoked {revoked[:5]}", h)
 
     def apply(self, entry: Entry) -> None:
         """Validate `entry` (raising Refused, state untouched) then fold it in."""
@@ -191,13 +213,17 @@ class LedgerState:
         """Fold an entry that `validate` accepted."""
         p = entry.payload
         if entry.kind == "enroll":
-            self.members[p["node"]] = Member(p["role"], p["pubkey"], p["expires_ms"])
+            self.members[p["node"]] = Member(
+                p["role"], p["pubkey"], p["expires_ms"], enc_pubkey=p.get("enc_pubkey")
+            )
             log.debug("enrolled %s as %s at height %d", p["node"], p["role"], entry.height)
         elif entry.kind == "revoke":
             m = self.members[p["node"]]
             if m.revoked_at_height is None:  # a repeated revoke keeps the first height
                 self.members[p["node"]] = replace(m, revoked_at_height=entry.height)
             log.debug("revoked %s at height %d", p["node"], entry.height)
+        elif entry.kind == "key_epoch":
+            self.key_epoch = p["epoch"]
         self.seen.add(entry.tx_id)
         self.tip = entry.hash
         self.height = entry.height

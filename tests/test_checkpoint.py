@@ -13,13 +13,22 @@ from hypothesis import strategies as st
 
 from edge_swarm.swarm.checkpoint import (
     MAGIC,
+    MAX_CHECKPOINT,
     MAX_HEADER,
+    MAX_SEALED_CHECKPOINT,
+    SEALED_MAGIC,
     VERSION,
     Checkpoint,
     CheckpointError,
+    SealedCheckpoint,
     decode_checkpoint,
     encode_checkpoint,
+    is_sealed_checkpoint,
+    open_checkpoint,
+    parse_sealed_checkpoint,
+    seal_checkpoint,
 )
+from edge_swarm.trust.payload import OVERHEAD, build_aad, seal
 
 SPEC = {"sizes": [4, 3, 2], "activation": "relu"}
 PREFIX = struct.Struct("<4sBI")
@@ -241,4 +250,221 @@ def test_valid_prefix_with_garbage_gives_only_checkpoint_error(cut: int, tail: b
         ck = decode_checkpoint(data[:cut] + tail)
     except CheckpointError:
         return
+    assert isinstance(ck, Checkpoint)
+
+
+# --------------------------------------------------------------------------- sealed
+
+DATA_KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+SEALED_PREFIX = struct.Struct("<4sBII")
+
+
+def reframe(swarm: str, round: int, epoch: int, blob: bytes) -> bytes:
+    """A sealed frame built by hand from the documented layout around any blob."""
+    raw = swarm.encode()
+    return SEALED_PREFIX.pack(b"ESCS", 1, epoch, round) + bytes([len(raw)]) + raw + blob
+
+
+def sealed_frame(n: int = 23, n_state: int = 3, epoch: int = 4) -> tuple[Checkpoint, bytes]:
+    ck = make(n, n_state)
+    return ck, seal_checkpoint(encode_checkpoint(ck), ck.swarm, ck.round, epoch, DATA_KEY)
+
+
+def test_sealed_round_trip_and_layout() -> None:
+    ck, data = sealed_frame()
+    assert is_sealed_checkpoint(data) and not is_sealed_checkpoint(encode_checkpoint(ck))
+    sealed = parse_sealed_checkpoint(data)
+    assert (sealed.swarm, sealed.round, sealed.epoch) == ("clinic", 7, 4)
+    assert len(sealed.blob) == len(encode_checkpoint(ck)) + OVERHEAD
+    assert data == reframe("clinic", 7, 4, sealed.blob)  # layout pin
+    assert_same(open_checkpoint(sealed, DATA_KEY), ck)
+
+
+def test_seal_limit_constant_tracks_the_payload_overhead() -> None:
+    assert MAX_SEALED_CHECKPOINT == MAX_CHECKPOINT + OVERHEAD + 512
+
+
+def test_sealed_blob_is_what_payload_seal_makes() -> None:
+    """The AAD is ``build_aad("checkpoint", swarm, round, epoch)``: a blob sealed by hand opens."""
+    ck = make()
+    blob = seal(encode_checkpoint(ck), DATA_KEY, build_aad("checkpoint", "clinic", 7, 4))
+    assert_same(
+        open_checkpoint(parse_sealed_checkpoint(reframe("clinic", 7, 4, blob)), DATA_KEY), ck
+    )
+
+
+def test_sealed_checkpoint_hides_the_parameters() -> None:
+    ck = make(64, 0, params=np.random.default_rng(2).standard_normal(64).astype(np.float32))
+    data = seal_checkpoint(encode_checkpoint(ck), ck.swarm, ck.round, 0, DATA_KEY)
+    raw = ck.params.astype("<f4").tobytes()
+    assert not any(raw[i : i + 8] in data for i in range(len(raw) - 7))
+    assert b"model_hash" not in data  # the inner JSON header is sealed too
+
+
+@pytest.mark.parametrize(
+    "outer",
+    [
+        {"swarm": "clinic-b"},
+        {"round": 8},
+        {"round": 6},
+        {"epoch": 5},
+        {"epoch": 3},
+    ],
+    ids=["swarm", "next round", "previous round", "next epoch", "previous epoch"],
+)
+def test_blob_reframed_under_another_outer_header_does_not_open(outer: dict[str, object]) -> None:
+    _, data = sealed_frame()
+    sealed = parse_sealed_checkpoint(data)
+    fields: dict[str, object] = {"swarm": "clinic", "round": 7, "epoch": 4, **outer}
+    moved = parse_sealed_checkpoint(reframe(blob=sealed.blob, **fields))  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="^undecryptable"):
+        open_checkpoint(moved, DATA_KEY)
+
+
+def test_wrong_key_does_not_open() -> None:
+    _, data = sealed_frame()
+    with pytest.raises(CheckpointError, match="^undecryptable"):
+        open_checkpoint(parse_sealed_checkpoint(data), OTHER_KEY)
+
+
+def test_every_byte_flip_of_the_blob_fails_to_open() -> None:
+    _, data = sealed_frame(3, 1)
+    start = len(data) - len(parse_sealed_checkpoint(data).blob)
+    for i in range(start, len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= 0x80
+        with pytest.raises(CheckpointError, match="^undecryptable"):
+            open_checkpoint(parse_sealed_checkpoint(bytes(flipped)), DATA_KEY)
+
+
+@pytest.mark.parametrize(
+    "inner", [{"swarm": "clinic-b"}, {"round": 6}], ids=["other swarm", "other round"]
+)
+def test_inner_checkpoint_must_match_the_outer_header(inner: dict[str, object]) -> None:
+    """A key holder who seals another swarm's or round's model under this header is refused."""
+    data = seal_checkpoint(encode_checkpoint(make(**inner)), "clinic", 7, 4, DATA_KEY)
+    with pytest.raises(CheckpointError, match="holds"):
+        open_checkpoint(parse_sealed_checkpoint(data), DATA_KEY)
+
+
+def test_sealed_plaintext_that_is_not_a_checkpoint_is_refused() -> None:
+    data = seal_checkpoint(b"not a checkpoint", "clinic", 7, 4, DATA_KEY)
+    with pytest.raises(CheckpointError):
+        open_checkpoint(parse_sealed_checkpoint(data), DATA_KEY)
+
+
+def test_every_truncation_of_a_sealed_frame_is_refused() -> None:
+    _, data = sealed_frame(5, 2)
+    for cut in range(len(data)):
+        with pytest.raises(CheckpointError):
+            open_checkpoint(parse_sealed_checkpoint(data[:cut]), DATA_KEY)
+    # Short frames are refused by the parser alone, without a key.
+    header_len = SEALED_PREFIX.size + 1 + len("clinic")
+    for cut in range(header_len + OVERHEAD):
+        with pytest.raises(CheckpointError):
+            parse_sealed_checkpoint(data[:cut])
+
+
+def test_sealed_size_limit_is_checked_first() -> None:
+    _, data = sealed_frame()
+    assert parse_sealed_checkpoint(data, max_size=len(data)).swarm == "clinic"
+    with pytest.raises(CheckpointError, match="exceeds"):
+        parse_sealed_checkpoint(data, max_size=len(data) - 1)
+    with pytest.raises(CheckpointError, match="exceeds"):
+        parse_sealed_checkpoint(b"\x00" * 101, max_size=100)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"ESCS",
+        SEALED_PREFIX.pack(b"ESCK", 1, 0, 0) + b"\x01s" + b"\x00" * OVERHEAD,
+        SEALED_PREFIX.pack(b"ESCS", 2, 0, 0) + b"\x01s" + b"\x00" * OVERHEAD,
+        SEALED_PREFIX.pack(b"ESCS", 1, 0, 0) + b"\x00" + b"\x00" * OVERHEAD,
+        SEALED_PREFIX.pack(b"ESCS", 1, 0, 0) + b"\x03a/b" + b"\x00" * OVERHEAD,
+        SEALED_PREFIX.pack(b"ESCS", 1, 0, 0) + b"\x02\xff\xfe" + b"\x00" * OVERHEAD,
+        SEALED_PREFIX.pack(b"ESCS", 1, 0, 0) + b"\x09s" + b"\x00" * 4,
+        SEALED_PREFIX.pack(b"ESCS", 1, 0, 0) + b"\x01s" + b"\x00" * (OVERHEAD - 1),
+        "ESCS not bytes",
+    ],
+    ids=[
+        "empty",
+        "magic only",
+        "plain magic",
+        "version",
+        "empty swarm",
+        "bad swarm",
+        "non-ascii swarm",
+        "short swarm",
+        "short blob",
+        "str",
+    ],
+)
+def test_bad_sealed_frames(data: bytes) -> None:
+    with pytest.raises(CheckpointError):
+        parse_sealed_checkpoint(data)
+
+
+def test_sealed_misuse() -> None:
+    good = encode_checkpoint(make())
+    for args in [
+        ("a/b", 7, 4, DATA_KEY),
+        ("clinic", -1, 4, DATA_KEY),
+        ("clinic", 7, 2**32, DATA_KEY),
+        ("clinic", 7, True, DATA_KEY),
+        ("clinic", 7, 4, DATA_KEY[:16]),
+    ]:
+        with pytest.raises(ValueError):
+            seal_checkpoint(good, *args)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        seal_checkpoint("text", "clinic", 7, 4, DATA_KEY)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        SealedCheckpoint("clinic", 7, -1, b"")
+    with pytest.raises(TypeError):
+        open_checkpoint(encode_checkpoint(make()), DATA_KEY)  # type: ignore[arg-type]
+    sealed = parse_sealed_checkpoint(sealed_frame()[1])
+    with pytest.raises(ValueError):
+        open_checkpoint(sealed, DATA_KEY[:31])
+    assert not is_sealed_checkpoint("ESCS") and not is_sealed_checkpoint(b"ESC")
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes_give_only_checkpoint_error_when_sealed(data: bytes) -> None:
+    for frame in (data, SEALED_MAGIC + b"\x01" + data):
+        try:
+            sealed = parse_sealed_checkpoint(frame)
+            open_checkpoint(sealed, DATA_KEY)
+        except CheckpointError:
+            continue
+        raise AssertionError("random bytes opened as a sealed checkpoint")
+
+
+_SEALED_SMALL = sealed_frame(3, 1)[1]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_SEALED_SMALL) - 1), st.integers(0, 255)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, len(_SEALED_SMALL)),
+    st.binary(max_size=40),
+)
+def test_mutated_sealed_frames_give_only_checkpoint_error(
+    edits: list[tuple[int, int]], cut: int, tail: bytes
+) -> None:
+    data = bytearray(_SEALED_SMALL)
+    for pos, value in edits:
+        data[pos] = value
+    mutant = bytes(data[:cut]) + tail if cut < len(data) else bytes(data)
+    try:
+        ck = open_checkpoint(parse_sealed_checkpoint(mutant), DATA_KEY)
+    except CheckpointError:
+        return
+    assert mutant == _SEALED_SMALL  # any change to any byte fails the tag or the parse
     assert isinstance(ck, Checkpoint)

@@ -46,7 +46,7 @@ def test_golden_genesis_hash() -> None:
     assert g.hash == GOLDEN_GENESIS_HASH
 
 
-GOLDEN_GENESIS_HASH = "5564cba48d074b2427a5f9a84179197099f526ccd45b8b5e86100cfb7c9a2396"
+GOLDEN_GENESIS_HASH = "7c44b2020e2639abf95758c7961a80307494168915d32d4dc8b9b30b87832cd7"
 
 
 @given(json_values)

@@ -232,3 +232,73 @@ def _genesis_by_non_admin():
 
 def _genesis_with_payload(payload: dict):
     return make_tx(ADMIN_KEY, SWARM, "genesis", "admin", payload, ts=T0).chain(0, "0" * 64)
+
+
+# -- key epochs and encryption keys -----------------------------------------------------
+
+
+def _epoch(n: int, *nodes: str) -> dict:
+    return {"swarm": SWARM, "epoch": n, "wrapped": {node: "ab" * 81 for node in nodes}}
+
+
+def test_enroll_with_encryption_key(swarm: Swarm) -> None:
+    swarm.submit(
+        "admin",
+        "enroll",
+        {
+            "node": "a3",
+            "role": "agent",
+            "pubkey": "1" * 64,
+            "expires_ms": None,
+            "enc_pubkey": "2" * 64,
+        },
+    )
+    assert swarm.ledger.state.member("a3").enc_pubkey == "2" * 64
+    assert swarm.ledger.state.member("a2").enc_pubkey is None  # enrolled without one: fine
+    bad = {"node": "a4", "role": "agent", "pubkey": "1" * 64, "expires_ms": None, "enc_pubkey": "x"}
+    tx = swarm.tx("admin", "enroll", bad)
+    err = assert_refused(swarm, E.BAD_PAYLOAD, lambda: swarm.ledger.submit(tx))
+    assert "enc_pubkey" in err.detail
+
+
+def test_observer_role_may_not_author(swarm: Swarm) -> None:
+    key = swarm.enroll("laptop", "observer")
+    tx = swarm.tx(
+        "laptop",
+        "model_attest",
+        {"round": 1, "model_hash": "0" * 64, "state_hash": "1" * 64},
+        key=key,
+    )
+    assert_refused(swarm, E.ROLE_NOT_ALLOWED, lambda: swarm.ledger.submit(tx))
+
+
+def test_key_epochs_only_go_up(swarm: Swarm) -> None:
+    swarm.submit("gw1", "key_epoch", _epoch(0, "a2", "gw1"))
+    assert swarm.ledger.state.key_epoch == 0
+    swarm.submit("admin", "key_epoch", _epoch(3, "a2"))
+    assert swarm.ledger.state.key_epoch == 3
+    for n in (3, 1):
+        tx = swarm.tx("gw1", "key_epoch", _epoch(n, "a2"))
+        assert_refused(swarm, E.STALE_EPOCH, lambda tx=tx: swarm.ledger.submit(tx))
+
+
+def test_key_epoch_rules(swarm: Swarm) -> None:
+    tx = swarm.tx("a2", "key_epoch", _epoch(0, "a2"))
+    assert_refused(swarm, E.ROLE_NOT_ALLOWED, lambda: swarm.ledger.submit(tx))
+    tx = swarm.tx("gw1", "key_epoch", _epoch(0, "a2", "ghost"))
+    assert_refused(swarm, E.UNKNOWN_NODE, lambda: swarm.ledger.submit(tx))
+    tx = swarm.tx("gw1", "key_epoch", {**_epoch(0, "a2"), "swarm": "other"})
+    assert_refused(swarm, E.WRONG_SWARM, lambda: swarm.ledger.submit(tx))
+    swarm.revoke("a2")
+    tx = swarm.tx("gw1", "key_epoch", _epoch(0, "a2", "gw1"))
+    err = assert_refused(swarm, E.REVOKED_NODE, lambda: swarm.ledger.submit(tx))
+    assert "a2" in err.detail
+
+
+@pytest.mark.parametrize(
+    "wrapped",
+    [{}, {"a2": "AB"}, {"a2": "abc"}, {"a2": ""}, {"a2": "ab" * 300}, {"bad id!": "ab"}, ["a2"]],
+)
+def test_key_epoch_payload_shape(swarm: Swarm, wrapped: object) -> None:
+    tx = swarm.tx("gw1", "key_epoch", {"swarm": SWARM, "epoch": 0, "wrapped": wrapped})
+    assert_refused(swarm, E.BAD_PAYLOAD, lambda: swarm.ledger.submit(tx))

@@ -16,10 +16,19 @@ All integers little-endian, packed with ``struct``::
     ...     4     n_params (u32)
     ...     4     n_samples (u32)
     ...     4     body_len (u32)
-    ...     body_len  codec body
+    ...     4     epoch (u32; present only when flags has FLAG_SEALED)
+    ...     body_len  codec body, or when sealed the sealed blob of it (see below)
     ...     1+n   signature (u8 length + bytes: 64 for Ed25519, 0 for unsigned)
 
 The signature covers every byte before its length byte (``Envelope.signed_bytes``).
+
+A *sealed* frame (flag ``FLAG_SEALED``) carries the swarm data key's ``epoch`` and, as its
+body, ``trust.payload.seal(codec body, data_key, envelope_aad(header))`` = nonce (12) ||
+ciphertext || tag (16), so ``body_len = len(codec body) + OVERHEAD``. The AAD binds every
+header field (swarm, round, node, base hash, codec, flags, n_params, n_samples, epoch), so a
+ciphertext re-framed under any other header does not open; the signature covers the
+ciphertext, so it can be checked before any decryption. An unsealed frame has no epoch
+field and is byte-identical to frames made before sealing existed (still version 1).
 
 Invariants
 ----------
@@ -33,6 +42,9 @@ Invariants
   receiver decodes any sender's codec and one swarm can mix them. ``body_len`` is bounded
   by ``quantize.max_body_len`` before anything is decoded. Building with an unknown codec
   is misuse (ValueError); receiving one is bad input (EnvelopeError).
+- A sealed envelope's numbers need the data key: ``open_envelope`` (after ``verify``) gives
+  the plaintext codec body, which ``decode_delta`` takes as ``body``. ``decode_envelope``
+  bounds a sealed ``body_len`` by the codec's maximum plus ``OVERHEAD``.
 - Misuse by our own code raises ValueError/TypeError; bad input from a peer raises
   EnvelopeError (a ValueError subclass) and nothing else.
 
@@ -46,6 +58,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
@@ -59,6 +72,7 @@ __all__ = [
     "CODEC_INT8",
     "CODEC_SIGN1",
     "DEFAULT_MAX",
+    "FLAG_SEALED",
     "FLAG_TOPK",
     "MAGIC",
     "SIGNATURE_LEN",
@@ -69,6 +83,8 @@ __all__ = [
     "decode_delta",
     "decode_envelope",
     "encode_envelope",
+    "envelope_aad",
+    "open_envelope",
 ]
 
 MAGIC = b"ESWD"
@@ -83,6 +99,11 @@ CODEC_SIGN1 = quantize.CODEC_IDS["sign1"]
 
 FLAG_TOPK = quantize.FLAG_TOPK
 """The body is a top-k sparse encoding (indices + values) of the codec."""
+FLAG_SEALED = 0x80
+"""The body is the AES-256-GCM sealed blob of the codec body; the header carries ``epoch``.
+
+An envelope flag, not a codec one: ``quantize`` never sees it (``EnvelopeHeader.codec_flags``).
+"""
 
 SIGNATURE_LEN = 64
 """Ed25519 signature length; the only non-zero signature length accepted."""
@@ -106,11 +127,20 @@ class EnvelopeError(ValueError):
 # --------------------------------------------------------------------------- codecs
 
 _CODEC_IDS = frozenset(quantize.CODEC_IDS.values())
-_SUPPORTED_FLAGS = FLAG_TOPK
+_SUPPORTED_FLAGS = FLAG_TOPK | FLAG_SEALED
+
+
+def _payload() -> ModuleType:
+    # Imported lazily: cryptography is slow to import on a Pi, and unsealed frames never need it.
+    from edge_swarm.trust import payload
+
+    return payload
 
 
 def _max_body(codec: int, flags: int, n_params: int) -> int:
-    return quantize.max_body_len(codec, flags, n_params)
+    """The longest body a frame with these fields may carry (codec maximum, plus seal overhead)."""
+    limit = quantize.max_body_len(codec, flags & ~FLAG_SEALED, n_params)
+    return limit + _payload().OVERHEAD if flags & FLAG_SEALED else limit
 
 
 # --------------------------------------------------------------------------- header
@@ -127,8 +157,10 @@ class EnvelopeHeader:
     """The header of a delta envelope, validated when built (ValueError on bad fields).
 
     ``base_hash`` is the sha256 of the base model as 64 lowercase hex characters; ``codec``
-    an implemented codec id; ``flags`` must be 0 until the reserved flags are implemented;
-    ``n_params`` >= 1; ``round`` and ``n_samples`` fit in u32.
+    an implemented codec id; ``flags`` a combination of ``FLAG_TOPK`` and ``FLAG_SEALED``;
+    ``n_params`` >= 1; ``round`` and ``n_samples`` fit in u32. ``epoch`` is the key epoch of
+    the data key a sealed body is sealed under: set (a u32) exactly when ``FLAG_SEALED`` is,
+    so a header can never claim to be sealed without saying which key opens it.
     """
 
     swarm: str
@@ -139,6 +171,7 @@ class EnvelopeHeader:
     n_params: int
     n_samples: int
     flags: int = 0
+    epoch: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -157,11 +190,54 @@ class EnvelopeHeader:
             raise ValueError(f"unsupported flags {self.flags:#04x}")
         _check_u32(self.n_params, "n_params", minimum=1)
         _check_u32(self.n_samples, "n_samples")
+        if self.sealed:
+            if self.epoch is None:
+                raise ValueError("a sealed header needs an epoch")
+            _check_u32(self.epoch, "epoch")
+        elif self.epoch is not None:
+            raise ValueError("an epoch is only meaningful with FLAG_SEALED")
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the body is a sealed blob (``FLAG_SEALED``) rather than a codec body."""
+        return bool(self.flags & FLAG_SEALED)
+
+    @property
+    def codec_flags(self) -> int:
+        """The flags that describe the codec body, i.e. what ``quantize`` is given."""
+        return self.flags & ~FLAG_SEALED
 
     @property
     def max_body_len(self) -> int:
-        """The longest body this header's codec, flags and ``n_params`` allow, in bytes."""
+        """The longest body this header allows on the wire, in bytes.
+
+        The codec's maximum for ``codec_flags`` and ``n_params``, plus ``OVERHEAD`` when
+        sealed (the body on the wire is then the sealed blob).
+        """
         return _max_body(self.codec, self.flags, self.n_params)
+
+
+def envelope_aad(header: EnvelopeHeader) -> bytes:
+    """The AAD a sealed header's body is sealed under: ``payload.delta_aad`` of its fields.
+
+    Sender and receiver both derive it from the header alone, so the ciphertext opens only
+    under the exact header it was sealed for. Raises ValueError for an unsealed header.
+    """
+    if not isinstance(header, EnvelopeHeader):
+        raise TypeError("header must be an EnvelopeHeader")
+    if not header.sealed or header.epoch is None:
+        raise ValueError("only a sealed header has an AAD")
+    return _payload().delta_aad(
+        header.swarm,
+        header.round,
+        header.node,
+        header.base_hash,
+        header.codec,
+        header.flags,
+        header.n_params,
+        header.n_samples,
+        header.epoch,
+    )
 
 
 def _pack_header(h: EnvelopeHeader, body_len: int) -> bytes:
@@ -177,6 +253,7 @@ def _pack_header(h: EnvelopeHeader, body_len: int) -> bytes:
             node,
             bytes.fromhex(h.base_hash),
             _COUNTS.pack(h.n_params, h.n_samples, body_len),
+            _U32.pack(h.epoch) if h.epoch is not None else b"",
         ]
     )
 
@@ -188,21 +265,35 @@ def encode_envelope(
     header: EnvelopeHeader,
     delta: np.ndarray | bytes,
     sign: Callable[[bytes], bytes] | None,
+    data_key: bytes | None = None,
 ) -> bytes:
-    """Frame a delta under ``header``, signed by ``sign`` if given.
+    """Frame a delta under ``header``, signed by ``sign`` if given, sealed if the header is.
 
     ``delta`` is either a codec body already made by ``quantize.encode`` (or by error
-    feedback) for the header's codec and flags, or a 1-D float32 array of ``n_params`` finite
-    values, which only a float32 header without flags takes. ``sign`` takes the bytes to sign
-    and returns a 64-byte Ed25519 signature. Raises ValueError on misuse (wrong shape, length
-    or codec, non-finite values, a body longer than the codec allows, a bad signature length).
+    feedback) for the header's codec and ``codec_flags``, or a 1-D float32 array of
+    ``n_params`` finite values, which only a float32 header without codec flags takes.
+    ``sign`` takes the bytes to sign and returns a 64-byte Ed25519 signature.
+
+    A sealed header needs ``data_key`` (the 32-byte data key of ``header.epoch``): the codec
+    body is checked against the codec's maximum, then replaced by its sealed blob under
+    ``envelope_aad(header)``, and the signature covers that ciphertext. A key for an unsealed
+    header is refused rather than ignored, so a caller never believes it sent ciphertext when
+    it sent plaintext.
+
+    Raises ValueError on misuse (wrong shape, length or codec, non-finite values, a body
+    longer than the codec allows, a bad signature length, a missing, superfluous or
+    malformed data key).
     """
     if not isinstance(header, EnvelopeHeader):
         raise TypeError("header must be an EnvelopeHeader")
+    if header.sealed and data_key is None:
+        raise ValueError("a sealed header needs the data key of its epoch")
+    if not header.sealed and data_key is not None:
+        raise ValueError("a data key was given for an unsealed header; set FLAG_SEALED")
     if isinstance(delta, (bytes, bytearray, memoryview)):
         body = bytes(delta)
     else:
-        if header.codec != CODEC_FLOAT32 or header.flags:
+        if header.codec != CODEC_FLOAT32 or header.codec_flags:
             raise ValueError("a quantized envelope takes its body from quantize.encode")
         arr = np.asarray(delta)
         if arr.ndim != 1 or arr.shape[0] != header.n_params:
@@ -211,8 +302,11 @@ def encode_envelope(
         with np.errstate(over="ignore"):  # an overflow becomes inf, which encode refuses
             f32 = arr.astype(np.float32)
         body = quantize.encode(f32, quantize.CodecSpec("float32"))
-    if len(body) > header.max_body_len:
-        raise ValueError(f"a body of {len(body)} bytes exceeds {header.max_body_len}")
+    codec_max = quantize.max_body_len(header.codec, header.codec_flags, header.n_params)
+    if len(body) > codec_max:
+        raise ValueError(f"a body of {len(body)} bytes exceeds {codec_max}")
+    if data_key is not None:
+        body = _payload().seal(body, data_key, envelope_aad(header))
     signed = _pack_header(header, len(body)) + body
     signature = b"" if sign is None else bytes(sign(signed))
     if sign is not None and len(signature) != SIGNATURE_LEN:
@@ -227,8 +321,9 @@ def encode_envelope(
 class Envelope:
     """A well-formed frame, not yet trusted: verify it before using it.
 
-    ``signed_bytes`` are the bytes the signature covers, ``sha256`` the lowercase hex digest
-    of the whole frame (what a ledger ``delta_commit`` names).
+    ``body`` is the codec body, or for a sealed header the sealed blob (``open_envelope``
+    gives the plaintext). ``signed_bytes`` are the bytes the signature covers, ``sha256`` the
+    lowercase hex digest of the whole frame (what a ledger ``delta_commit`` names).
     """
 
     header: EnvelopeHeader
@@ -288,7 +383,7 @@ class _Reader:
             raise EnvelopeError(f"invalid {what}: {raw[:64]!r}") from None
 
 
-def _parse_head(r: _Reader) -> tuple[int, int, str, int, str, str, int, int, int]:
+def _parse_head(r: _Reader) -> tuple[int, int, str, int, str, str, int, int, int, int | None]:
     magic, version, codec, flags = r.unpack(_FIXED_HEAD, "fixed header")
     if magic != MAGIC:
         raise EnvelopeError(f"bad magic {magic!r}")
@@ -303,16 +398,18 @@ def _parse_head(r: _Reader) -> tuple[int, int, str, int, str, str, int, int, int
     node = r.short_str("node id")
     base_hash = r.take(_HASH_LEN, "base hash").hex()
     n_params, n_samples, body_len = r.unpack(_COUNTS, "sizes")
-    return codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len
+    epoch = r.unpack(_U32, "epoch")[0] if flags & FLAG_SEALED else None
+    return codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len, epoch
 
 
 def decode_envelope(data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX) -> Envelope:
     """Parse a frame from the network.
 
     Checks, in order: type and size (``len(data) > max_size`` is refused before parsing),
-    magic, version, codec, flags, ids, that ``body_len`` matches the codec and ``n_params``,
-    signature length (0 or 64) and that nothing trails the frame. Returns an Envelope whose
-    signature is NOT yet checked. Raises only EnvelopeError.
+    magic, version, codec, flags, ids, that ``body_len`` matches the codec and ``n_params``
+    (plus the seal overhead when sealed), signature length (0 or 64) and that nothing trails
+    the frame. Returns an Envelope whose signature is NOT yet checked and whose sealed body,
+    if any, is not yet opened. Raises only EnvelopeError.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError(f"frame must be bytes, got {type(data).__name__}")
@@ -328,12 +425,14 @@ def decode_envelope(data: bytes | bytearray | memoryview, max_size: int = DEFAUL
 
 def _decode(data: bytes) -> Envelope:
     r = _Reader(data)
-    codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len = _parse_head(r)
+    codec, flags, swarm, rnd, node, base_hash, n_params, n_samples, body_len, epoch = _parse_head(r)
     if n_params < 1:
         raise EnvelopeError("n_params is 0")
     limit = _max_body(codec, flags, n_params)
     if body_len > limit:
         raise EnvelopeError(f"body_len {body_len} exceeds {limit} for {n_params} params")
+    if flags & FLAG_SEALED and body_len < _payload().OVERHEAD:
+        raise EnvelopeError(f"sealed body_len {body_len} is shorter than the seal overhead")
     body = r.take(body_len, "body")
     signed_end = r.pos
     (sig_len,) = r.unpack(_U8, "signature length")
@@ -343,7 +442,9 @@ def _decode(data: bytes) -> Envelope:
     if r.pos != len(data):
         raise EnvelopeError(f"{len(data) - r.pos} trailing bytes after the signature")
     try:
-        header = EnvelopeHeader(swarm, rnd, node, base_hash, codec, n_params, n_samples, flags)
+        header = EnvelopeHeader(
+            swarm, rnd, node, base_hash, codec, n_params, n_samples, flags, epoch
+        )
     except ValueError as exc:
         raise EnvelopeError(f"invalid header: {exc}") from None
     return Envelope(
@@ -355,17 +456,45 @@ def _decode(data: bytes) -> Envelope:
     )
 
 
-def decode_delta(env: Envelope, expected_n_params: int) -> np.ndarray:
-    """Decode the body of a (verified) envelope into a fresh float32 array.
+def open_envelope(env: Envelope, data_key: bytes) -> bytes:
+    """The plaintext codec body of a (verified) sealed envelope; ``env.body`` if unsealed.
 
-    Raises EnvelopeError if the envelope's ``n_params`` is not ``expected_n_params`` or the
-    values are not all finite.
+    ``data_key`` is the 32-byte data key of ``env.header.epoch``. A blob that does not open
+    (wrong key or epoch, a ciphertext moved under another header, any flipped byte) raises
+    EnvelopeError starting "undecryptable", and nothing else; a malformed key is misuse
+    (ValueError/TypeError). Whether an unsealed envelope is acceptable at all is the
+    caller's policy: check ``env.header.sealed``.
+    """
+    if not isinstance(env, Envelope):
+        raise TypeError("env must be an Envelope")
+    h = env.header
+    if not h.sealed:
+        return env.body
+    payload = _payload()
+    try:
+        return payload.open_sealed(env.body, data_key, envelope_aad(h), max_len=h.max_body_len)
+    except payload.TrustError as exc:
+        raise EnvelopeError(f"undecryptable sealed body (epoch {h.epoch}): {exc}") from None
+
+
+def decode_delta(env: Envelope, expected_n_params: int, body: bytes | None = None) -> np.ndarray:
+    """Decode the codec body of a (verified) envelope into a fresh float32 array.
+
+    ``body`` is the plaintext codec body from ``open_envelope``; None means ``env.body``,
+    which a sealed envelope refuses (its body is ciphertext, so decoding it would only
+    produce noise or a confusing codec error). Raises EnvelopeError if the envelope's
+    ``n_params`` is not ``expected_n_params``, the body does not decode, or the values are
+    not all finite.
     """
     h = env.header
+    if body is None:
+        if h.sealed:
+            raise EnvelopeError("sealed envelope: open it first")
+        body = env.body
     if h.n_params != expected_n_params:
         raise EnvelopeError(f"delta has {h.n_params} params, model has {expected_n_params}")
     try:
-        delta = quantize.decode(env.body, h.codec, h.flags, h.n_params)
+        delta = quantize.decode(body, h.codec, h.codec_flags, h.n_params)
     except quantize.CodecError as exc:
         raise EnvelopeError(f"bad codec body: {exc}") from None
     if not np.all(np.isfinite(delta)):

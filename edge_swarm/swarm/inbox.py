@@ -1,10 +1,12 @@
 """The envelope inbox: where delta envelopes from the network are checked and kept.
 
 Every envelope is untrusted. ``offer`` checks, in this order: size, frame, topic against
-header, swarm, round, sender enrolment, signature, base model, length, sample count, finite
-values. Only then is the decoded delta kept, keyed by (round, node, envelope sha256), because
-the ledger's ``delta_commit`` names the exact envelope a node stands behind. Anything else
-raises ``Dropped`` with a short reason that the wiring counts and logs.
+header, swarm, round, sender enrolment, signature, base model, length, sample count, then
+(in a sealed swarm) that it is sealed under the round's key epoch and opens with that key,
+and finally finite values. Only then is the decoded delta kept, keyed by (round, node,
+envelope sha256), because the ledger's ``delta_commit`` names the exact envelope a node
+stands behind. Anything else raises ``Dropped`` with a short reason that the wiring counts
+and logs.
 
 An envelope for a round the inbox has not heard of yet is not dropped but held (bounded in
 bytes): MQTT gives no order between the ledger's events and the envelopes, so a node that
@@ -20,7 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_swarm.swarm.codec import EnvelopeError, decode_delta, decode_envelope
+from edge_swarm.swarm.codec import (
+    Envelope,
+    EnvelopeError,
+    decode_delta,
+    decode_envelope,
+    open_envelope,
+)
 from edge_swarm.swarm.merge import Contribution
 
 MAX_PER_SENDER = 4  # distinct envelopes kept per (round, node): bounds a flooding sender
@@ -49,12 +57,15 @@ class RoundView:
 
     round: int
     base_hash: str
+    epoch: int | None = None  # the key epoch the round seals under (sealed swarms)
 
 
 class EnvelopeInbox:
     """Checks and keeps envelopes; pure apart from the callables it is given.
 
     ``public_key(node)`` returns the enrolled, unrevoked key of a node or ``None``.
+    ``security`` is the genesis's mode (``trust.epochs.SECURITY_MODES``); in a ``sealed``
+    swarm ``data_key(epoch)`` returns the data key this node holds for an epoch, or None.
     """
 
     def __init__(
@@ -63,11 +74,17 @@ class EnvelopeInbox:
         n_params: int,
         public_key: Callable[[str], str | None],
         max_size: int,
+        security: str = "signed",
+        data_key: Callable[[int], bytes | None] | None = None,
     ) -> None:
+        if security == "sealed" and data_key is None:
+            raise ValueError("a sealed swarm's inbox needs data_key")
         self.swarm = swarm
         self.n_params = n_params
         self.public_key = public_key
         self.max_size = max_size
+        self.security = security
+        self.data_key = data_key
         self.rounds: dict[int, RoundView] = {}
         self.drops: Counter[str] = Counter()
         self._kept: dict[tuple[int, str], dict[str, np.ndarray]] = {}
@@ -122,10 +139,11 @@ class EnvelopeInbox:
         if key is None:
             raise Dropped("unknown node", h.node)
         # The signature is checked before anything else the header claims is believed.
-        if not env.is_signed:
-            raise Dropped("unsigned", h.node)
-        if not env.verify(key):
-            raise Dropped("bad signature", h.node)
+        if self.security != "none":
+            if not env.is_signed:
+                raise Dropped("unsigned", h.node)
+            if not env.verify(key):
+                raise Dropped("bad signature", h.node)
         if h.base_hash != view.base_hash:
             raise Dropped("wrong base", h.base_hash[:12])
         if h.n_params != self.n_params:
@@ -136,12 +154,34 @@ class EnvelopeInbox:
         if env.sha256 not in kept:
             if len(kept) >= MAX_PER_SENDER:
                 raise Dropped("flooding", h.node)
+            body = self._open(env, view)
             try:
-                kept[env.sha256] = decode_delta(env, self.n_params)
+                kept[env.sha256] = decode_delta(env, self.n_params, body)
             except EnvelopeError as exc:
                 raise Dropped("bad values", str(exc)) from None
             self._samples[(h.round, h.node, env.sha256)] = h.n_samples
         return Accepted(h.round, h.node, env.sha256)
+
+    def _open(self, env: Envelope, view: RoundView) -> bytes:
+        """The plaintext codec body; in a sealed swarm only a frame sealed under the round's
+        epoch, with a key this node holds, gets this far."""
+        h = env.header
+        if self.security != "sealed":
+            if h.sealed:
+                raise Dropped("no key", f"sealed envelope in a {self.security} swarm")
+            return env.body
+        if not h.sealed:
+            raise Dropped("unsealed", h.node)
+        if view.epoch is None or h.epoch != view.epoch:
+            raise Dropped("wrong epoch", f"epoch {h.epoch}, round {h.round} uses {view.epoch}")
+        assert self.data_key is not None
+        key = self.data_key(h.epoch)
+        if key is None:  # revoked, or not yet a recipient: this node may not read it
+            raise Dropped("no key", f"epoch {h.epoch}")
+        try:
+            return open_envelope(env, key)
+        except EnvelopeError as exc:
+            raise Dropped("undecryptable", str(exc)) from None
 
     def _hold(self, payload: bytes, rnd: int, node: str) -> bool:
         # The newest round ever opened here, not only those still kept: once a round is
