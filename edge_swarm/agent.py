@@ -202,7 +202,7 @@ class Agent(NodeRuntime):
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
-        self.inbox = self.make_inbox(spec.n_params, self._public_key)
+        self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.mirror.state)
         self.machine = P.Participant(self.cfg.node_id, self.holder.hash)
         self.machine.replaying = True
         held, self._before_genesis = self._before_genesis, []

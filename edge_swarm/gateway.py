@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
+MAX_EARLY_STATUS = 1024  # statuses held for nodes whose enrolment has not arrived yet
 
 
 def open_ledger(cfg: NodeConfig, genesis: Entry | None) -> LedgerBackend:
@@ -71,8 +72,9 @@ class Gateway(NodeRuntime):
         spec = ModelSpec.from_dict(params["model"])
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
-        self.inbox = self.make_inbox(spec.n_params, self._public_key)
+        self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.ledger.state)
         self._epoch_pending = False  # a key_epoch submitted, not yet applied
+        self._early_status: dict[str, bytes] = {}  # statuses of nodes not enrolled here yet
         self.coordinator = P.Coordinator(
             P.RoundPolicy.from_params(params), self.holder.hash, now_ms()
         )
@@ -202,6 +204,20 @@ class Gateway(NodeRuntime):
             return
         if status.node != node or status.role != "agent":
             return
+        # Signed by the device's enrolled key: a rogue client cannot mark a device offline.
+        # No freshness check: the last will is signed at connect time, before the "online"
+        # it must override; replaying a device's own old status is what the broker's ACL
+        # (only the device writes its status topic) stops.
+        key = self._public_key(node)
+        if key is None:
+            # Retained statuses can arrive before the enrolments reach this replica: keep
+            # the newest per node (bounded) and check it once the node is enrolled.
+            if node in self._early_status or len(self._early_status) < MAX_EARLY_STATUS:
+                self._early_status[node] = payload
+            return
+        if not status.verify(key):
+            self.drops.drop("bad status signature", node)
+            return
         self._act(self.coordinator.handle(P.PeerSeen(node, status.state == "online")))
 
     def _on_submission(self, payload: bytes) -> None:
@@ -324,6 +340,9 @@ class Gateway(NodeRuntime):
                 self._publish_checkpoint()  # so that new recipients can read the model
         elif entry.kind == "enroll":
             self.fold_keys(entry)
+            held = self._early_status.pop(p["node"], None)
+            if held is not None:
+                self.call_soon(lambda: self._on_status(p["node"], held))
         if entry.kind == "round_open":
             epoch = self.epochs.on_round_open(p["round"], entry.height, self.ledger.state)
             self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))  # held join

@@ -90,6 +90,7 @@ class SwarmObserver:
         self.epochs = EpochTracker(swarm, *(reader or ("observer", None)))
         self._sealed: list[SealedCheckpoint] = []  # waiting for their epoch's key
         self.pubkeys: dict[str, str] = {}  # from enrolments seen: telemetry is checked
+        self.unverified = 0  # status and telemetry messages whose signature did not check
         self.swarm = swarm
         self.evaluate = evaluate
         self.on_round = on_round
@@ -166,12 +167,23 @@ class SwarmObserver:
                     self._on_checkpoint_bytes(whole)
             elif kind == "fleet_status" and msg.payload:
                 st = Status.decode(msg.payload)
-                self.status[st.node] = st.state
+                if self._verified(st, parsed.node):
+                    self.status[st.node] = st.state
             elif kind == "fleet_telemetry":
                 tm = Telemetry.decode(msg.payload)
-                self.telemetry.setdefault(tm.node, []).append(tm)
+                if self._verified(tm, parsed.node):
+                    self.telemetry.setdefault(tm.node, []).append(tm)
         except (ValueError, LedgerError, CheckpointError, MessageError) as exc:
             log.warning("observer ignored a message on %s: %s", msg.topic, exc)
+
+    def _verified(self, msg: Status | Telemetry, topic_node: str | None) -> bool:
+        """Signed by the key enrolled for the node the topic names (enrolments seen on the
+        ledger events); anything else is left out of the report and counted."""
+        key = self.pubkeys.get(msg.node)
+        if msg.node != topic_node or key is None or not msg.verify(key):
+            self.unverified += 1
+            return False
+        return True
 
     def _record(self, rnd: int) -> RoundRecord:
         return self.rounds.setdefault(rnd, RoundRecord(rnd))

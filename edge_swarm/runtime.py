@@ -317,7 +317,16 @@ class NodeRuntime:
                 "enc_pubkey, and set [node] enc_key in the config"
             )
 
-    def make_inbox(self, n_params: int, public_key: Callable[[str], str | None]) -> EnvelopeInbox:
+    def make_inbox(
+        self, n_params: int, public_key: Callable[[str], str | None], state: Callable[[], Any]
+    ) -> EnvelopeInbox:
+        """The inbox for this swarm's mode; ``state()`` is the current LedgerState (or None)."""
+
+        def revoked(node: str) -> bool:
+            current = state()
+            member = current.member(node) if current is not None else None
+            return member is not None and member.revoked_at_height is not None
+
         return EnvelopeInbox(
             self.cfg.swarm,
             n_params,
@@ -325,6 +334,7 @@ class NodeRuntime:
             self.cfg.max_envelope_bytes,
             security=self.security,
             data_key=self.epochs.key if self.security == "sealed" else None,
+            revoked=revoked,
         )
 
     def fold_keys(self, entry: Entry) -> bool:
@@ -375,7 +385,9 @@ class NodeRuntime:
             self.mqtt.publish(self.topics.model_chunk(i), chunk, qos=1, retain=True)
 
     def _status(self, state: str) -> bytes:
-        return Status(self.cfg.node_id, self.role, state, self.round_seen).encode()
+        # Signed with the device key (the will too, at connect time: the broker sends it).
+        status = Status(self.cfg.node_id, self.role, state, self.round_seen, now_ms())
+        return status.signed(self.key.sign).encode()
 
     def publish_status(self, state: str, wait: bool | float = False) -> None:
         topic = self.topics.fleet_status(self.cfg.node_id)
@@ -387,8 +399,15 @@ class NodeRuntime:
             "bytes_out": stats.bytes_out,
             "bytes_in": stats.bytes_in,
             "peak_rss_kb": peak_rss_kb(),
-            "drops": sum(self.drops.counts.values()),
+            "drops": sum(self.drops.counts.values()) + stats.dropped_oversize,
             **{f"drop:{reason}": n for reason, n in self.drops.counts.items()},
         }
-        body = Telemetry(self.cfg.node_id, rnd, {**base, **values}).encode()
+        if stats.dropped_oversize:  # refused by the MQTT adapter before any parsing
+            base["drop:oversized"] = base.get("drop:oversized", 0) + stats.dropped_oversize
+        replayed = self.receiver.stats.replayed  # refused by the chunk reassembler
+        if replayed:
+            base["drop:replayed"] = replayed
+            base["drops"] += replayed
+        telemetry = Telemetry(self.cfg.node_id, rnd, {**base, **values}, now_ms())
+        body = telemetry.signed(self.key.sign).encode()
         self.mqtt.publish(self.topics.fleet_telemetry(self.cfg.node_id), body, qos=1)

@@ -11,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_swarm.swarm import inbox as inbox_mod
-from edge_swarm.swarm.codec import CODEC_FLOAT32, SIGNATURE_LEN, EnvelopeHeader, encode_envelope
+from edge_swarm.swarm.codec import (
+    CODEC_FLOAT32,
+    FLAG_SEALED,
+    SIGNATURE_LEN,
+    EnvelopeHeader,
+    encode_envelope,
+)
 from edge_swarm.swarm.inbox import (
     EARLY_ROUNDS_AHEAD,
     MAX_PER_SENDER,
@@ -485,3 +491,79 @@ def test_replays_of_a_forgotten_round_are_refused_not_held() -> None:
     box.expect(RoundView(2, BASE))
     box.forget_before(2)  # round 1 merged
     assert drop_reason(box, data) == "wrong round"
+
+
+# -- sealed swarms ----------------------------------------------------------------------
+
+DATA_KEYS = {0: bytes(range(32)), 1: bytes(range(1, 33))}
+
+
+def sealed_inbox(*views: RoundView, keys: dict[int, bytes] | None = None) -> EnvelopeInbox:
+    held = DATA_KEYS if keys is None else keys
+    box = EnvelopeInbox(SWARM, N, pubkey, MAX_SIZE, security="sealed", data_key=held.get)
+    for view in views:
+        box.expect(view)
+    return box
+
+
+def sealed_frame(
+    node: str = "pi-1", rnd: int = 1, epoch: int = 0, key: bytes | None = None
+) -> bytes:
+    h = header(node, rnd, flags=FLAG_SEALED, epoch=epoch)
+    delta = np.linspace(-1.0, 1.0, N, dtype=np.float32)
+    return encode_envelope(h, delta, KEYS[node].sign, data_key=key or DATA_KEYS[epoch])
+
+
+def test_sealed_envelope_is_opened_and_kept() -> None:
+    box = sealed_inbox(RoundView(1, BASE, epoch=0))
+    data = sealed_frame()
+    ok = box.offer(data, 1, "pi-1")
+    assert ok == Accepted(1, "pi-1", sha(data))
+    [c] = box.take(1, (("pi-1", sha(data)),), {"pi-1": 40})
+    np.testing.assert_array_equal(c.delta, np.linspace(-1.0, 1.0, N, dtype=np.float32))
+
+
+def test_sealed_swarm_refuses_each_kind_of_bad_seal() -> None:
+    box = sealed_inbox(RoundView(1, BASE, epoch=1), RoundView(2, BASE, epoch=None))
+    assert drop_reason(box, frame()) == "unsealed"  # a plaintext frame, validly signed
+    assert drop_reason(box, sealed_frame(epoch=0)) == "wrong epoch"  # an older epoch's key
+    assert drop_reason(box, sealed_frame(epoch=1, key=bytes(32))) == "undecryptable"
+    assert drop_reason(box, sealed_frame(rnd=2, epoch=1), rnd=2) == "wrong epoch"  # none valid
+    assert set(box.drops) == {"unsealed", "wrong epoch", "undecryptable"}
+
+
+def test_a_node_without_the_epoch_key_cannot_read_the_round() -> None:
+    """A device revoked before epoch 1 holds only epoch 0's key: round 2 stays closed to it."""
+    revoked_view = sealed_inbox(RoundView(2, BASE, epoch=1), keys={0: DATA_KEYS[0]})
+    assert drop_reason(revoked_view, sealed_frame(rnd=2, epoch=1), rnd=2) == "no key"
+
+
+def test_signature_is_checked_before_decryption() -> None:
+    box = sealed_inbox(RoundView(1, BASE, epoch=0))
+    h = header("pi-1", 1, flags=FLAG_SEALED, epoch=0)
+    delta = np.zeros(N, np.float32)
+    forged = encode_envelope(h, delta, OUTSIDER.sign, data_key=DATA_KEYS[0])
+    assert drop_reason(box, forged) == "bad signature"
+
+
+def test_unsigned_swarm_takes_unsigned_frames_and_no_sealed_ones() -> None:
+    box = EnvelopeInbox(SWARM, N, pubkey, MAX_SIZE, security="none")
+    box.expect(RoundView(1, BASE))
+    h = header()
+    data = encode_envelope(h, np.zeros(N, np.float32), None)
+    assert box.offer(data, 1, "pi-1") == Accepted(1, "pi-1", sha(data))
+    signed_box = make_inbox(1)
+    assert drop_reason(signed_box, data) == "unsigned"
+    assert drop_reason(signed_box, sealed_frame()) == "no key"
+
+
+def test_sealed_inbox_needs_a_key_source() -> None:
+    with pytest.raises(ValueError, match="data_key"):
+        EnvelopeInbox(SWARM, N, pubkey, MAX_SIZE, security="sealed")
+
+
+def test_a_revoked_sender_is_told_from_an_unknown_one() -> None:
+    box = EnvelopeInbox(SWARM, N, lambda n: None, MAX_SIZE, revoked=lambda n: n == "pi-1")
+    box.expect(RoundView(1, BASE))
+    assert drop_reason(box, frame("pi-1")) == "revoked node"
+    assert drop_reason(box, frame("pi-2"), node="pi-2") == "unknown node"

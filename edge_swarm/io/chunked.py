@@ -287,6 +287,7 @@ class ReceiverStats:
     unframed: int = 0
     chunks: int = 0
     bad_chunks: int = 0
+    replayed: int = 0  # chunks of messages already completed (redelivered or replayed)
     requests_sent: int = 0
     request_errors: int = 0
 
@@ -329,7 +330,13 @@ class ChunkedReceiver:
             return bytes(payload)
         self._counts["chunks"] += 1
         try:
-            message = self.reassembler.add(parse_chunk(payload), now, source=topic)
+            chunk = parse_chunk(payload)
+            if self.reassembler.was_completed(chunk, source=topic):
+                # A chunk of a message already taken: a QoS 1 redelivery, or a replay of a
+                # captured message; either way it is refused, and counted.
+                self._counts["replayed"] += 1
+                self._drops.drop("replayed", f"{topic}: a chunk of a message already received")
+            message = self.reassembler.add(chunk, now, source=topic)
         except ChunkError as exc:
             self._counts["bad_chunks"] += 1
             self._drops.drop("bad chunk", f"{topic}: {exc}")

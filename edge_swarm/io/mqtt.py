@@ -616,24 +616,25 @@ class MqttClient:
                     self._warn.warn(f"suback:{f}", "broker refused subscription %s: %s", f, rc)
 
     def _on_message(self, client: paho.Client, userdata: Any, m: paho.MQTTMessage) -> None:
-        payload = bytes(m.payload)
+        size = len(m.payload)
         try:
             topic = m.topic
         except UnicodeDecodeError:
-            self._counters.add(msgs_in=1, bytes_in=len(payload), dropped_invalid=1)
+            self._counters.add(msgs_in=1, bytes_in=size, dropped_invalid=1)
             self._warn.warn("topic", "dropped a message whose topic is not UTF-8")
             return
-        self._counters.add(msgs_in=1, bytes_in=len(payload) + len(topic.encode()))
-        if len(payload) > self.max_payload:
+        self._counters.add(msgs_in=1, bytes_in=size + len(topic.encode()))
+        if size > self.max_payload:  # checked before copying: no extra copy of a flood
             self._counters.add(dropped_oversize=1)
             self._warn.warn(
                 "oversize",
                 "dropped a %d-byte message on %s (limit %d)",
-                len(payload),
+                size,
                 topic,
                 self.max_payload,
             )
             return
+        payload = bytes(m.payload)
         msg = Message(topic=topic, payload=payload, retain=bool(m.retain), qos=int(m.qos))
         try:
             self._handler(msg)

@@ -376,6 +376,10 @@ class Reassembler:
             **self._counts, buffered_bytes=self._buffered, partial_messages=len(self._partials)
         )
 
+    def was_completed(self, chunk: Chunk, source: str = "") -> bool:
+        """Whether ``chunk`` belongs to a message completed earlier (among the remembered)."""
+        return (source, chunk.message_id) in self._completed
+
     def add(self, chunk: Chunk, now: float, source: str = "") -> bytes | None:
         """Take one chunk; return the whole message when this chunk completes it, else None.
 

@@ -66,6 +66,7 @@ class EnvelopeInbox:
     ``public_key(node)`` returns the enrolled, unrevoked key of a node or ``None``.
     ``security`` is the genesis's mode (``trust.epochs.SECURITY_MODES``); in a ``sealed``
     swarm ``data_key(epoch)`` returns the data key this node holds for an epoch, or None.
+    ``revoked(node)``, if given, tells a revoked sender from an unknown one in the counts.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class EnvelopeInbox:
         max_size: int,
         security: str = "signed",
         data_key: Callable[[int], bytes | None] | None = None,
+        revoked: Callable[[str], bool] | None = None,
     ) -> None:
         if security == "sealed" and data_key is None:
             raise ValueError("a sealed swarm's inbox needs data_key")
@@ -85,6 +87,7 @@ class EnvelopeInbox:
         self.max_size = max_size
         self.security = security
         self.data_key = data_key
+        self.revoked = revoked
         self.rounds: dict[int, RoundView] = {}
         self.drops: Counter[str] = Counter()
         self._kept: dict[tuple[int, str], dict[str, np.ndarray]] = {}
@@ -137,6 +140,8 @@ class EnvelopeInbox:
             raise Dropped("wrong round", f"round {h.round} is not open here")
         key = self.public_key(h.node)
         if key is None:
+            if self.revoked is not None and self.revoked(h.node):
+                raise Dropped("revoked node", h.node)
             raise Dropped("unknown node", h.node)
         # The signature is checked before anything else the header claims is believed.
         if self.security != "none":
