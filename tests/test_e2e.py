@@ -226,7 +226,7 @@ def test_a_frozen_agent_is_left_behind_by_the_deadline(tmp_path: Path) -> None:
 
 
 OVERSIZED = 16 * 1024 * 1024 + 1024  # over NodeConfig.max_envelope_bytes
-OVERSIZED_COUNT = 4
+OVERSIZED_COUNT = 2
 
 
 def _whole(captured: queue.Queue[bytes], topic: str) -> bytes:

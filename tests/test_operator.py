@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_swarm.cli import main
+from edge_swarm.operator import enc_key_path, keygen
 from ledger_lite import Entry, verify_chain
 
 
@@ -38,6 +39,10 @@ def test_keygen_admin_init_enroll_and_revoke_build_a_valid_chain(
     chain = read_chain(site / "bootstrap.jsonl")
     assert [e.kind for e in chain] == ["genesis", "enroll", "revoke"]
     assert chain[0].payload["params"]["codec"]["name"] == "int8"
+    assert chain[0].payload["params"]["security"] == "sealed"  # encryption on by default
+    # The enrolment carries the device's encryption key, made by keygen next to its key.
+    assert chain[1].payload["enc_pubkey"] == json.loads(request)["enc_pubkey"]
+    assert stat.S_IMODE(enc_key_path(key).stat().st_mode) == 0o600
     assert verify_chain(chain).ok
 
 
@@ -56,17 +61,19 @@ def test_operator_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "chmod 600" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("too_open", ["signing", "encryption"])
 def test_an_agent_refuses_to_start_with_a_key_others_can_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], too_open: str
 ) -> None:
     import numpy as np
 
     from edge_swarm.config import NodeConfig, dump_config
-    from ledger_lite import SigningKey
 
-    key = tmp_path / "device.key"
-    SigningKey.generate().save(key)
-    key.chmod(0o644)
+    req = keygen(tmp_path / "device.key", "pi-1")
+    assert req.enc_pubkey is not None
+    key, enc = tmp_path / "device.key", enc_key_path(tmp_path / "device.key")
+    assert (key.stat().st_mode & 0o777, enc.stat().st_mode & 0o777) == (0o600, 0o600)
+    (key if too_open == "signing" else enc).chmod(0o640)  # group may read it
     data = tmp_path / "data.npz"
     np.savez(data, X=np.zeros((2, 64), np.float32), y=np.array([0, 1]))
     cfg = NodeConfig(
@@ -74,6 +81,7 @@ def test_an_agent_refuses_to_start_with_a_key_others_can_read(
         role="agent",
         swarm="clinic",
         key_path=key,
+        enc_key_path=enc,
         state_dir=tmp_path / "state",
         data_path=data,
     )
@@ -81,3 +89,4 @@ def test_an_agent_refuses_to_start_with_a_key_others_can_read(
     assert main(["agent", "--config", str(tmp_path / "agent.toml")]) == 2
     err = capsys.readouterr().err
     assert "cannot start" in err and "chmod 600" in err
+    assert str(key if too_open == "signing" else enc) in err
