@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-error-feedback", action="store_true", help="send deltas without error feedback"
     )
     d.add_argument(
+        "--security",
+        default="sealed",
+        choices=["sealed", "signed", "none"],
+        help="deltas signed and encrypted (default), only signed, or neither (a baseline "
+        "for comparison only; see docs/SECURITY.md)",
+    )
+    d.add_argument(
         "--workdir",
         type=Path,
         default=Path("demo-run"),
@@ -222,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ai.add_argument("--model", default="64,32,10", help="MLP layer sizes (default 64,32,10)")
     ai.add_argument("--rounds", type=int, default=20)
+    ai.add_argument(
+        "--security",
+        default="sealed",
+        choices=["sealed", "signed"],
+        help="deltas signed and encrypted (default), or only signed",
+    )
     ai.add_argument("--codec", default="int8", help="delta codec (see demo --codec)")
     ai.set_defaults(func=_operator, op="admin-init")
 

@@ -21,6 +21,12 @@ from edge_swarm.report import (
 )
 from edge_swarm.swarm.quantize import CodecSpec
 
+_SECURITY = {
+    "sealed": "signed by each device's key and encrypted (AES-256-GCM, per-device wrapped keys)",
+    "signed": "signed by each device's key, not encrypted",
+    "none": "neither signed nor encrypted (a baseline for comparison; never on a real site)",
+}
+
 
 def parse_codec(text: str) -> CodecSpec:
     """``int8``, ``sign1``, ``int4+top10`` (top 10% of the entries) → a CodecSpec."""
@@ -54,6 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
         broker=args.broker,
         codec=codec,
         error_feedback=not args.no_error_feedback,
+        security=args.security,
     )
     print(
         f"edge-swarm demo: {cfg.n_agents} agent processes, "
@@ -62,6 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {cfg.rounds} rounds\n"
         f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n"
         f"  delta codec: {args.codec}, error feedback {'on' if cfg.error_feedback else 'off'}\n"
+        f"  deltas: {_SECURITY[cfg.security]}\n"
         f"  files and logs: {workdir}\n",
         flush=True,
     )
@@ -145,6 +153,7 @@ def summarise(result: RunResult, base: Baselines) -> dict[str, Any]:
         "merge_rule": cfg.merge.to_dict(),
         "codec": cfg.codec.to_dict(),
         "error_feedback": cfg.error_feedback,
+        "security": cfg.security,
         "broker": cfg.broker,
         "final_accuracy": result.final_accuracy,
         "per_round": [

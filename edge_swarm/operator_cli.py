@@ -80,6 +80,7 @@ def _admin_init(args: argparse.Namespace) -> int:
         merge=DEFAULT_MERGE,
         rounds=args.rounds,
         codec=parse_codec(args.codec),
+        security=args.security,
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
     print(f"admin key: {args.out / 'admin.key'} (owner-only; keep it off the clinic network)")
