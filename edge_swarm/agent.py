@@ -21,7 +21,7 @@ from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
-from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
+from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
@@ -100,6 +100,12 @@ class Agent(NodeRuntime):
                 self.mqtt.subscribe(topic, qos=1)
             else:
                 self.mqtt.unsubscribe(topic)
+
+    def gateway_fps(self) -> frozenset[str] | None:
+        return enrolled_gateway_fps(self.mirror.state if self.synced else None)
+
+    def on_reconnected(self) -> None:
+        self._send_query()  # ledger events published while we were away are not replayed
 
     def _send_query(self) -> None:
         self._query_id = secrets.token_hex(8)

@@ -74,8 +74,33 @@ def _run_node(args: argparse.Namespace, role: str) -> int:
 def _broker(args: argparse.Namespace) -> int:
     from edge_swarm.io.broker import run_embedded_broker
 
+    if bool(args.swarm) != bool(args.genesis):
+        print("edge-swarm broker: --swarm and --genesis go together", file=sys.stderr)
+        return 2
     print(f"embedded MQTT broker (amqtt) on {args.host}:{args.port}; Ctrl-C stops it")
-    run_embedded_broker(args.host, args.port)
+    discovery = None
+
+    def advertise() -> None:
+        # Devices with no broker address in their config find this one by its advert.
+        nonlocal discovery
+        from edge_swarm.io.discovery import Discovery, advertised_host
+        from edge_swarm.swarm.adverts import SERVICE_MQTT, broker_txt
+
+        interfaces = list(args.interface) or None
+        discovery = Discovery(interfaces)
+        discovery.advertise(
+            SERVICE_MQTT,
+            f"{args.swarm}-broker",
+            args.port,
+            advertised_host(args.host, interfaces),
+            broker_txt(args.swarm, args.genesis),
+        )
+
+    try:
+        run_embedded_broker(args.host, args.port, on_ready=advertise if args.swarm else None)
+    finally:
+        if discovery is not None:
+            discovery.close()  # a goodbye: devices look for the broker's new home at once
     return 0
 
 
@@ -180,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=_demo)
 
+    from edge_swarm.discover_cli import add_parser as add_discover
+
+    add_discover(sub)
+
     for role in ("agent", "gateway"):
         r = sub.add_parser(
             role, help=f"run a{'n' if role == 'agent' else ''} {role} from its TOML config"
@@ -190,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("broker", help="run the embedded broker, or write a site's Mosquitto config")
     b.add_argument("--host", default="127.0.0.1")
     b.add_argument("--port", type=int, default=1883)
+    b.add_argument("--swarm", help="advertise the broker for this swarm on the LAN (zeroconf)")
+    b.add_argument("--genesis", help="the swarm's genesis hash, put in the advert")
+    b.add_argument("--interface", action="append", default=[], help="IPv4 address to advertise on")
     b.set_defaults(func=_broker)
     bsub = b.add_subparsers(dest="broker_command", metavar="ACTION")
     bc = bsub.add_parser(

@@ -10,6 +10,7 @@ be unpacked anywhere.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import sys
@@ -117,6 +118,27 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    """Zeroconf on the LAN. ``enabled``: advertise this node and browse the swarm's services;
+    it is on whenever the config gives no broker host (the node then finds its broker by
+    discovery) and may be turned on beside a static host, which always wins. ``interfaces``:
+    the IPv4 addresses to use (default: every interface)."""
+
+    enabled: bool = False
+    find_broker: bool = False
+    interfaces: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for addr in self.interfaces:
+            try:
+                ipaddress.IPv4Address(addr)
+            except ValueError:
+                raise ConfigError(f"discovery.interfaces: {addr!r} is not IPv4") from None
+        if self.find_broker and not self.enabled:
+            raise ConfigError("discovery: finding the broker needs discovery enabled")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """One node (agent or gateway) of one swarm."""
 
@@ -141,6 +163,7 @@ class NodeConfig:
     # The device's X25519 key (owner-only file): data keys of the swarm are wrapped for it.
     # Required when the genesis seals deltas; checked at start.
     enc_key_path: Path | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -185,12 +208,24 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     timing = _table(raw, "timing", required=False)
     agent = _table(raw, "agent", required=False)
     gateway = _table(raw, "gateway", required=False)
+    discovery = _table(raw, "discovery", required=False)
     # A misspelt key would otherwise be ignored without a word (a dropped genesis pin).
     _known(node, "node", ("id", "role", "swarm", "key", "enc_key", "state_dir", "genesis_hash"))
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
     _known(agent, "agent", ("data", "codec"))
     _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers"))
+    _known(discovery, "discovery", ("enabled", "interfaces"))
+    # No broker host: the node finds its broker on the LAN; a host given always wins.
+    find_broker = "host" not in broker
+    enabled = discovery.get("enabled", find_broker)
+    if not isinstance(enabled, bool):
+        raise ConfigError("discovery.enabled must be true or false")
+    if find_broker and not enabled:
+        raise ConfigError("[broker] has no host and discovery is off: give one or the other")
+    interfaces = discovery.get("interfaces", [])
+    if not isinstance(interfaces, list):
+        raise ConfigError('discovery.interfaces must be a list of addresses, e.g. ["10.0.0.5"]')
     peers = gateway.get("peers", [])
     if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
         raise ConfigError('gateway.peers must be a list of "host:port" strings')
@@ -225,6 +260,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             raft_self=gateway.get("raft"),
             raft_peers=tuple(peers),
             timing=Timing(**timing),
+            discovery=DiscoveryConfig(enabled, find_broker, tuple(interfaces)),
         )
     except TypeError as exc:  # belt and braces: _known has named unknown keys already
         raise ConfigError(f"unknown setting: {exc}") from None
@@ -292,7 +328,7 @@ def dump_config(cfg: NodeConfig) -> str:
     lines += [
         "",
         "[broker]",
-        f"host = {_q(cfg.broker.host)}",
+        *([] if cfg.discovery.find_broker else [f"host = {_q(cfg.broker.host)}"]),
         f"port = {cfg.broker.port}",
         f"keepalive_s = {cfg.broker.keepalive_s}",
         f"max_packet = {cfg.broker.max_packet}",
@@ -317,6 +353,11 @@ def dump_config(cfg: NodeConfig) -> str:
         if cfg.raft_self is not None:
             lines.append(f"raft = {_q(cfg.raft_self)}")
             lines.append("peers = [" + ", ".join(_q(p) for p in cfg.raft_peers) + "]")
+    d = cfg.discovery
+    if d.enabled and not (d.find_broker and not d.interfaces):
+        lines += ["", "[discovery]", f"enabled = {_toml_scalar(d.enabled)}"]
+        if d.interfaces:
+            lines.append("interfaces = [" + ", ".join(_q(a) for a in d.interfaces) + "]")
     t = cfg.timing
     lines += [
         "",

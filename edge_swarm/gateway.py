@@ -22,7 +22,7 @@ from edge_swarm.config import NodeConfig
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.ledger_backend import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
-from edge_swarm.runtime import ModelHolder, NodeRuntime, now_ms
+from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -120,6 +120,17 @@ class Gateway(NodeRuntime):
             return False
         log.info("holding the final model of round %d", ck.round)
         return True
+
+    def genesis_for_adverts(self) -> str | None:
+        return self.ledger.entries(0, 1)[0].hash
+
+    def gateway_fps(self) -> frozenset[str] | None:
+        return enrolled_gateway_fps(self.ledger.state)
+
+    def on_reconnected(self) -> None:
+        # A broker that moved or restarted lost the retained checkpoint: publish it again.
+        if self.leading and self.holder.round > 0:
+            self._publish_checkpoint()
 
     def setup(self) -> None:
         t = self.topics

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_swarm.config import BrokerConfig, NodeConfig, Timing, dump_config
+from edge_swarm.config import BrokerConfig, DiscoveryConfig, NodeConfig, Timing, dump_config
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import LocalTraining
 from edge_swarm.swarm.merge import MergeRule
@@ -99,12 +99,16 @@ def provision_swarm(
     codec_overrides: dict[str, CodecSpec] | None = None,
     raft_addrs: list[str] | None = None,
     passwords: dict[str, Path] | None = None,
+    discovery: DiscoveryConfig | None = None,
+    gateway_discovery: DiscoveryConfig | None = None,
 ) -> SwarmLayout:
     """Write keys, bootstrap ledger entries and configs for the gateways and one agent a path.
 
     ``codec_overrides`` gives some agents (by node id) a codec other than the swarm's, as a
     device profile would. ``raft_addrs`` ("host:port", one a gateway) makes a site of
     several gateways replicating the ledger by Raft; without it there is one gateway.
+    ``discovery`` / ``gateway_discovery`` set the agents' / gateways' zeroconf (an agent
+    config with ``find_broker`` has no broker host: it finds the broker on the LAN).
     """
     overrides = codec_overrides or {}
 
@@ -158,6 +162,7 @@ def provision_swarm(
             data_path=data,
             timing=timing,
             codec_override=overrides[node].to_dict() if node in overrides else None,
+            discovery=discovery or DiscoveryConfig(),
         )
         agent_configs[node] = _write(root / "config" / f"{node}.toml", dump_config(cfg))
 
@@ -181,6 +186,7 @@ def provision_swarm(
             timing=timing,
             raft_self=raft,
             raft_peers=tuple(a for a in raft_addrs or [] if a != raft),
+            discovery=gateway_discovery or DiscoveryConfig(),
         )
         gw_configs[gw] = _write(root / "config" / f"{gw}.toml", dump_config(cfg))
     return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers, observer_enc)

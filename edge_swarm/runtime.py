@@ -25,6 +25,8 @@ from edge_swarm.config import NodeConfig
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
+from edge_swarm.presence import LanPresence
+from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -49,6 +51,18 @@ QUEUE_LIMIT = 10_000  # messages waiting for the loop; past this they are droppe
 STOP_PUBLISH_WAIT_S = 2.0
 CHUNK_RETRY_S = 2.0  # a chunked message without progress for this long: ask for what is missing
 CHUNK_GIVE_UP_S = 60.0  # ... and give it up after this long (the checkpoint recovers the node)
+FOLLOW_CHECK_S = 2.0  # while disconnected, how often to ask discovery where the broker went
+
+
+def enrolled_gateway_fps(state: LedgerState | None) -> frozenset[str] | None:
+    """Key fingerprints of the unrevoked gateways of a ledger state (None without one)."""
+    if state is None:
+        return None
+    return frozenset(
+        key_fingerprint(m.pubkey)
+        for m in state.members.values()
+        if m.role == "gateway" and m.revoked_at_height is None
+    )
 
 
 def now_ms() -> int:
@@ -187,7 +201,12 @@ class NodeRuntime:
             tls=TlsSettings(cfg.broker.tls_ca) if cfg.broker.tls_ca is not None else None,
             username=cfg.broker.username,
             password=cfg.broker.read_password(),
+            on_connected=lambda: self.call_soon(self._on_connected),
         )
+        self.presence: LanPresence | None = None  # zeroconf, when [discovery] is on
+        self._broker: Endpoint | None = None  # the discovered broker in use
+        self._connects = 0
+        self._follow_at = 0.0
         # Messages above the broker's packet limit travel in chunks (io/chunked.py).
         self.sender = ChunkedSender(self.mqtt, max_packet=cfg.broker.max_packet)
         self.receiver = ChunkedReceiver(
@@ -218,8 +237,72 @@ class NodeRuntime:
         """Called after every message and at least every ``timing.tick_s``."""
 
     # -- the loop
+    def genesis_for_adverts(self) -> str | None:
+        """The genesis hash this node advertises and expects in adverts."""
+        return self.cfg.genesis_hash
+
+    def gateway_fps(self) -> frozenset[str] | None:
+        """Key fingerprints of the enrolled gateways, once the ledger says (None before)."""
+        return None
+
+    def on_reconnected(self) -> None:
+        """Called on the loop after every reconnection (not the first connection)."""
+
+    def _on_connected(self) -> None:
+        self._connects += 1
+        if self._connects > 1:
+            self.publish_status("online")  # retained: a new broker (it moved) has none
+            self.on_reconnected()
+
+    def _start_presence(self) -> bool:
+        """Advertise this node and, without a broker host in the config, find the broker;
+        returns False if told to stop while looking."""
+        genesis = self.genesis_for_adverts()
+        if genesis is None:
+            raise RuntimeError(
+                "discovery needs the swarm's genesis hash: set [node] genesis_hash in the config"
+            )
+        self.presence = LanPresence(
+            self.cfg,
+            self.role,
+            self.key.public_hex,
+            genesis,
+            self.gateway_fps,
+            lambda: self.call_soon(self._follow_broker),
+        )
+        self.presence.start(rnd=self.round_seen)
+        if not self.cfg.discovery.find_broker:
+            return True  # a configured broker wins over discovery
+        found = self.presence.wait_broker(self.stopping)
+        if found is None:
+            return False
+        self._broker = found
+        self.mqtt.retarget(found.host, found.port)
+        return True
+
+    def _follow_broker(self) -> None:
+        """Move to the broker discovery names now, if ours is gone from the LAN or lost."""
+        if self.presence is None or not self.cfg.discovery.find_broker:
+            return
+        best = self.presence.choice().broker
+        if best is None or (best.host, best.port) == (self.mqtt.host, self.mqtt.port):
+            return
+        ours = self._broker
+        ours_advertised = ours is not None and any(
+            a.name == ours.source and self.mqtt.host in a.addresses and a.port == self.mqtt.port
+            for a in self.presence.discovery.adverts()
+        )
+        if ours_advertised and self.mqtt.connected:
+            return  # no flapping between two good brokers
+        self._broker = best
+        self.mqtt.retarget(best.host, best.port)
+
     def run(self) -> None:
         """Connect, set up, and loop until ``stop()``; raises ``RuntimeError`` if unreachable."""
+        if self.cfg.discovery.enabled and not self._start_presence():
+            if self.presence is not None:
+                self.presence.close()
+            return  # stopped while looking for the broker
         self.mqtt.start()
         timeout = self.cfg.timing.connect_timeout_s
         if not self.mqtt.wait_connected(timeout):
@@ -246,11 +329,21 @@ class NodeRuntime:
                     self._run(item)
                 self.on_tick(now_ms())
                 self.receiver.tick(time.monotonic())
+                if self.presence is not None:
+                    self._presence_tick()
         finally:
             self.shutdown()
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _presence_tick(self) -> None:
+        assert self.presence is not None
+        self.presence.refresh("online", self.round_seen)
+        now = time.monotonic()
+        if not self.mqtt.connected and now - self._follow_at >= FOLLOW_CHECK_S:
+            self._follow_at = now  # no advert event may come: the old one can linger
+            self._follow_broker()
 
     def shutdown(self) -> None:
         try:
@@ -258,6 +351,8 @@ class NodeRuntime:
             self.publish_status("offline", wait=STOP_PUBLISH_WAIT_S)
         finally:
             self.mqtt.stop()
+            if self.presence is not None:
+                self.presence.close()
 
     def _enqueue(self, msg: Message) -> None:
         if self.queue.qsize() >= QUEUE_LIMIT:

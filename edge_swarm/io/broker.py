@@ -30,6 +30,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -280,11 +281,15 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def run_embedded_broker(host: str = "0.0.0.0", port: int = 1883) -> None:
+def run_embedded_broker(
+    host: str = "0.0.0.0",
+    port: int = 1883,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Run an embedded broker until SIGINT or SIGTERM, then stop it cleanly.
 
-    Must be called from the main thread (signal handlers). Raises BrokerStartError if the
-    broker cannot listen.
+    ``on_ready`` runs once the broker listens (e.g. to advertise it). Must be called from
+    the main thread (signal handlers). Raises BrokerStartError if the broker cannot listen.
     """
     stop = threading.Event()
 
@@ -296,6 +301,8 @@ def run_embedded_broker(host: str = "0.0.0.0", port: int = 1883) -> None:
     try:
         with EmbeddedBroker(host, port) as broker:
             log.info("broker ready on %s (Ctrl-C to stop)", broker.url)
+            if on_ready is not None:
+                on_ready()
             stop.wait()
     finally:
         for s, handler in old.items():

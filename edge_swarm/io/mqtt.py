@@ -294,6 +294,7 @@ class MqttClient:
         self.client_id = client_id
         self.host = host
         self.port = port
+        self._retargeting = False
         self.keepalive = keepalive
         self.max_payload = max_payload
         self._handler = on_message
@@ -348,6 +349,29 @@ class MqttClient:
             raise RuntimeError("MqttClient.start() called twice")
         self._started = True
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self._client.loop_start()
+
+    def retarget(self, host: str, port: int) -> None:
+        """Connect to the broker at ``host:port`` from now on (it moved: discovery saw it).
+
+        Drops the current connection, if any, and connects there in the background;
+        subscriptions are sent again on connect, as after any reconnect. Call from the
+        owner's thread, never from a callback of this client."""
+        if (host, port) == (self.host, self.port) or self._stopped:
+            return
+        log.info("broker moved: %s:%d -> %s:%d", self.host, self.port, host, port)
+        self.host, self.port = host, port
+        if not self._started:
+            return
+        self._retargeting = True  # the disconnect below is ours: not a lost connection
+        try:
+            self._client.disconnect()
+            self._client.loop_stop()
+        finally:
+            self._retargeting = False
+        self._mark_disconnected()
+        self._gave_up = False
+        self._client.connect_async(host, port, keepalive=self.keepalive)
         self._client.loop_start()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
@@ -552,9 +576,9 @@ class MqttClient:
         was_connected = self._mark_disconnected()
         if was_connected:
             self._counters.add(disconnects=1)
-            if not self._stopped:
+            if not self._stopped and not self._retargeting:
                 self._warn.warn("disconnect", "lost the broker connection: %s", reason_code)
-        elif not self._stopped and not self._gave_up:
+        elif not self._stopped and not self._gave_up and not self._retargeting:
             with self._lock:
                 refused = self._failure is not None and self._failure.kind == "refused"
             if not refused:  # a refusal is the better reason; the broker then hangs up

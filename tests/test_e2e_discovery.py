@@ -1,0 +1,158 @@
+"""End to end on loopback: agents that know only their swarm id and genesis hash find the
+broker by zeroconf, ignore a rogue advert and a second swarm on the same LAN, and follow the
+broker when it moves. Real processes, real multicast on 127.0.0.1 (python-zeroconf);
+``test_netns_discovery.py`` does the same across network namespaces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_swarm.config import BrokerConfig
+from edge_swarm.io.broker import EmbeddedBroker, free_ports
+from edge_swarm.io.discovery import Discovery
+from edge_swarm.io.mqtt import MqttClient
+from edge_swarm.launch import SwarmProcesses
+from edge_swarm.observer import SwarmObserver
+from edge_swarm.swarm.adverts import SERVICE_MQTT, broker_txt
+from ledger_lite import SqliteStore
+
+from .lan_site import BrokerProcess, Site, make_site
+
+pytestmark = pytest.mark.network
+
+ROUNDS = 3
+
+
+def finished(obs: SwarmObserver, rounds: int) -> bool:
+    rec = obs.rounds.get(rounds)
+    return rec is not None and rec.final_ms > 0
+
+
+def ledger_of(site: Site) -> list:
+    return SqliteStore(site.layout.ledger_path).load()
+
+
+def procs_of(site: Site, root: Path) -> SwarmProcesses:
+    return SwarmProcesses.from_layout(
+        site.layout.gateway_configs, site.layout.agent_configs, root / "logs"
+    )
+
+
+def log_of(root: Path, node: str) -> str:
+    return (root / "logs" / f"{node}.log").read_text()
+
+
+def test_agents_find_their_broker_and_ignore_a_rogue_and_another_swarm(tmp_path: Path) -> None:
+    port_a, port_b = free_ports(2)
+    a = make_site(tmp_path / "a", "clinic-a", broker=BrokerConfig("127.0.0.1", port_a))
+    b = make_site(tmp_path / "b", "clinic-b", broker=BrokerConfig("127.0.0.1", port_b), seed=1)
+    # A rogue on the LAN: same swarm id as clinic-a, a genesis of its own, its own broker.
+    rogue_broker = EmbeddedBroker(host="127.0.0.1", port=0)
+    rogue_broker.start()
+    seen_by_rogue: list[str] = []
+    rogue_tap = MqttClient(
+        "tap", "127.0.0.1", rogue_broker.port, on_message=lambda m: seen_by_rogue.append(m.topic)
+    )
+    rogue_ad = Discovery(["127.0.0.1"])
+    brokers = [
+        BrokerProcess("127.0.0.1", port_a, a.swarm, a.genesis, log_path=tmp_path / "ba.log"),
+        BrokerProcess("127.0.0.1", port_b, b.swarm, b.genesis, log_path=tmp_path / "bb.log"),
+    ]
+    procs = [procs_of(a, tmp_path / "a"), procs_of(b, tmp_path / "b")]
+    observers = [
+        SwarmObserver(a.swarm, "127.0.0.1", port_a),
+        SwarmObserver(b.swarm, "127.0.0.1", port_b),
+    ]
+    try:
+        rogue_tap.start()
+        assert rogue_tap.wait_connected(10) and rogue_tap.subscribe("#")
+        rogue_ad.advertise(
+            SERVICE_MQTT,
+            "clinic-a-broker-rogue",
+            rogue_broker.port,
+            ["127.0.0.1"],
+            broker_txt(a.swarm, "f" * 64),
+        )
+        for broker in brokers:
+            broker.wait_ready()
+        for obs in observers:
+            obs.start()
+        for p in procs:
+            p.start()
+        for obs in observers:
+            assert obs.wait_for(lambda obs=obs: finished(obs, ROUNDS), timeout=120), obs.rounds
+    finally:
+        for p in procs:
+            p.stop()
+        for obs in observers:
+            obs.stop()
+        for broker in brokers:
+            broker.stop()
+        rogue_ad.close()
+        rogue_tap.stop()
+        rogue_broker.stop()
+    # Each swarm trained with its own agents only, every round.
+    for site in (a, b):
+        entries = ledger_of(site)
+        agents = sorted(site.layout.agent_configs)
+        closes = [e.payload["included"] for e in entries if e.kind == "round_close"]
+        assert closes == [agents] * ROUNDS, (site.swarm, closes)
+        assert {e.author for e in entries if e.kind == "delta_commit"} == set(agents)
+    # Nobody of clinic-a spoke to the rogue's broker, and the agents said why they ignored it.
+    assert not [t for t in seen_by_rogue if "clinic" in t], seen_by_rogue[:5]
+    for node in a.layout.agent_configs:
+        text = log_of(tmp_path / "a", node)
+        assert "ignoring clinic-a-broker-rogue._mqtt._tcp.local. (wrong genesis)" in text, node
+        assert f"found the broker of swarm clinic-a at 127.0.0.1:{port_a}" in text
+
+
+def test_agents_follow_the_broker_to_a_new_address(tmp_path: Path) -> None:
+    port_1, port_2 = free_ports(2)
+    # The gateway too finds the broker by discovery, so that it can follow it.
+    site = make_site(
+        tmp_path,
+        "clinic",
+        rounds=5,
+        broker=BrokerConfig("127.0.0.1", port_1),
+        gateway_finds_broker=True,
+    )
+    first = BrokerProcess(
+        "127.0.0.1", port_1, site.swarm, site.genesis, log_path=tmp_path / "b1.log"
+    )
+    procs = procs_of(site, tmp_path)
+    second: BrokerProcess | None = None
+    before = SwarmObserver(site.swarm, "127.0.0.1", port_1)
+    after: SwarmObserver | None = None
+    try:
+        first.wait_ready()
+        before.start()
+        procs.start()
+        assert before.wait_for(lambda: finished(before, 2), timeout=120), before.rounds
+        before.stop()
+        # The broker host is replaced: the old one says goodbye, the new one listens on
+        # another address (127.0.0.2 is this host too) and advertises itself there.
+        first.stop()
+        second = BrokerProcess(
+            "127.0.0.2", port_2, site.swarm, site.genesis, log_path=tmp_path / "b2.log"
+        )
+        second.wait_ready()
+        after = SwarmObserver(site.swarm, "127.0.0.2", port_2)
+        after.start()
+        assert after.wait_for(lambda: finished(after, 5) or bool(procs.failed()), 120)
+        assert finished(after, 5), after.rounds
+    finally:
+        procs.stop()
+        if after is not None:
+            after.stop()
+        before.stop()
+        first.stop()
+        if second is not None:
+            second.stop()
+    finals = [e.payload["round"] for e in ledger_of(site) if e.kind == "model_final"]
+    assert finals == [1, 2, 3, 4, 5]
+    for node in (*site.layout.agent_configs, "gateway-1"):
+        text = log_of(tmp_path, node)
+        assert f"broker moved: 127.0.0.1:{port_1} -> 127.0.0.2:{port_2}" in text, node
