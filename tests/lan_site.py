@@ -45,6 +45,8 @@ def make_site(
     interfaces: tuple[str, ...] = ("127.0.0.1",),
     gateway_finds_broker: bool = False,
     seed: int = 0,
+    min_peers: int | None = None,
+    start_grace_s: float = 60.0,
 ) -> Site:
     """Provision a small swarm (digits, MLP 64-32-10) whose agents discover their broker."""
     workload = WORKLOADS["digits"]()
@@ -55,10 +57,10 @@ def make_site(
         local=DEFAULT_LOCAL,
         merge=DEFAULT_MERGE,
         rounds=rounds,
-        min_peers=n_agents,
+        min_peers=n_agents if min_peers is None else min_peers,
         round_deadline_s=30.0,
         attest_timeout_s=15.0,
-        start_grace_s=60.0,
+        start_grace_s=start_grace_s,
         init_seed=seed,
         codec=CodecSpec("int8"),
     )

@@ -689,3 +689,9 @@ def test_expectation_refuses_misuse() -> None:
         Expectation(SWARM, GENESIS, tls=1)  # type: ignore[arg-type]
     # Any iterable of fingerprints is taken, and frozen.
     assert Expectation(SWARM, GENESIS, gateway_fps={GW_FP}).gateway_fps == frozenset({GW_FP})  # type: ignore[arg-type]
+
+
+def test_a_node_advert_may_carry_port_zero_a_broker_may_not() -> None:
+    """Nodes serve nothing to connect to, so they advertise port 0; a broker must say where."""
+    assert only_rejection(node_advert("pi-1", port=0)) is None
+    assert only_rejection(broker_advert("b", port=0)) == "bad advert"

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zeroconf import (
     InterfaceChoice,
@@ -83,6 +83,7 @@ def advertised_host(host: str, interfaces: list[str] | None) -> list[str]:
 @dataclass
 class _Registration:
     info: ServiceInfo
+    registered: threading.Event = field(default_factory=threading.Event)
 
 
 class Discovery:
@@ -115,9 +116,12 @@ class Discovery:
         addresses: list[str],
         txt: Mapping[str, str],
     ) -> str:
-        """Register ``instance`` of ``service``; returns its full name (for ``update``).
+        """Register ``instance`` of ``service`` in the background; returns its name (for
+        ``update`` and ``withdraw``).
 
-        A name taken by another host on the LAN is changed by zeroconf (``instance (2)``)."""
+        Registering probes the LAN for a clash and announces, which takes zeroconf about two
+        seconds: a node must not wait for that before it connects, so it runs on a thread of
+        its own. A name taken by another host is changed by zeroconf (``instance (2)``)."""
         name = f"{instance}.{service}"
         info = ServiceInfo(
             service,
@@ -127,18 +131,29 @@ class Discovery:
             properties=dict(txt),
             server=f"{instance}.local.",
         )
-        self._zc.register_service(info, allow_name_change=True)
+        reg = _Registration(info)
         with self._lock:
-            self._mine[info.name] = _Registration(info)
-        log.info("advertising %s on %s:%d", info.name, ",".join(addresses), port)
-        return info.name
+            self._mine[name] = reg
+
+        def register() -> None:
+            try:
+                self._zc.register_service(info, allow_name_change=True)
+            except Exception as exc:  # noqa: BLE001 - closed meanwhile, or a clash: log it
+                if not self._closed:
+                    log.warning("could not advertise %s: %s", name, exc)
+                return
+            reg.registered.set()
+            log.info("advertising %s on %s:%d", info.name, ",".join(addresses), port)
+
+        threading.Thread(target=register, name=f"advertise-{instance}", daemon=True).start()
+        return name
 
     def update(self, name: str, txt: Mapping[str, str], addresses: list[str] | None = None) -> None:
         """Change the TXT (and optionally the addresses) of one of our adverts."""
         with self._lock:
             reg = self._mine.get(name)
-        if reg is None or self._closed:
-            return
+        if reg is None or self._closed or not reg.registered.is_set():
+            return  # not on the LAN yet: the next refresh says it
         old = reg.info
         info = ServiceInfo(
             old.type,
@@ -155,7 +170,7 @@ class Discovery:
         """Unregister one of our adverts (peers are told at once)."""
         with self._lock:
             reg = self._mine.pop(name, None)
-        if reg is not None and not self._closed:
+        if reg is not None and not self._closed and reg.registered.is_set():
             self._zc.unregister_service(reg.info)
 
     # -- browsing

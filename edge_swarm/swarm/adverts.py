@@ -499,7 +499,10 @@ def _judge(a: Advert, want: Expectation) -> str | None:
     proto_ok = a.proto == PROTOCOL or (a.proto is None and a.is_broker)
     if not proto_ok:
         return Reason.WRONG_PROTOCOL
-    if not _hosts(a) or not 1 <= a.port <= 65535:
+    # A broker must say where to connect; a node advert says who is here, and carries port
+    # 0 when the node serves nothing (DNS-SD needs a port; ours is not for connecting).
+    low_port = 1 if a.is_broker else 0
+    if not _hosts(a) or not low_port <= a.port <= 65535:
         return Reason.BAD_ADVERT
     if a.is_broker:
         if "fp" in a.txt and a.fp is None:
