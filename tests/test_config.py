@@ -9,6 +9,7 @@ import pytest
 from edge_swarm.config import (
     BrokerConfig,
     ConfigError,
+    DiscoveryConfig,
     NodeConfig,
     Timing,
     config_from_dict,
@@ -264,3 +265,48 @@ def test_values_validate_when_built_directly(tmp_path: Path) -> None:
         gateway(tmp_path, ledger_path=None)
     with pytest.raises(ConfigError, match="role"):
         agent(tmp_path, role="admin")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def test_no_broker_host_means_find_it_on_the_lan(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, AGENT_TOML)
+    assert cfg.discovery == DiscoveryConfig(enabled=True, find_broker=True)
+    static = load_text(tmp_path, AGENT_TOML + '\n[broker]\nhost = "10.0.0.2"\n')
+    assert static.discovery == DiscoveryConfig()  # a configured broker: no zeroconf at all
+    both = load_text(
+        tmp_path,
+        AGENT_TOML + '\n[broker]\nhost = "10.0.0.2"\n\n[discovery]\nenabled = true\n'
+        'interfaces = ["10.0.0.7"]\n',
+    )
+    assert both.discovery == DiscoveryConfig(True, False, ("10.0.0.7",))  # the host wins
+
+
+@pytest.mark.parametrize(
+    "disc",
+    [
+        DiscoveryConfig(True, True, ()),
+        DiscoveryConfig(True, True, ("192.168.4.20",)),
+        DiscoveryConfig(True, False, ("127.0.0.1",)),
+        DiscoveryConfig(),
+    ],
+)
+def test_discovery_round_trip(tmp_path: Path, disc: DiscoveryConfig) -> None:
+    cfg = agent(tmp_path, discovery=disc)
+    assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("\n[discovery]\nenabled = false\n", "no host and discovery is off"),
+        ('\n[discovery]\nenabled = "yes"\n', "discovery.enabled"),
+        ('\n[discovery]\ninterfaces = "10.0.0.1"\n', "discovery.interfaces"),
+        ('\n[discovery]\ninterfaces = ["eth0"]\n', "not IPv4"),
+        ("\n[discovery]\nbrowse = true\n", "unknown setting"),
+    ],
+)
+def test_bad_discovery_settings_are_named(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_text(tmp_path, AGENT_TOML + extra)
