@@ -75,6 +75,9 @@ class Agent(NodeRuntime):
         self._before_genesis: list[tuple[bytes, int, str]] = []
         self._checkpoints_on = False
         self._unconfirmed: dict[str, list[Any]] = {}  # tx id -> [payload, last sent, tries]
+        self._backbone_ref: Any = None  # the genesis's backbone, when the swarm has one
+        self._server: Any = None  # serving.ModelServer, when [runtime] serve is on
+        self._served_backbone: list[Any] | None = None
 
     # -- set-up and ledger sync
     def setup(self) -> None:
@@ -205,6 +208,8 @@ class Agent(NodeRuntime):
         self.codec = self.codec_override or CodecSpec.from_dict(
             params.get("codec", {"name": "float32"})
         )
+        if params.get("backbone") is not None:
+            self.X = self._backbone_features(params["backbone"], spec)
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
@@ -214,6 +219,51 @@ class Agent(NodeRuntime):
         held, self._before_genesis = self._before_genesis, []
         for payload, rnd, node in held:
             self._on_envelope(payload, rnd, node)
+
+    def _backbone_features(self, ref_dict: object, spec: ModelSpec) -> np.ndarray:
+        """The frozen backbone's features of the local data, computed once with this
+        device's engine; the swarm trains only the head on them. A device without the
+        genesis's backbone, byte for byte, cannot take part: it stops saying why."""
+        from edge_swarm.learn.backbone import BackboneRef, features, load_backbone
+        from edge_swarm.learn.runtimes import ModelFileError
+
+        who = f"{self.cfg.node_id}: swarm {self.cfg.swarm} fine-tunes a head over a backbone"
+        ref = BackboneRef.from_dict(ref_dict)
+        if ref.n_features != spec.n_inputs:
+            raise SystemExit(f"{who} whose {ref.n_features} outputs do not fit its head")
+        if self.cfg.backbone_dir is None:
+            raise SystemExit(f"{who}; copy its files here and set [agent] backbone = DIR")
+        r = self.cfg.runtime
+        try:
+            model = load_backbone(self.cfg.backbone_dir, ref, r.engine, r.threads, r.providers)
+        except ModelFileError as exc:
+            raise SystemExit(f"{who}, and {exc}") from None
+        t0 = time.perf_counter()
+        feats = features(model, self.X)
+        log.info(
+            "backbone features of %d samples with %s in %.3f s",
+            len(feats),
+            model.engine,
+            time.perf_counter() - t0,
+        )
+        self._backbone_ref = ref
+        return feats
+
+    def _serve(self, rnd: int) -> None:
+        """Serve the model just committed, if this device's profile says so."""
+        if not self.cfg.runtime.serve or self.holder is None:
+            return
+        from edge_swarm.model_export import backbone_layers, model_layers
+        from edge_swarm.serving import ModelServer
+
+        if self._server is None:
+            r = self.cfg.runtime
+            out = self.cfg.state_dir / "serving"
+            self._server = ModelServer(out, r.engine, r.threads, r.providers)
+            if self._backbone_ref is not None and self.cfg.backbone_dir is not None:
+                self._served_backbone = backbone_layers(self.cfg.backbone_dir, self._backbone_ref)
+        layers = model_layers(self.holder.spec, self.holder.params, self._served_backbone)
+        self._server.install_layers(layers, rnd)
 
     def _load_feedback(self, n_params: int, enabled: bool) -> ErrorFeedback:
         path = self.cfg.state_dir / RESIDUAL_FILE
@@ -284,6 +334,7 @@ class Agent(NodeRuntime):
             return
         log.info("adopted checkpoint of round %d (%s)", ck.round, ck.model_hash[:12])
         self.adopting = None
+        self._serve(ck.round)
         if ck.round == max(self.machine.finals):
             # Say on the ledger which bytes we hold now, as an agent that merged does: the
             # record then shows every node on the final model, however it got there.
@@ -314,6 +365,7 @@ class Agent(NodeRuntime):
         elif isinstance(action, P.Commit):
             self.holder.commit(action.round)
             self.rounds_done.append(action.round)
+            self._serve(action.round)
             self._follow_checkpoints(False)
             self._telemetry(action.round)
         elif isinstance(action, P.AdoptCheckpoint):

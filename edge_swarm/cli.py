@@ -188,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-error-feedback", action="store_true", help="send deltas without error feedback"
     )
     d.add_argument(
+        "--backbone",
+        help="fine-tune a head over a frozen backbone: a directory from `edge-swarm model "
+        "pretrain`, or `auto` to pretrain one on the public part of the data first",
+    )
+    d.add_argument(
+        "--engine",
+        default="numpy",
+        choices=["numpy", "onnxruntime", "tflite"],
+        help="the runtime the agents run the backbone with (default numpy)",
+    )
+    d.add_argument(
         "--security",
         default="sealed",
         choices=["sealed", "signed", "none"],
@@ -206,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     from edge_swarm.discover_cli import add_parser as add_discover
+    from edge_swarm.model_cli import add_parsers as add_model
 
     add_discover(sub)
+    add_model(sub)
 
     for role in ("agent", "gateway"):
         r = sub.add_parser(

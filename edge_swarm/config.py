@@ -138,6 +138,35 @@ class DiscoveryConfig:
             raise ConfigError("discovery: finding the broker needs discovery enabled")
 
 
+ENGINES = ("numpy", "onnxruntime", "tflite")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How this device runs models (its profile): ``engine`` for the frozen backbone and
+    for serving the merged model; ``threads`` for the runtime (None: its default);
+    ``providers`` for onnxruntime, in order of preference (unavailable ones fall back to
+    the CPU with a log line); ``serve``: load every final model with the engine, keeping
+    the last good one if a new file does not load."""
+
+    engine: str = "numpy"
+    threads: int | None = None
+    providers: tuple[str, ...] = ()
+    serve: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"runtime.engine: {self.engine!r} is not one of {list(ENGINES)}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ConfigError(f"runtime.threads: {self.threads!r} must be a positive integer")
+        if not all(isinstance(p, str) and p for p in self.providers):
+            raise ConfigError(
+                'runtime.providers must be a list of names, e.g. ["CUDAExecutionProvider"]'
+            )
+        if not isinstance(self.serve, bool):
+            raise ConfigError("runtime.serve must be true or false")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """One node (agent or gateway) of one swarm."""
@@ -164,6 +193,9 @@ class NodeConfig:
     # Required when the genesis seals deltas; checked at start.
     enc_key_path: Path | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # The frozen backbone's files (backbone.npz/.onnx/.tflite), when the genesis names one.
+    backbone_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -209,12 +241,17 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     agent = _table(raw, "agent", required=False)
     gateway = _table(raw, "gateway", required=False)
     discovery = _table(raw, "discovery", required=False)
+    runtime = _table(raw, "runtime", required=False)
     # A misspelt key would otherwise be ignored without a word (a dropped genesis pin).
     _known(node, "node", ("id", "role", "swarm", "key", "enc_key", "state_dir", "genesis_hash"))
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
-    _known(agent, "agent", ("data", "codec"))
-    _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers"))
+    _known(agent, "agent", ("data", "codec", "backbone"))
+    _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers", "backbone"))
+    _known(runtime, "runtime", tuple(f.name for f in fields(RuntimeConfig)))
+    providers = runtime.get("providers", [])
+    if not isinstance(providers, list):
+        raise ConfigError('runtime.providers must be a list, e.g. ["CUDAExecutionProvider"]')
     _known(discovery, "discovery", ("enabled", "interfaces"))
     # No broker host: the node finds its broker on the LAN; a host given always wins.
     find_broker = "host" not in broker
@@ -261,6 +298,9 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             raft_peers=tuple(peers),
             timing=Timing(**timing),
             discovery=DiscoveryConfig(enabled, find_broker, tuple(interfaces)),
+            runtime=RuntimeConfig(**{**runtime, "providers": tuple(providers)}),
+            backbone_dir=path_of(agent, "backbone", "agent")
+            or path_of(gateway, "backbone", "gateway"),
         )
     except TypeError as exc:  # belt and braces: _known has named unknown keys already
         raise ConfigError(f"unknown setting: {exc}") from None
@@ -341,6 +381,8 @@ def dump_config(cfg: NodeConfig) -> str:
         lines.append(f"password_file = {_q(cfg.broker.password_file)}")
     if cfg.data_path is not None:
         lines += ["", "[agent]", f"data = {_q(cfg.data_path)}"]
+        if cfg.backbone_dir is not None:
+            lines.append(f"backbone = {_q(cfg.backbone_dir)}")
         if cfg.codec_override:
             items = ", ".join(
                 f"{k} = {_toml_scalar(v)}" for k, v in cfg.codec_override.items() if v is not None
@@ -348,11 +390,21 @@ def dump_config(cfg: NodeConfig) -> str:
             lines.append(f"codec = {{ {items} }}")
     if cfg.ledger_path is not None:
         lines += ["", "[gateway]", f"ledger = {_q(cfg.ledger_path)}"]
+        if cfg.backbone_dir is not None:
+            lines.append(f"backbone = {_q(cfg.backbone_dir)}")
         if cfg.bootstrap_path is not None:
             lines.append(f"bootstrap = {_q(cfg.bootstrap_path)}")
         if cfg.raft_self is not None:
             lines.append(f"raft = {_q(cfg.raft_self)}")
             lines.append("peers = [" + ", ".join(_q(p) for p in cfg.raft_peers) + "]")
+    r = cfg.runtime
+    if r != RuntimeConfig():
+        lines += ["", "[runtime]", f"engine = {_q(r.engine)}"]
+        if r.threads is not None:
+            lines.append(f"threads = {r.threads}")
+        if r.providers:
+            lines.append("providers = [" + ", ".join(_q(p) for p in r.providers) + "]")
+        lines.append(f"serve = {_toml_scalar(r.serve)}")
     d = cfg.discovery
     if d.enabled and not (d.find_broker and not d.interfaces):
         lines += ["", "[discovery]", f"enabled = {_toml_scalar(d.enabled)}"]

@@ -18,10 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.config import BrokerConfig, Timing
+from edge_swarm.config import BrokerConfig, RuntimeConfig, Timing
 from edge_swarm.io.broker import free_port, free_ports
 from edge_swarm.launch import SwarmProcesses
-from edge_swarm.learn.data import WORKLOADS, Workload, write_partitions
+from edge_swarm.learn.backbone import read_ref
+from edge_swarm.learn.data import (
+    PUBLIC_FRACTION,
+    WORKLOADS,
+    Workload,
+    public_private,
+    write_partitions,
+)
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import STANDARD_TRAINING, LocalTraining, evaluate
 from edge_swarm.observer import RoundRecord, SwarmObserver
@@ -64,6 +71,10 @@ class RunConfig:
     codec: CodecSpec = DEFAULT_CODEC
     error_feedback: bool = True
     security: str = "sealed"  # signed + encrypted deltas; "signed" / "none" for comparison
+    # A backbone directory (edge-swarm model pretrain): the swarm then fine-tunes a head on
+    # the backbone's features of the private part of the train split (learn/backbone.py).
+    backbone: Path | None = None
+    engine: str = "numpy"  # the agents' runtime for the backbone (their device profile)
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
@@ -180,9 +191,16 @@ def start_broker(cfg: RunConfig, workdir: Path) -> Iterator[SiteBroker]:
 def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], SwarmLayout]:
     """Write partitions and provision the swarm in ``cfg.workdir``."""
     workload = WORKLOADS[cfg.workload]()
+    backbone = None
+    n_inputs = workload.X_train.shape[1]
+    if cfg.backbone is not None:
+        # The agents' partitions come from the private rest; the backbone saw the public part.
+        backbone = read_ref(cfg.backbone)
+        workload = public_private(workload, PUBLIC_FRACTION, cfg.seed)[1]
+        n_inputs = backbone.n_features
     parts = write_partitions(workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data")
     agent_parts = [p for p in parts if p.name.startswith("agent-")]
-    spec = model_spec(workload.X_train.shape[1], int(workload.y_train.max()) + 1, cfg.hidden)
+    spec = model_spec(n_inputs, int(workload.y_train.max()) + 1, cfg.hidden)
     params = SwarmParams(
         model=spec,
         local=cfg.local,
@@ -196,6 +214,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         codec=cfg.codec,
         error_feedback=cfg.error_feedback,
         security=cfg.security,
+        backbone=backbone.to_dict() if backbone is not None else None,
         extra={"workload": cfg.workload},
     )
     broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)
@@ -211,6 +230,8 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         raft_addrs=[f"127.0.0.1:{p}" for p in free_ports(cfg.n_gateways)]
         if cfg.n_gateways > 1
         else None,
+        backbone_dir=cfg.backbone,
+        runtime=RuntimeConfig(engine=cfg.engine),
     )
     return workload, agent_parts, layout
 
@@ -230,8 +251,10 @@ def run_swarm(
         broker = site.config
         workload, parts, layout = prepare(cfg, site)
 
+        X_test = workload.X_test if cfg.backbone is None else _test_features(cfg, workload)
+
         def accuracy(spec: ModelSpec, params: np.ndarray) -> float:
-            return evaluate(spec, params, workload.X_test, workload.y_test)["accuracy"]
+            return evaluate(spec, params, X_test, workload.y_test)["accuracy"]
 
         observer = SwarmObserver(
             cfg.swarm,
@@ -278,6 +301,15 @@ def run_swarm(
         events=list(observer.entries),
         telemetry={n: dict(r[-1].values) for n, r in observer.telemetry.items() if r},
     )
+
+
+def _test_features(cfg: RunConfig, workload: Workload) -> np.ndarray:
+    """The test set through the swarm's backbone (numpy), for the observer's accuracy."""
+    from edge_swarm.learn.backbone import features, load_backbone
+
+    assert cfg.backbone is not None
+    model = load_backbone(cfg.backbone, read_ref(cfg.backbone), "numpy")
+    return features(model, workload.X_test)
 
 
 def _observer_reader(layout: SwarmLayout) -> tuple[str, EncryptionKey] | None:

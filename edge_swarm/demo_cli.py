@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_swarm.demo import RunConfig, RunResult, model_spec, run_swarm
 from edge_swarm.observer import RoundRecord
 from edge_swarm.report import (
@@ -42,6 +44,26 @@ def parse_codec(text: str) -> CodecSpec:
     return CodecSpec(name, topk=percent / 100)
 
 
+def _backbone(args: argparse.Namespace, workdir: Path) -> Path | None:
+    """``--backbone DIR`` as given, or ``auto``: pretrain one on the public data now."""
+    if args.backbone is None:
+        return None
+    if str(args.backbone) != "auto":
+        return Path(args.backbone).resolve()
+    from edge_swarm.learn.backbone import pretrain, write_backbone
+    from edge_swarm.learn.data import PUBLIC_FRACTION, WORKLOADS, public_private
+
+    public, _ = public_private(WORKLOADS[args.workload](), PUBLIC_FRACTION, 0)
+    layers, accuracy = pretrain(public)
+    out = workdir / "backbone"
+    ref = write_backbone(layers, out)
+    print(
+        f"backbone {'-'.join(map(str, ref.sizes))} pretrained on {len(public.y_train)} public "
+        f"samples (its own classifier: {accuracy:.3f} on the test set); files in {out}"
+    )
+    return out
+
+
 def run_demo(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     if workdir.exists() and not args.keep:
@@ -51,8 +73,11 @@ def run_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-swarm demo: --codec {args.codec}: {exc}", file=sys.stderr)
         return 2
+    backbone = _backbone(args, workdir)
     cfg = RunConfig(
         workdir=workdir,
+        backbone=backbone,
+        engine=args.engine,
         workload=args.workload,
         n_agents=args.agents,
         n_gateways=args.gateways,
@@ -70,7 +95,12 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n"
         f"  delta codec: {args.codec}, error feedback {'on' if cfg.error_feedback else 'off'}\n"
         f"  deltas: {_SECURITY[cfg.security]}\n"
-        f"  files and logs: {workdir}\n",
+        + (
+            f"  model: a head over the frozen backbone in {backbone} (run by {cfg.engine})\n"
+            if backbone is not None
+            else ""
+        )
+        + f"  files and logs: {workdir}\n",
         flush=True,
     )
 
@@ -90,10 +120,21 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\nedge-swarm demo failed: {exc}", file=sys.stderr)
         return 1
     print("\ncomputing the reference points (pooled data, each agent alone)...", flush=True)
-    spec = model_spec(
-        result.workload.X_train.shape[1], int(result.workload.y_train.max()) + 1, cfg.hidden
-    )
-    base = baselines(spec, result.workload, result.parts, cfg.seed)
+    n_classes = int(result.workload.y_train.max()) + 1
+    transform = None
+    n_inputs = result.workload.X_train.shape[1]
+    if backbone is not None:
+        from edge_swarm.learn.backbone import features, load_backbone, read_ref
+
+        ref = read_ref(backbone)
+        model = load_backbone(backbone, ref, "numpy")
+        n_inputs = ref.n_features
+
+        def transform(X: np.ndarray) -> np.ndarray:
+            return features(model, X)
+
+    spec = model_spec(n_inputs, n_classes, cfg.hidden)
+    base = baselines(spec, result.workload, result.parts, cfg.seed, transform)
     summary = summarise(result, base)
     _print_bytes(result)
     _print_comparison(result, base)

@@ -22,6 +22,7 @@ from edge_swarm.config import NodeConfig
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.ledger_backend import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
+from edge_swarm.model_export import RoundExporter
 from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
@@ -72,6 +73,10 @@ class Gateway(NodeRuntime):
         spec = ModelSpec.from_dict(params["model"])
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
+        # The global model as .onnx/.tflite/.npz after every model_final (model_export.py).
+        self.exporter = RoundExporter(
+            cfg.state_dir / "exports", cfg.backbone_dir, params.get("backbone")
+        )
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.ledger.state)
         self._epoch_pending = False  # a key_epoch submitted, not yet applied
         self._early_status: dict[str, bytes] = {}  # statuses of nodes not enrolled here yet
@@ -119,6 +124,7 @@ class Gateway(NodeRuntime):
         if self.holder.round >= ck.round or not self.holder.adopt(ck):
             return False
         log.info("holding the final model of round %d", ck.round)
+        self.exporter.export(self.holder.spec, self.holder.params, ck.round)
         return True
 
     def genesis_for_adverts(self) -> str | None:
@@ -466,6 +472,7 @@ class Gateway(NodeRuntime):
             return
         self.holder.commit(action.round)
         self._publish_checkpoint()
+        self.exporter.export(self.holder.spec, self.holder.params, action.round)
 
     def _publish_checkpoint(self) -> None:
         ck = self.holder.checkpoint(self.cfg.swarm)

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_swarm.config import BrokerConfig, DiscoveryConfig, NodeConfig, Timing, dump_config
+from edge_swarm.config import (
+    BrokerConfig,
+    DiscoveryConfig,
+    NodeConfig,
+    RuntimeConfig,
+    Timing,
+    dump_config,
+)
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import LocalTraining
 from edge_swarm.swarm.merge import MergeRule
@@ -43,6 +50,8 @@ class SwarmParams:
     # How deltas travel: "sealed" (signed + AES-256-GCM), "signed", or "none" (a benchmark
     # baseline only). See trust/epochs.py.
     security: str = "sealed"
+    # A frozen feature extractor under the model (then a head): learn/backbone.py.
+    backbone: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +68,7 @@ class SwarmParams:
             "codec": self.codec.to_dict(),
             "error_feedback": self.error_feedback,
             "security": self.security,
+            **({"backbone": self.backbone} if self.backbone is not None else {}),
             **self.extra,
         }
 
@@ -101,6 +111,8 @@ def provision_swarm(
     passwords: dict[str, Path] | None = None,
     discovery: DiscoveryConfig | None = None,
     gateway_discovery: DiscoveryConfig | None = None,
+    backbone_dir: Path | None = None,
+    runtime: RuntimeConfig | None = None,
 ) -> SwarmLayout:
     """Write keys, bootstrap ledger entries and configs for the gateways and one agent a path.
 
@@ -163,6 +175,8 @@ def provision_swarm(
             timing=timing,
             codec_override=overrides[node].to_dict() if node in overrides else None,
             discovery=discovery or DiscoveryConfig(),
+            backbone_dir=backbone_dir,
+            runtime=runtime or RuntimeConfig(),
         )
         agent_configs[node] = _write(root / "config" / f"{node}.toml", dump_config(cfg))
 
@@ -187,6 +201,7 @@ def provision_swarm(
             raft_self=raft,
             raft_peers=tuple(a for a in raft_addrs or [] if a != raft),
             discovery=gateway_discovery or DiscoveryConfig(),
+            backbone_dir=backbone_dir,
         )
         gw_configs[gw] = _write(root / "config" / f"{gw}.toml", dump_config(cfg))
     return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers, observer_enc)

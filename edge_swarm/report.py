@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,26 @@ class Baselines:
         return min(self.alone.values())
 
 
-def baselines(spec: ModelSpec, workload: Workload, parts: list[Path], seed: int = 0) -> Baselines:
-    """Pooled training and each agent alone, same model, same initial weights."""
+def baselines(
+    spec: ModelSpec,
+    workload: Workload,
+    parts: list[Path],
+    seed: int = 0,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Baselines:
+    """Pooled training and each agent alone, same model, same initial weights.
+
+    ``transform`` maps raw inputs to the model's (a frozen backbone's features)."""
     p0 = init_params(spec, seed)
 
+    def prep(X: np.ndarray) -> np.ndarray:
+        return X if transform is None else transform(X)
+
+    X_test = prep(workload.X_test)
+
     def acc(X: np.ndarray, y: np.ndarray) -> float:
-        params, _ = train_local(spec, p0, X, y, REFERENCE_TRAINING, seed)
-        return evaluate(spec, params, workload.X_test, workload.y_test)["accuracy"]
+        params, _ = train_local(spec, p0, prep(X), y, REFERENCE_TRAINING, seed)
+        return evaluate(spec, params, X_test, workload.y_test)["accuracy"]
 
     pooled = acc(workload.X_train, workload.y_train)
     alone = {}

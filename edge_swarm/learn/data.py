@@ -71,6 +71,33 @@ def standard_workload() -> Workload:
     return Workload(X_train, y_train, X_test, y_test)
 
 
+PUBLIC_FRACTION = 0.2  # of the train split, for backbones made "from public data"
+
+
+def public_private(
+    workload: Workload, fraction: float = PUBLIC_FRACTION, seed: int = 0
+) -> tuple[Workload, Workload]:
+    """Split the train set into a public part (what a backbone is pretrained on) and a
+    private rest (what the agents' partitions come from); both keep the same test set.
+
+    Stratified, so the public part has every class; the two parts never share a sample.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    from sklearn.model_selection import train_test_split
+
+    X_pub, X_priv, y_pub, y_priv = train_test_split(
+        workload.X_train,
+        workload.y_train,
+        train_size=fraction,
+        stratify=workload.y_train,
+        random_state=seed,
+    )
+    public = Workload(X_pub, y_pub, workload.X_test, workload.y_test)
+    private = Workload(X_priv, y_priv, workload.X_test, workload.y_test)
+    return public, private
+
+
 def breast_cancer_workload() -> Workload:
     """Breast cancer (30 features, 2 classes), standardised with the train set's mean/std."""
     from sklearn.datasets import load_breast_cancer
