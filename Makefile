@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP)   ## the standard workload; then a head fine-tuned over a backbone made from public data
 	$(VENV)/bin/edge-swarm demo
+	$(VENV)/bin/edge-swarm demo --backbone auto --engine tflite --workdir demo-run/backbone
 
 test: $(STAMP)
 	$(PY) -m pytest -q

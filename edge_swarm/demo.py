@@ -75,6 +75,9 @@ class RunConfig:
     # the backbone's features of the private part of the train split (learn/backbone.py).
     backbone: Path | None = None
     engine: str = "numpy"  # the agents' runtime for the backbone (their device profile)
+    # Partition only the private part of the train split, as with a backbone, so that a
+    # whole-model swarm can be compared with a head-over-backbone one on the same data.
+    private_only: bool = False
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
@@ -193,10 +196,11 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
     workload = WORKLOADS[cfg.workload]()
     backbone = None
     n_inputs = workload.X_train.shape[1]
-    if cfg.backbone is not None:
-        # The agents' partitions come from the private rest; the backbone saw the public part.
-        backbone = read_ref(cfg.backbone)
+    if cfg.backbone is not None or cfg.private_only:
+        # The agents' partitions come from the private rest; a backbone saw the public part.
         workload = public_private(workload, PUBLIC_FRACTION, cfg.seed)[1]
+    if cfg.backbone is not None:
+        backbone = read_ref(cfg.backbone)
         n_inputs = backbone.n_features
     parts = write_partitions(workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data")
     agent_parts = [p for p in parts if p.name.startswith("agent-")]
