@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_swarm.config import NodeConfig
+from edge_swarm.fleet import FleetControl, LogRing, Operation, Outcome
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
@@ -25,12 +26,14 @@ from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, n
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
+from edge_swarm.swarm.commands import Ack, Command
 from edge_swarm.swarm.feedback import ErrorFeedback
 from edge_swarm.swarm.inbox import Accepted, Dropped, EnvelopeInbox, RoundView
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
 from edge_swarm.swarm.mirror import LedgerMirror, MirrorError
 from edge_swarm.swarm.quantize import CodecSpec
+from edge_swarm.swarm.topics import ALL
 from ledger_lite import Entry, make_tx
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,19 @@ class Agent(NodeRuntime):
         self._before_genesis: list[tuple[bytes, int, str]] = []
         self._checkpoints_on = False
         self._unconfirmed: dict[str, list[Any]] = {}  # tx id -> [payload, last sent, tries]
+        self.telemetry_every_s = cfg.timing.telemetry_every_s
+        self._telemetry_at = 0.0
+        self.last_accuracy: float | None = None
+        self.log_ring = LogRing()
+        logging.getLogger().addHandler(self.log_ring)
+        self.fleet = FleetControl(
+            cfg.node_id,
+            cfg.swarm,
+            lambda: self.mirror.state.admins if self.mirror.state is not None else None,
+            self._answer,
+            self._fleet_operations(),
+            now_ms,
+        )
         self._backbone_ref: Any = None  # the genesis's backbone, when the swarm has one
         self._server: Any = None  # serving.ModelServer, when [runtime] serve is on
         self._served_backbone: list[Any] | None = None
@@ -87,6 +103,8 @@ class Agent(NodeRuntime):
             t.ledger_reply(self.cfg.node_id),
             t.delta_filter(),
             t.resend_filter(self.cfg.node_id),
+            t.fleet_cmd(self.cfg.node_id),
+            t.fleet_cmd(ALL),
         ):
             self.mqtt.subscribe(topic, qos=1)
         self._follow_checkpoints(True)
@@ -124,6 +142,8 @@ class Agent(NodeRuntime):
             self._act(self.machine.handle(P.Tick(now)))
         if self._unconfirmed:
             self._resubmit()
+        if time.monotonic() - self._telemetry_at >= self.telemetry_every_s:
+            self._telemetry(self.round_seen)  # periodic, also while paused or waiting
 
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
         if kind == "ledger_events":
@@ -134,6 +154,8 @@ class Agent(NodeRuntime):
             self._on_envelope(msg.payload, rnd, node)
         elif kind == "model_latest":
             self._on_checkpoint(msg.payload)
+        elif kind == "fleet_cmd":
+            self.fleet.on_message(msg.payload)
 
     @staticmethod
     def _json_entry(payload: bytes) -> dict[str, Any] | None:
@@ -178,6 +200,9 @@ class Agent(NodeRuntime):
 
     def _on_entry(self, entry: Entry) -> None:
         self._unconfirmed.pop(entry.tx_id, None)
+        if entry.kind == "fleet_command":
+            self.fleet.on_entry(entry.tx.to_dict())
+            return
         if entry.kind == "genesis":
             self._start_from_genesis(entry.payload["params"])
             return
@@ -353,6 +378,9 @@ class Agent(NodeRuntime):
     def _do(self, action: P.Action) -> list[P.Action]:
         assert self.machine is not None and self.holder is not None
         if isinstance(action, P.Train):
+            if self.state == "paused":
+                log.info("round %d: paused by the operator; sitting it out", action.round)
+                return []
             done = self._train(action)
             if done is None:
                 return []  # cannot seal this round: it closes without us
@@ -422,6 +450,7 @@ class Agent(NodeRuntime):
             self.last_train_s,
             len(frame),
         )
+        self.last_accuracy = round(float(metrics["accuracy"]), 6)
         summary = {
             "loss": round(float(metrics["loss"]), 6),
             "accuracy": round(float(metrics["accuracy"]), 6),
@@ -466,5 +495,65 @@ class Agent(NodeRuntime):
             self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
             item[1], item[2] = now, tries + 1
 
+    # -- fleet control (fleet.py): what an operator can ask of this device
+    def _fleet_operations(self) -> dict[str, Operation]:
+        return {
+            "pause": lambda c: self._set_state("paused"),
+            "resume": lambda c: self._set_state("online"),
+            "start": lambda c: self._set_state("online"),  # a running device: train again
+            "stop": self._op_stop,
+            "set": self._op_set,
+            "rollout": self._op_serve_round,
+            "rollback": self._op_serve_round,
+            "logs": lambda c: ("done", "", {"lines": self.log_ring.tail(c.args.get("lines", 100))}),
+        }
+
+    def _set_state(self, state: str) -> Outcome:
+        if self.state == state:
+            return "done", f"already {state}", {}
+        self.state = state
+        self.publish_status(state)
+        return "done", state, {}
+
+    def _op_stop(self, command: Command) -> Outcome:
+        self.call_soon(self.stop)  # after the answer is out
+        return "done", "stopping", {}
+
+    def _op_set(self, command: Command) -> Outcome:
+        name, value = command.args["name"], command.args["value"]
+        if name == "log_level":
+            logging.getLogger().setLevel(value)
+        else:
+            self.telemetry_every_s = float(value)
+        return "done", f"{name} = {value}", {}
+
+    def _op_serve_round(self, command: Command) -> Outcome:
+        rnd = int(command.args["round"])
+        if self._server is None:
+            return "failed", "this device does not serve models ([runtime] serve = false)", {}
+        from edge_swarm.serving import EXTENSIONS
+
+        path = self._server.out_dir / f"model-r{rnd:04d}{EXTENSIONS[self._server.engine]}"
+        if not path.exists():
+            return "failed", f"no model of round {rnd} on this device", {}
+        n_in = self._server.current.n_inputs if self._server.current is not None else None
+        if not self._server.install_file(path, None, n_in, rnd):
+            return (
+                "failed",
+                f"the model of round {rnd} does not load; still serving {self._server.round}",
+                {},
+            )
+        return "done", f"serving round {rnd}", {}
+
+    def _answer(self, ack: Ack) -> None:
+        self.mqtt.publish(
+            self.topics.fleet_ack(self.cfg.node_id), ack.signed(self.key.sign).encode(), qos=1
+        )
+
     def _telemetry(self, rnd: int) -> None:
-        self.publish_telemetry(rnd, {"train_s": round(self.last_train_s, 6)})
+        self._telemetry_at = time.monotonic()
+        values: dict[str, Any] = {"train_s": round(self.last_train_s, 6), "round": rnd}
+        if self.last_accuracy is not None:
+            values["accuracy"] = self.last_accuracy  # local, on its own data
+        values["paused"] = 1 if self.state == "paused" else 0
+        self.publish_telemetry(rnd, values)

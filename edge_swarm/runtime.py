@@ -9,14 +9,17 @@ ledger copy and the model are only ever touched by one thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import resource
+import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +66,22 @@ def enrolled_gateway_fps(state: LedgerState | None) -> frozenset[str] | None:
         for m in state.members.values()
         if m.role == "gateway" and m.revoked_at_height is None
     )
+
+
+def device_vitals(state_dir: Path) -> dict[str, float]:
+    """CPU temperature (where the kernel exposes it, as on a Pi or a Jetson) and free disk."""
+    vitals: dict[str, float] = {}
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp"))[:4]:
+        try:
+            vitals["cpu_temp_c"] = int(zone.read_text().strip()) / 1000.0
+            break
+        except (OSError, ValueError):
+            continue
+    with contextlib.suppress(OSError):
+        vitals["disk_free_mib"] = round(
+            shutil.disk_usage(state_dir if state_dir.exists() else "/").free / 2**20, 1
+        )
+    return vitals
 
 
 def now_ms() -> int:
@@ -190,6 +209,7 @@ class NodeRuntime:
         self.stopping = threading.Event()
         self.drops = RateLimitedLog(log)
         self.round_seen = 0
+        self.state = "online"  # or "paused" by a fleet command; "offline" is the last will
         self.mqtt = MqttClient(
             client_id=f"{cfg.swarm}.{cfg.node_id}",
             host=cfg.broker.host,
@@ -251,7 +271,7 @@ class NodeRuntime:
     def _on_connected(self) -> None:
         self._connects += 1
         if self._connects > 1:
-            self.publish_status("online")  # retained: a new broker (it moved) has none
+            self.publish_status(self.state)  # retained: a new broker (it moved) has none
             self.on_reconnected()
 
     def _start_presence(self) -> bool:
@@ -317,7 +337,7 @@ class NodeRuntime:
             )
         try:
             self.setup()
-            self.publish_status("online")
+            self.publish_status(self.state)
             while not self.stopping.is_set():
                 try:
                     item = self.queue.get(timeout=self.cfg.timing.tick_s)
@@ -491,6 +511,7 @@ class NodeRuntime:
     def publish_telemetry(self, rnd: int, values: dict[str, Any]) -> None:
         stats = self.mqtt.stats
         base = {
+            **device_vitals(self.cfg.state_dir),
             "bytes_out": stats.bytes_out,
             "bytes_in": stats.bytes_in,
             "peak_rss_kb": peak_rss_kb(),

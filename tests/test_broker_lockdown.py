@@ -458,6 +458,7 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
         "topic write es/v1/s/ledger/query",
         "topic write es/v1/s/fleet/status/n1",
         "topic write es/v1/s/fleet/telemetry/n1",
+        "topic write es/v1/s/fleet/ack/n1",
         "topic read es/v1/s/round/+/delta/+",
         "topic read es/v1/s/round/+/resend/n1",
         "topic read es/v1/s/model/#",

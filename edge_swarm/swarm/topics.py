@@ -15,6 +15,7 @@ Every topic of a swarm lives under one root, ``es/v1/{swarm}/``::
     fleet/status/{node}         a node's status (retained; last will)
     fleet/telemetry/{node}      a node's telemetry
     fleet/cmd/{target}          an operator command for one node, or ``all``
+    fleet/ack/{node}            a node's signed answer to a command
 
 Invariants
 ----------
@@ -74,6 +75,7 @@ class TopicKind:
     FLEET_STATUS = "fleet_status"
     FLEET_TELEMETRY = "fleet_telemetry"
     FLEET_CMD = "fleet_cmd"
+    FLEET_ACK = "fleet_ack"
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ _WITH_ID: dict[tuple[str, str], str] = {
     ("fleet", "status"): TopicKind.FLEET_STATUS,
     ("fleet", "telemetry"): TopicKind.FLEET_TELEMETRY,
     ("fleet", "cmd"): TopicKind.FLEET_CMD,
+    ("fleet", "ack"): TopicKind.FLEET_ACK,
     ("model", "chunk"): TopicKind.MODEL_CHUNK,
 }
 
@@ -212,6 +215,14 @@ class Topics:
     def fleet_cmd(self, target: str) -> str:
         """The command topic of ``target``: a node id, or ``ALL`` for every node."""
         return f"{self.root}fleet/cmd/{validate_id(target, 'command target')}"
+
+    def fleet_ack(self, node: str) -> str:
+        """The topic on which ``node`` answers commands."""
+        return f"{self.root}fleet/ack/{validate_id(node, 'node id')}"
+
+    def fleet_ack_filter(self) -> str:
+        """A subscription filter matching every node's answers."""
+        return f"{self.root}fleet/ack/+"
 
     def parse(self, topic: object) -> ParsedTopic:
         """Take apart a topic of this swarm.

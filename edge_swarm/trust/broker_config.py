@@ -223,7 +223,7 @@ def _hash_all(users: Mapping[str, str], hasher: str, workdir: Path) -> dict[str,
 
 def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
     """(write, read) topic filters of ``user`` with ``role``."""
-    own_status = [t.fleet_status(user), t.fleet_telemetry(user)]
+    own_status = [t.fleet_status(user), t.fleet_telemetry(user), t.fleet_ack(user)]
     own_in = [t.ledger_reply(user), t.fleet_cmd(user), t.fleet_cmd(ALL)]
     model = f"{t.root}model/#"
     if role == "agent":
