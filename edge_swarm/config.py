@@ -196,6 +196,8 @@ class NodeConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # The frozen backbone's files (backbone.npz/.onnx/.tflite), when the genesis names one.
     backbone_dir: Path | None = None
+    # A gateway's read-only dashboard, "host:port" (e.g. "0.0.0.0:8080"); off when None.
+    dashboard: str | None = None
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -215,6 +217,8 @@ class NodeConfig:
         for addr in (self.raft_self, *self.raft_peers):
             if addr is not None and not _ADDR.fullmatch(str(addr)):
                 raise ConfigError(f"gateway.raft/peers: {addr!r} is not host:port")
+        if self.dashboard is not None and not _ADDR.fullmatch(str(self.dashboard)):
+            raise ConfigError(f"gateway.dashboard: {self.dashboard!r} is not host:port")
         if self.raft_peers and self.raft_self is None:
             raise ConfigError("gateway.peers needs gateway.raft, this gateway's own address")
         if self.codec_override is not None and not isinstance(self.codec_override, dict):
@@ -247,7 +251,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
     _known(agent, "agent", ("data", "codec", "backbone"))
-    _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers", "backbone"))
+    _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers", "backbone", "dashboard"))
     _known(runtime, "runtime", tuple(f.name for f in fields(RuntimeConfig)))
     providers = runtime.get("providers", [])
     if not isinstance(providers, list):
@@ -299,6 +303,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             timing=Timing(**timing),
             discovery=DiscoveryConfig(enabled, find_broker, tuple(interfaces)),
             runtime=RuntimeConfig(**{**runtime, "providers": tuple(providers)}),
+            dashboard=gateway.get("dashboard"),
             backbone_dir=path_of(agent, "backbone", "agent")
             or path_of(gateway, "backbone", "gateway"),
         )
@@ -390,6 +395,8 @@ def dump_config(cfg: NodeConfig) -> str:
             lines.append(f"codec = {{ {items} }}")
     if cfg.ledger_path is not None:
         lines += ["", "[gateway]", f"ledger = {_q(cfg.ledger_path)}"]
+        if cfg.dashboard is not None:
+            lines.append(f"dashboard = {_q(cfg.dashboard)}")
         if cfg.backbone_dir is not None:
             lines.append(f"backbone = {_q(cfg.backbone_dir)}")
         if cfg.bootstrap_path is not None:

@@ -78,6 +78,7 @@ class RunConfig:
     # Partition only the private part of the train split, as with a backbone, so that a
     # whole-model swarm can be compared with a head-over-backbone one on the same data.
     private_only: bool = False
+    dashboard_port: int | None = None  # serve gateway-1's dashboard on 127.0.0.1:port
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
@@ -236,6 +237,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         else None,
         backbone_dir=cfg.backbone,
         runtime=RuntimeConfig(engine=cfg.engine),
+        dashboard=None if cfg.dashboard_port is None else f"127.0.0.1:{cfg.dashboard_port}",
     )
     return workload, agent_parts, layout
 

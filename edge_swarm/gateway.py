@@ -33,7 +33,7 @@ from edge_swarm.swarm.checkpoint import (
 )
 from edge_swarm.swarm.inbox import Dropped, RoundView
 from edge_swarm.swarm.merge import MergeRule
-from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission
+from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
 from edge_swarm.trust.keyring import new_epoch
 from ledger_lite import Entry, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
 from ledger_lite import verify as verify_signature
@@ -80,6 +80,9 @@ class Gateway(NodeRuntime):
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.ledger.state)
         self._epoch_pending = False  # a key_epoch submitted, not yet applied
         self._early_status: dict[str, bytes] = {}  # statuses of nodes not enrolled here yet
+        # node -> {role, state, round, telemetry numbers}: what the dashboard shows
+        self.device_view: dict[str, dict[str, Any]] = {}
+        self.dashboard: Any = None  # dashboard.DashboardServer when [gateway] dashboard is set
         self.coordinator = P.Coordinator(
             P.RoundPolicy.from_params(params), self.holder.hash, now_ms()
         )
@@ -138,6 +141,23 @@ class Gateway(NodeRuntime):
         if self.leading and self.holder.round > 0:
             self._publish_checkpoint()
 
+    def _start_dashboard(self) -> None:
+        """The read-only page for the site (devices, rounds, accuracy, ledger tail)."""
+        from edge_swarm.dashboard import DashboardServer, DashboardSource
+
+        host, _, port = str(self.cfg.dashboard).rpartition(":")
+        source = DashboardSource(
+            self.ledger.entries,
+            lambda: {n: dict(v) for n, v in list(self.device_view.items())},
+            entries_from=self.ledger.entries,
+        )
+        try:
+            self.dashboard = DashboardServer(source, host=host, port=int(port)).start()
+        except OSError as exc:  # a taken port must not stop the gateway's real work
+            log.error("dashboard not started on %s: %s", self.cfg.dashboard, exc)
+            return
+        log.info("dashboard on http://%s:%d/", host, self.dashboard.port)
+
     def setup(self) -> None:
         t = self.topics
         for topic in (
@@ -145,16 +165,21 @@ class Gateway(NodeRuntime):
             t.ledger_query(),
             t.delta_filter(),
             t.fleet_status_filter(),
+            t.fleet_telemetry_filter(),
             t.model_latest(),
             t.model_chunk_filter(),
         ):
             self.mqtt.subscribe(topic, qos=1)
         self.ledger.start()
+        if self.cfg.dashboard is not None:
+            self._start_dashboard()
 
     def shutdown(self) -> None:
         try:
             super().shutdown()
         finally:
+            if self.dashboard is not None:
+                self.dashboard.stop()
             self.ledger.close()
 
     def _on_role(self, lead: bool) -> None:
@@ -190,6 +215,8 @@ class Gateway(NodeRuntime):
             self._retry_merge()
         elif kind == "fleet_status" and node is not None:
             self._on_status(node, msg.payload)
+        elif kind == "fleet_telemetry" and node is not None:
+            self._on_telemetry(node, msg.payload)
         elif kind == "model_latest":
             self._on_checkpoint(msg.payload)
         elif not self.leading:
@@ -235,7 +262,22 @@ class Gateway(NodeRuntime):
         if not status.verify(key):
             self.drops.drop("bad status signature", node)
             return
+        device = self.device_view.setdefault(node, {"role": status.role})
+        device.update(state=status.state, round=status.round)
         self._act(self.coordinator.handle(P.PeerSeen(node, status.state == "online")))
+
+    def _on_telemetry(self, node: str, payload: bytes) -> None:
+        """Keep each device's latest verified numbers (for the dashboard)."""
+        try:
+            tm = Telemetry.decode(payload)
+        except MessageError:
+            return
+        key = self._public_key(node)
+        if tm.node != node or key is None or not tm.verify(key):
+            self.drops.drop("bad telemetry signature", node)
+            return
+        if node in self.device_view or len(self.device_view) < MAX_EARLY_STATUS:
+            self.device_view.setdefault(node, {"role": "agent"}).update(tm.values)
 
     def _on_submission(self, payload: bytes) -> None:
         try:

@@ -113,6 +113,7 @@ def provision_swarm(
     gateway_discovery: DiscoveryConfig | None = None,
     backbone_dir: Path | None = None,
     runtime: RuntimeConfig | None = None,
+    dashboard: str | None = None,
 ) -> SwarmLayout:
     """Write keys, bootstrap ledger entries and configs for the gateways and one agent a path.
 
@@ -202,6 +203,7 @@ def provision_swarm(
             raft_peers=tuple(a for a in raft_addrs or [] if a != raft),
             discovery=gateway_discovery or DiscoveryConfig(),
             backbone_dir=backbone_dir,
+            dashboard=dashboard if i == 0 else None,  # the first gateway serves the page
         )
         gw_configs[gw] = _write(root / "config" / f"{gw}.toml", dump_config(cfg))
     return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers, observer_enc)
