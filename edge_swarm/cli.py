@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=_demo)
 
+    from edge_swarm.bundle_cli import add_parser as add_bundle
     from edge_swarm.discover_cli import add_parser as add_discover
     from edge_swarm.fleet_cli import add_parser as add_fleet
     from edge_swarm.model_cli import add_parsers as add_model
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_discover(sub)
     add_model(sub)
     add_fleet(sub)
+    add_bundle(sub)
 
     for role in ("agent", "gateway"):
         r = sub.add_parser(
