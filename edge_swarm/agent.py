@@ -21,6 +21,7 @@ from edge_swarm.fleet import FleetControl, LogRing, Operation, Outcome
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
+from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
 from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.swarm import protocol as P
@@ -54,6 +55,10 @@ class Agent(NodeRuntime):
         super().__init__(cfg)
         assert cfg.data_path is not None
         self.X, self.y = load_local(cfg.data_path)
+        # Tests and benchmarks of the robust merge rules only (learn/poison.py).
+        self.attack = Attack.from_dict(cfg.attack) if cfg.attack is not None else None
+        if self.attack is not None:
+            log.warning("THIS AGENT POISONS ITS DELTAS (%s): a test harness", self.attack)
         # A bad codec override is refused at start, before the agent joins anything.
         self.codec_override = (
             CodecSpec.from_dict(cfg.codec_override) if cfg.codec_override is not None else None
@@ -235,6 +240,8 @@ class Agent(NodeRuntime):
         )
         if params.get("backbone") is not None:
             self.X = self._backbone_features(params["backbone"], spec)
+        if self.attack is not None:
+            self.y = poison_labels(self.attack, self.y, spec.n_outputs)
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
@@ -420,7 +427,10 @@ class Agent(NodeRuntime):
         assert self.feedback is not None
         # What rounding leaves out now is added to the next delta (error feedback).
         rng = np.random.default_rng(seed + 1)  # stochastic rounding, reproducible per round
-        body, _ = self.feedback.compress(new - base, self.codec, rng)
+        delta = new - base
+        if self.attack is not None:
+            delta = poison_delta(self.attack, delta, np.random.default_rng(seed + 2))
+        body, _ = self.feedback.compress(delta, self.codec, rng)
         header = EnvelopeHeader(
             swarm=self.cfg.swarm,
             round=action.round,

@@ -24,6 +24,25 @@ class RoundAudit:
     model_hash: str = ""
     attesters: list[str] = field(default_factory=list)
     final_height: int = -1
+    merge: dict[str, Any] | None = None  # model_final's record of what the merge rule did
+
+    def down_weighted(self) -> dict[str, float]:
+        """Included nodes the merge rule gave less than half of their sample share (what a
+        plain mean would give them; 0 means left out), with the weight they got."""
+        weights = (self.merge or {}).get("weights") or {}
+        if not isinstance(weights, dict) or not weights:
+            return {}
+        samples = {n: self.commits.get(n, {}).get("n_samples") for n in weights}
+        total = sum(v for v in samples.values() if isinstance(v, int) and v > 0)
+        out = {}
+        for n, w in sorted(weights.items()):
+            if not isinstance(w, (int, float)):
+                continue
+            k = samples[n]
+            share = k / total if isinstance(k, int) and k > 0 and total else 1 / len(weights)
+            if w < 0.5 * share:
+                out[n] = float(w)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +61,8 @@ class RoundAudit:
             "model_hash": self.model_hash,
             "attesters": self.attesters,
             "final_height": self.final_height,
+            "merge": self.merge,
+            "down_weighted": self.down_weighted(),
         }
 
 
@@ -65,6 +86,7 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
                 p["attesters"],
                 e.height,
             )
+            rec.merge = p.get("merge") if isinstance(p.get("merge"), dict) else None
     return rounds
 
 
@@ -103,6 +125,7 @@ def run_audit(args: argparse.Namespace) -> int:
                 r,
                 contributors,
                 sum(samples.values()),
+                _merge_cell(a),
                 a.model_hash[:16] or "(not final)",
                 len(a.attesters),
             ]
@@ -110,7 +133,26 @@ def run_audit(args: argparse.Namespace) -> int:
     print(f"ledger {args.ledger}: verified, {report.n_entries} entries, tip {report.tip_hash[:16]}")
     print_table(
         "contributions per round",
-        ["round", "contributors (samples)", "samples", "model hash", "attests"],
+        [
+            "round",
+            "contributors (samples)",
+            "samples",
+            "merge: down-weighted",
+            "model hash",
+            "attests",
+        ],
         rows,
     )
     return 0
+
+
+def _merge_cell(a: RoundAudit) -> str:
+    """``krum: agent-07 0.00, agent-08 0.00`` — who the rule down-weighted, and how much."""
+    if a.merge is None:
+        return ""
+    rule = str(a.merge.get("rule", "?"))
+    low = a.down_weighted()
+    clipped = a.merge.get("clipped") or {}
+    parts = [f"{n} {w:.2f}" for n, w in low.items()]
+    parts += [f"{n} clipped x{s}" for n, s in sorted(clipped.items()) if n not in low]
+    return f"{rule}: {', '.join(parts)}" if parts else f"{rule}: none"

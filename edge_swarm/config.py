@@ -198,6 +198,8 @@ class NodeConfig:
     backbone_dir: Path | None = None
     # A gateway's read-only dashboard, "host:port" (e.g. "0.0.0.0:8080"); off when None.
     dashboard: str | None = None
+    # Tests and benchmarks only: this agent poisons its deltas (learn/poison.py).
+    attack: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name, key in (("node_id", "id"), ("swarm", "swarm")):
@@ -250,7 +252,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     _known(node, "node", ("id", "role", "swarm", "key", "enc_key", "state_dir", "genesis_hash"))
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
-    _known(agent, "agent", ("data", "codec", "backbone"))
+    _known(agent, "agent", ("data", "codec", "backbone", "attack"))
     _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers", "backbone", "dashboard"))
     _known(runtime, "runtime", tuple(f.name for f in fields(RuntimeConfig)))
     providers = runtime.get("providers", [])
@@ -304,6 +306,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             discovery=DiscoveryConfig(enabled, find_broker, tuple(interfaces)),
             runtime=RuntimeConfig(**{**runtime, "providers": tuple(providers)}),
             dashboard=gateway.get("dashboard"),
+            attack=agent.get("attack"),
             backbone_dir=path_of(agent, "backbone", "agent")
             or path_of(gateway, "backbone", "gateway"),
         )
@@ -388,6 +391,9 @@ def dump_config(cfg: NodeConfig) -> str:
         lines += ["", "[agent]", f"data = {_q(cfg.data_path)}"]
         if cfg.backbone_dir is not None:
             lines.append(f"backbone = {_q(cfg.backbone_dir)}")
+        if cfg.attack is not None:
+            items = ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in cfg.attack.items())
+            lines.append(f"attack = {{ {items} }}")
         if cfg.codec_override:
             items = ", ".join(
                 f"{k} = {_toml_scalar(v)}" for k, v in cfg.codec_override.items() if v is not None

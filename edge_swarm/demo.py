@@ -79,6 +79,8 @@ class RunConfig:
     # whole-model swarm can be compared with a head-over-backbone one on the same data.
     private_only: bool = False
     dashboard_port: int | None = None  # serve gateway-1's dashboard on 127.0.0.1:port
+    # (node, {"name": attack, "strength": s}): poisoning agents, for the robust-merge tests
+    attacks: tuple[tuple[str, dict[str, Any]], ...] = ()
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
@@ -238,6 +240,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         backbone_dir=cfg.backbone,
         runtime=RuntimeConfig(engine=cfg.engine),
         dashboard=None if cfg.dashboard_port is None else f"127.0.0.1:{cfg.dashboard_port}",
+        attacks=dict(cfg.attacks),
     )
     return workload, agent_parts, layout
 

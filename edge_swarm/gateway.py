@@ -436,15 +436,24 @@ class Gateway(NodeRuntime):
                 if action.kind == "round_open" and not self._epoch_ready():
                     self.coordinator.append_failed()  # the round opens once the epoch is in
                     continue
-                tx = make_tx(
-                    self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload
-                )
+                payload = action.payload
+                if action.kind == "model_final":
+                    payload = self._with_merge_report(payload)
+                tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, payload)
                 self.ledger.submit(tx, self._own_result)
             elif isinstance(action, P.PublishCheckpoint):
                 self._finalise(action)
             elif isinstance(action, P.SwarmDone):
                 log.info("swarm finished: %d rounds", action.rounds)
             # Merge: every gateway merges each closed round by itself (_fold).
+
+    def _with_merge_report(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """model_final also records what the merge rule did with each included delta (this
+        gateway's own merge, which is the final model's: its hash is the one attested)."""
+        cand = self.holder.candidates.get(payload["round"])
+        if cand is None or cand.model_hash != payload["model_hash"] or not cand.report:
+            return payload
+        return {**payload, "merge": cand.report}
 
     def _epoch_ready(self) -> bool:
         """In a sealed swarm, whether the newest key epoch wraps the data key for exactly

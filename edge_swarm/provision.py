@@ -114,6 +114,7 @@ def provision_swarm(
     backbone_dir: Path | None = None,
     runtime: RuntimeConfig | None = None,
     dashboard: str | None = None,
+    attacks: dict[str, dict[str, Any]] | None = None,
 ) -> SwarmLayout:
     """Write keys, bootstrap ledger entries and configs for the gateways and one agent a path.
 
@@ -178,6 +179,7 @@ def provision_swarm(
             discovery=discovery or DiscoveryConfig(),
             backbone_dir=backbone_dir,
             runtime=runtime or RuntimeConfig(),
+            attack=(attacks or {}).get(node),  # tests and benchmarks only
         )
         agent_configs[node] = _write(root / "config" / f"{node}.toml", dump_config(cfg))
 

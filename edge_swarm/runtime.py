@@ -84,6 +84,22 @@ def device_vitals(state_dir: Path) -> dict[str, float]:
     return vitals
 
 
+def merge_report(rule: MergeRule, result: Any) -> dict[str, Any]:
+    """The ledger's record of a merge: the rule, each node's share (4 decimals), whom
+    clipping scaled and by how much, and any fallback the rule took."""
+    report: dict[str, Any] = {
+        "rule": getattr(rule, "aggregator", "mean"),
+        "weights": {n: round(float(w), 4) for n, w in sorted(result.weights.items())},
+    }
+    clipped = getattr(result, "clipped", {})
+    if clipped:
+        report["clipped"] = {n: round(float(s), 4) for n, s in sorted(clipped.items())}
+    note = getattr(result, "note", "")
+    if note:
+        report["note"] = str(note)[:200]
+    return report
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -124,6 +140,7 @@ class Candidate:
     state: MergeState
     model_hash: str
     state_hash: str
+    report: dict[str, Any] | None = None  # what the rule did with each delta (model_final)
 
 
 class ModelHolder:
@@ -140,8 +157,8 @@ class ModelHolder:
 
     @property
     def state_array(self) -> np.ndarray:
-        v = self.state.velocity
-        return np.zeros(0, np.float32) if v is None else v
+        # The whole server state (FedAdam/FedYogi carry two moments), as the checkpoint holds it.
+        return np.frombuffer(self.state.to_bytes(), dtype="<f4").astype(np.float32)
 
     def merge(self, rnd: int, contributions: list[Contribution]) -> Candidate:
         result = merge(self.rule, self.params, contributions, self.state)
@@ -150,6 +167,7 @@ class ModelHolder:
             state=result.state,
             model_hash=model_hash(self.spec, result.params),
             state_hash=result.state.state_hash(),
+            report=merge_report(self.rule, result),
         )
         self.candidates[rnd] = cand
         return cand
@@ -170,7 +188,12 @@ class ModelHolder:
             return False
         if model_hash(self.spec, ck.params) != ck.model_hash:
             return False
-        state = MergeState(ck.state if ck.state.size else None)
+        try:
+            state = MergeState.from_bytes(
+                np.ascontiguousarray(ck.state, dtype="<f4").tobytes(), self.spec.n_params
+            )
+        except ValueError:
+            return False
         if state.state_hash() != ck.state_hash:
             return False
         self.params, self.hash, self.round = ck.params, ck.model_hash, ck.round

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -154,3 +156,37 @@ def test_merge_is_independent_of_input_order(
     expected = sum(np.array(v, np.float64) * n / total for _, v, n in peers)
     if rule_name == "fedavg":
         np.testing.assert_allclose(a.params, base + 0.7 * expected, rtol=1e-5, atol=1e-3)
+
+
+# sha256 of params and state after three rounds, computed by merge.py before aggregators and
+# adaptive server rules were added: mean with fedavg / fedavgm must keep these bytes.
+GOLDEN = {
+    "fedavg": (
+        "d15f4792fb5288abdd7e5dff19c9b6878ba8cc1b54e14b25f844b6ba4a403cfa",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ),
+    "fedavgm": (
+        "2d9d6ac18a4a5732b69f37341788152dad3aec96ab8247b746f4a8258c7e8763",
+        "d23da10ad18774f4a49574d792807f9d9ddf413db2d733829a40666a46ff2d75",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_mean_rules_keep_their_pre_aggregator_bytes(name: str) -> None:
+    rng = np.random.default_rng(20240611)
+    d = 1000
+    base = rng.normal(0, 1, d).astype(np.float32)
+    contribs = [
+        Contribution(
+            f"node-{i}", rng.normal(0, 0.1, d).astype(np.float32), int(rng.integers(1, 500))
+        )
+        for i in range(7)
+    ]
+    rule = MergeRule.from_dict({"name": name, "server_lr": 0.7, "momentum": 0.5})
+    params, state = base, MergeState()
+    for r in range(3):
+        result = merge(rule, params, contribs[r:], state)
+        params, state = result.params, result.state
+        assert result.clipped == {} and result.note == ""
+    assert (hashlib.sha256(params.tobytes()).hexdigest(), state.state_hash()) == GOLDEN[name]
