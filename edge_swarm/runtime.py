@@ -28,7 +28,6 @@ from edge_swarm.config import NodeConfig
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
-from edge_swarm.presence import LanPresence
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -246,7 +245,7 @@ class NodeRuntime:
             password=cfg.broker.read_password(),
             on_connected=lambda: self.call_soon(self._on_connected),
         )
-        self.presence: LanPresence | None = None  # zeroconf, when [discovery] is on
+        self.presence: Any = None  # presence.LanPresence, when [discovery] is on
         self._broker: Endpoint | None = None  # the discovered broker in use
         self._connects = 0
         self._follow_at = 0.0
@@ -300,6 +299,8 @@ class NodeRuntime:
     def _start_presence(self) -> bool:
         """Advertise this node and, without a broker host in the config, find the broker;
         returns False if told to stop while looking."""
+        from edge_swarm.presence import LanPresence  # zeroconf only for nodes that use it
+
         genesis = self.genesis_for_adverts()
         if genesis is None:
             raise RuntimeError(
