@@ -2,10 +2,11 @@
 
 How it works:
     A trained model is a list of `Dense` layers (``layers_of`` cuts them out of a
-    ``ModelSpec`` and its flat vector exactly as ``learn.model`` does). The exporters turn
-    the list into a file: ``export_onnx.write_onnx`` (.onnx), ``export_tflite.write_tflite``
-    (.tflite) or ``save_npz`` here (.npz, our own layers for the numpy engine). Each returns
-    the sha256 of the bytes it wrote.
+    ``ModelSpec`` and its flat vector exactly as ``learn.model`` does; both live in
+    ``learn.layers`` and are re-exported here). The exporters turn the list into a file:
+    ``export_onnx.write_onnx`` (.onnx), ``export_tflite.write_tflite`` (.tflite) or
+    ``save_npz`` (.npz, our own layers for the numpy engine). Each returns the sha256 of
+    the bytes it wrote.
 
     ``load_model(path)`` reads the file once, checks its sha256 against ``expect_sha256``
     on those bytes, hands the same bytes to the runtime (no second read that could differ)
@@ -14,13 +15,18 @@ How it works:
 
     The TFLite interpreter is looked for as ``ai_edge_litert``, then ``tflite_runtime``,
     then ``tensorflow.lite`` (`_new_interpreter` says why). A .tflite file is
-    bounds-checked here before any interpreter sees it (`_check_tflite_structure`), and
-    every model runs a probe batch before ``load_model`` returns it.
+    bounds-checked before any interpreter sees it (``learn.tflite_check``), and every
+    model runs a probe batch before ``load_model`` returns it.
+
+    This module keeps what touches engines and model files: reading and checking a file,
+    the engines, `ServedModel` and the errors. The layers and the .npz format are in
+    ``learn.layers``, the flatbuffer checker in ``learn.tflite_check``; the public names
+    of ``learn.layers`` are re-exported here, so callers import from one place.
 
 Invariants:
-    - Importing this module imports numpy and nothing heavier: onnxruntime and the TFLite
-      interpreters are imported inside the functions that need them, so a numpy-only agent
-      on a Pi never loads them.
+    - Importing this module imports numpy (and the two pure modules above) and nothing
+      heavier: onnxruntime and the TFLite interpreters are imported inside the functions
+      that need them, so a numpy-only agent on a Pi never loads them.
     - ``load_model`` raises `ModelFileError` for anything wrong with the file (missing,
       wrong hash, corrupt, wrong shape or dtype), `EngineUnavailableError` when the runtime
       is not installed, and ValueError for a bad argument; no runtime's own exception type
@@ -33,22 +39,31 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import logging
-import math
 import os
-import struct
 import threading
-import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_swarm.learn.model import ACTIVATIONS, MAX_PARAMS, MAX_WIDTH, ModelSpec, unflatten
+from edge_swarm.learn.layers import (
+    NPZ_FORMAT as NPZ_FORMAT,  # public before the split; not in __all__, as before
+)
+from edge_swarm.learn.layers import (
+    Dense,
+    _layers_from_npz,
+    check_layers,
+    forward_layers,
+    layers_of,
+    npz_bytes,
+    save_npz,
+    write_atomic,
+)
+from edge_swarm.learn.model import MAX_WIDTH
+from edge_swarm.learn.tflite_check import check_tflite_structure
 
 __all__ = [
     "ENGINES",
@@ -71,10 +86,8 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("onnxruntime", "tflite", "numpy")
 _EXTENSIONS = {".onnx": "onnxruntime", ".tflite": "tflite", ".npz": "numpy"}
-NPZ_FORMAT = 1  # version of the .npz layout written by save_npz
-_NO_ACTIVATION = "none"  # how save_npz spells "no activation" (npz cannot hold None)
 _MAX_ERROR_DETAIL = 300  # characters of a runtime's message kept in ours
-# Tried in this order; the docstring of _new_interpreter says why.
+# Tried in this order; the docstring of _new_interpreter says why. Tests patch it here.
 _TFLITE_MODULES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime"),
@@ -91,146 +104,7 @@ class EngineUnavailableError(ImportError):
     """The runtime the model needs is not installed; the message names the package."""
 
 
-# --------------------------------------------------------------------------- layers
-
-
-@dataclass(frozen=True, eq=False)
-class Dense:
-    """One fully connected layer: ``y = act(x @ weight + bias)``.
-
-    ``weight`` is (in, out) and ``bias`` (out,), both stored as read-only C-contiguous
-    float32 copies; ``activation`` is None (logits) or one of ``learn.model.ACTIVATIONS``.
-    Raises ValueError on wrong shapes, a non-float dtype or an unknown activation.
-    """
-
-    weight: np.ndarray
-    bias: np.ndarray
-    activation: str | None = None
-
-    def __post_init__(self) -> None:
-        w, b = np.asarray(self.weight), np.asarray(self.bias)
-        if w.dtype.kind != "f" or b.dtype.kind != "f":
-            raise ValueError(f"weight and bias must be floating point, got {w.dtype}, {b.dtype}")
-        if w.ndim != 2 or b.shape != (w.shape[1],) or 0 in w.shape:
-            raise ValueError(f"need weight (in, out) and bias (out,), got {w.shape}, {b.shape}")
-        if self.activation is not None and self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be None or one of {ACTIVATIONS}, got {self.activation!r}"
-            )
-        for name, arr in (("weight", w), ("bias", b)):
-            arr = np.array(arr, dtype=np.float32, order="C")  # a copy: training may reuse params
-            arr.flags.writeable = False
-            object.__setattr__(self, name, arr)
-
-    @property
-    def n_in(self) -> int:
-        return int(self.weight.shape[0])
-
-    @property
-    def n_out(self) -> int:
-        return int(self.weight.shape[1])
-
-    @property
-    def relu(self) -> bool:
-        """True if the layer applies ReLU (the common case on the device)."""
-        return self.activation == "relu"
-
-
-def layers_of(spec: ModelSpec, params: np.ndarray) -> list[Dense]:
-    """The model as `Dense` layers, cut exactly as ``learn.model.unflatten`` cuts it.
-
-    Hidden layers carry ``spec.activation``; the last has none (it yields logits).
-    Raises ValueError if ``params`` does not fit ``spec``.
-    """
-    pairs = unflatten(spec, np.asarray(params).astype(np.float32, copy=False))
-    last = len(pairs) - 1
-    return [Dense(w, b, None if i == last else spec.activation) for i, (w, b) in enumerate(pairs)]
-
-
-def check_layers(layers: Sequence[Dense]) -> list[Dense]:
-    """``layers`` as a list after checking it is non-empty `Dense` whose widths chain."""
-    layers = list(layers)
-    if not layers or not all(isinstance(d, Dense) for d in layers):
-        raise ValueError("layers must be a non-empty list of Dense")
-    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:], strict=False), start=1):
-        if a.n_out != b.n_in:
-            raise ValueError(f"layer {i} gives {a.n_out} values but layer {i + 1} takes {b.n_in}")
-    return layers
-
-
-def forward_layers(layers: Sequence[Dense], X: np.ndarray) -> np.ndarray:
-    """Float32 logits of ``layers`` for ``X`` (n, n_in), with the same numpy operations as
-    ``learn.model.forward``, so the two agree bit for bit."""
-    h = np.asarray(X, dtype=np.float32)
-    for d in layers:
-        h = h @ d.weight + d.bias
-        if d.activation == "relu":
-            np.maximum(h, 0, out=h)
-        elif d.activation == "tanh":
-            np.tanh(h, out=h)
-    return h
-
-
 # --------------------------------------------------------------------------- files
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``; returns its
-    sha256 hex. A crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX). Not ledger_lite's: importing it pulls in crypto."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def npz_bytes(layers: Sequence[Dense]) -> bytes:
-    """The .npz that `save_npz` writes: ``format``, ``activations`` and ``W1, b1, ...``.
-
-    The zip is built by hand with fixed timestamps (``numpy.savez`` stamps the current
-    time), so equal layers give equal bytes and an equal sha256.
-    """
-    layers = check_layers(layers)
-    arrays: list[tuple[str, np.ndarray]] = [
-        ("format", np.array(NPZ_FORMAT, dtype="<i4")),
-        ("activations", np.array([d.activation or _NO_ACTIVATION for d in layers], dtype="<U8")),
-    ]
-    for i, d in enumerate(layers, start=1):
-        arrays += [(f"W{i}", d.weight.astype("<f4")), (f"b{i}", d.bias.astype("<f4"))]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays:
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w") as f:
-                np.lib.format.write_array(f, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def save_npz(layers: Sequence[Dense], path: str | os.PathLike[str]) -> str:
-    """Write ``layers`` for the numpy engine (see `npz_bytes`), atomically; returns sha256."""
-    return write_atomic(path, npz_bytes(layers))
 
 
 def load_layers(path: str | os.PathLike[str], expect_sha256: str | None = None) -> list[Dense]:
@@ -245,21 +119,6 @@ def load_layers(path: str | os.PathLike[str], expect_sha256: str | None = None) 
         return _layers_from_npz(data)
     except Exception as e:  # zipfile, numpy and our own ValueError alike
         raise _corrupt(path, "numpy .npz", e) from e
-
-
-def _layers_from_npz(data: bytes) -> list[Dense]:
-    """Parse `npz_bytes` output; raises ValueError (or a zip/numpy error) when malformed."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        if int(z["format"]) != NPZ_FORMAT:
-            raise ValueError(f"npz format {int(z['format'])}, this code reads {NPZ_FORMAT}")
-        acts = [str(a) for a in z["activations"]]
-        layers = []
-        for i, act in enumerate(acts, start=1):
-            w, b = z[f"W{i}"], z[f"b{i}"]
-            if w.dtype != np.float32 or b.dtype != np.float32:
-                raise ValueError(f"W{i}/b{i} are {w.dtype}/{b.dtype}, need float32")
-            layers.append(Dense(w, b, None if act == _NO_ACTIVATION else act))
-    return check_layers(layers)
 
 
 # --------------------------------------------------------------------------- serving
@@ -638,148 +497,11 @@ def _caused_by_import(exc: BaseException | None) -> bool:
     return False
 
 
-class _FlatReader:
-    """Bounds-checked reads of a flatbuffer; anything out of range raises ValueError."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def unpack(self, fmt: str, pos: int) -> int:
-        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
-            raise ValueError(f"offset {pos} lies past the end of the {len(self.data)} bytes")
-        return struct.unpack_from(fmt, self.data, pos)[0]
-
-    def table(self, pos: int) -> tuple[int, int, int]:
-        """(position, vtable position, vtable length) of the table at ``pos``."""
-        vtable = pos - self.unpack("<i", pos)
-        vlen, tlen = self.unpack("<H", vtable), self.unpack("<H", vtable + 2)
-        if vlen < 4 or vlen % 2 or pos + tlen > len(self.data):
-            raise ValueError(f"malformed table at offset {pos}")
-        self.unpack("<H", vtable + vlen - 2)
-        return pos, vtable, vlen
-
-    def field(self, table: tuple[int, int, int], slot: int) -> int:
-        pos, vtable, vlen = table
-        if 4 + 2 * slot + 2 > vlen:
-            return 0
-        off = self.unpack("<H", vtable + 4 + 2 * slot)
-        return pos + off if off else 0
-
-    def scalar(self, table: tuple[int, int, int], slot: int, fmt: str) -> int:
-        pos = self.field(table, slot)
-        return self.unpack(fmt, pos) if pos else 0
-
-    def ref(self, table: tuple[int, int, int], slot: int) -> int:
-        pos = self.field(table, slot)
-        return pos + self.unpack("<I", pos) if pos else 0
-
-    def vector(self, table: tuple[int, int, int], slot: int, size: int) -> tuple[int, int]:
-        """(first element's position, length) of a vector field; (0, 0) when absent."""
-        pos = self.ref(table, slot)
-        if not pos:
-            return 0, 0
-        n = self.unpack("<I", pos)
-        if pos + 4 + n * size > len(self.data):
-            raise ValueError(f"vector at offset {pos} runs past the end")
-        return pos + 4, n
-
-    def ints(self, table: tuple[int, int, int], slot: int) -> list[int]:
-        start, n = self.vector(table, slot, 4)
-        return [self.unpack("<i", start + 4 * i) for i in range(n)]
-
-    def tables(self, table: tuple[int, int, int], slot: int) -> list[tuple[int, int, int]]:
-        start, n = self.vector(table, slot, 4)
-        return [self.table(start + 4 * i + self.unpack("<I", start + 4 * i)) for i in range(n)]
-
-
-def _check_tflite_structure(data: bytes) -> None:
-    """Raise ValueError unless every table, vector and index the interpreter follows lies
-    inside ``data``.
-
-    tflite-runtime 2.14 does not verify a model given as bytes: a truncated file makes it
-    read past the end (seen: segfaults, or a model that "loads" with garbage weights).
-    ai-edge-litert verifies, but running this for every package keeps one behaviour.
-    Field slots are those of tensorflow/lite/schema/schema.fbs (version 3).
-    """
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError("no TFL3 file identifier at offset 4: not a .tflite flatbuffer")
-    r = _FlatReader(data)
-    model = r.table(r.unpack("<I", 0))
-    if r.scalar(model, 0, "<I") != 3:
-        raise ValueError(f"schema version {r.scalar(model, 0, '<I')}, expected 3")
-    r.vector(model, 3, 1), r.vector(model, 5, 4)  # description, metadata_buffer
-    codes, buffers, subgraphs = r.tables(model, 1), r.tables(model, 4), r.tables(model, 2)
-    if not subgraphs:
-        raise ValueError("the model has no subgraph")
-    for code in codes:
-        r.vector(code, 1, 1)  # custom_code
-    filled = []  # per buffer: does it hold data (a constant tensor)?
-    for buf in buffers:
-        _, size = r.vector(buf, 0, 1)  # data
-        offset, outside = r.scalar(buf, 1, "<Q"), r.scalar(buf, 2, "<Q")
-        if offset > 1 and offset + outside > len(data):  # data stored after the flatbuffer
-            raise ValueError(f"buffer data at {offset}+{outside} lies past the end")
-        filled.append(size > 0 or offset > 1)
-    for meta in r.tables(model, 6):
-        r.vector(meta, 0, 1)
-        if r.scalar(meta, 1, "<I") >= len(buffers):
-            raise ValueError("metadata names a buffer that does not exist")
-    for sig in r.tables(model, 7):
-        r.vector(sig, 2, 1)
-        if r.scalar(sig, 4, "<I") >= len(subgraphs):
-            raise ValueError("a signature names a subgraph that does not exist")
-        for tensor_map in r.tables(sig, 0) + r.tables(sig, 1):
-            r.vector(tensor_map, 0, 1)
-    for sg in subgraphs:
-        _check_tflite_subgraph(r, sg, len(codes), filled)
-
-
-def _check_tflite_subgraph(
-    r: _FlatReader, sg: tuple[int, int, int], n_codes: int, filled: list[bool]
-) -> None:
-    """Bounds and indices of one subgraph, and that each operator reads only tensors that
-    exist by then (tflite-runtime 2.14 crashes on a cycle that one flipped bit can make)."""
-    r.vector(sg, 4, 1)  # name
-    tensors = r.tables(sg, 0)
-    ready = set(r.ints(sg, 1))  # the subgraph's inputs, then constants and variables
-    for i, t in enumerate(tensors):
-        shape = r.ints(t, 0)
-        r.vector(t, 7, 4), r.vector(t, 3, 1)  # shape_signature, name
-        if any(d < 0 for d in shape) or math.prod(shape) > MAX_PARAMS:
-            # A flipped bit in a dimension would otherwise have the interpreter allocate
-            # gigabytes (ai-edge-litert then dies of OOM rather than raising).
-            raise ValueError(f"tensor {i} has shape {shape}: negative or over {MAX_PARAMS} values")
-        r.tables(t, 10)  # variant_tensors
-        buffer = r.scalar(t, 2, "<I")
-        if buffer >= len(filled):
-            raise ValueError(f"tensor {i} names buffer {buffer}, which does not exist")
-        for slot in (4, 6):  # quantization, sparsity
-            if r.ref(t, slot):
-                r.table(r.ref(t, slot))
-        if filled[buffer] or r.scalar(t, 5, "<B"):  # constant or is_variable
-            ready.add(i)
-    if not all(0 <= i < len(tensors) for i in r.ints(sg, 1) + r.ints(sg, 2)):
-        raise ValueError("a subgraph input or output names a tensor that does not exist")
-    for k, op in enumerate(r.tables(sg, 3)):
-        if r.scalar(op, 0, "<I") >= n_codes:
-            raise ValueError(f"operator {k} names an operator code that does not exist")
-        inputs, outputs = r.ints(op, 1), r.ints(op, 2)
-        if not all(-1 <= i < len(tensors) for i in inputs + outputs):
-            raise ValueError(f"operator {k} names a tensor that does not exist")
-        if not all(i == -1 or i in ready for i in inputs):
-            raise ValueError(f"operator {k} reads a tensor before any operator writes it")
-        ready.update(outputs)
-        for slot in (4, 13):  # builtin_options, builtin_options_2
-            if r.ref(op, slot):
-                r.table(r.ref(op, slot))
-        r.vector(op, 5, 1), r.vector(op, 7, 1), r.ints(op, 9)  # custom, mutating, intermediates
-
-
 def _open_tflite(
     path: Path, data: bytes, threads: int | None
 ) -> tuple[int, int, Callable[[np.ndarray], np.ndarray], str]:
     try:
-        _check_tflite_structure(data)
+        check_tflite_structure(data)
     except ValueError as e:
         raise _corrupt(path, "TFLite", e) from e
     interp, backend = _new_interpreter(path, data, threads)
