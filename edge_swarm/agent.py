@@ -43,6 +43,8 @@ RESIDUAL_FILE = "residual.bin"  # error feedback's residual, kept across restart
 QUERY_RETRY_S = 2.0
 RESUBMIT_S = 3.0
 MAX_SUBMITS = 5
+REPUBLISH_S = 3.0  # a round of ours not merged after this long: send our delta again
+MAX_REPUBLISH = 5
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
@@ -97,6 +99,9 @@ class Agent(NodeRuntime):
             now_ms,
         )
         self._backbone_ref: Any = None  # the genesis's backbone, when the swarm has one
+        self._last_envelope: tuple[int, str, bytes] | None = None  # (round, topic, frame)
+        self._last_envelope_at = 0.0
+        self._republished = 0
         self._server: Any = None  # serving.ModelServer, when [runtime] serve is on
         self._served_backbone: list[Any] | None = None
 
@@ -132,6 +137,23 @@ class Agent(NodeRuntime):
 
     def on_reconnected(self) -> None:
         self._send_query()  # ledger events published while we were away are not replayed
+        # Our delta of a round not yet merged may have died with the old broker (it acked
+        # the publish, then went away before forwarding it): send it again. Receivers keep
+        # envelopes by sha256, so a copy that did arrive changes nothing.
+        self._republish_delta("after reconnecting")
+
+    def _republish_delta(self, why: str) -> None:
+        """Send our delta of a round not yet merged here again (bounded): a peer that lost it
+        (a broker that went away, a subscription not yet back) cannot merge without it."""
+        last = self._last_envelope
+        if last is None or self.holder is None or last[0] <= self.holder.round:
+            return
+        if self._republished >= MAX_REPUBLISH:
+            return
+        self._republished += 1
+        self._last_envelope_at = time.monotonic()
+        self.sender.publish(last[1], last[2], qos=1)
+        log.info("round %d: published our delta again (%s)", last[0], why)
 
     def _send_query(self) -> None:
         self._query_id = secrets.token_hex(8)
@@ -147,6 +169,11 @@ class Agent(NodeRuntime):
             self._act(self.machine.handle(P.Tick(now)))
         if self._unconfirmed:
             self._resubmit()
+        if (
+            self._last_envelope is not None
+            and time.monotonic() - self._last_envelope_at > REPUBLISH_S
+        ):
+            self._republish_delta("the round is still not merged")
         if time.monotonic() - self._telemetry_at >= self.telemetry_every_s:
             self._telemetry(self.round_seen)  # periodic, also while paused or waiting
 
@@ -453,7 +480,10 @@ class Agent(NodeRuntime):
         sha = hashlib.sha256(frame).hexdigest()
         assert self.inbox is not None
         self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo
-        self.sender.publish(self.topics.delta(action.round, self.cfg.node_id), frame, qos=1)
+        topic = self.topics.delta(action.round, self.cfg.node_id)
+        self.sender.publish(topic, frame, qos=1)
+        self._last_envelope = (action.round, topic, frame)
+        self._last_envelope_at, self._republished = time.monotonic(), 0
         log.info(
             "round %d: trained in %.2f s, published %d bytes",
             action.round,

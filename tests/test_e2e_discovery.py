@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_swarm.config import BrokerConfig
+from edge_swarm.demo import _failure
 from edge_swarm.io.broker import EmbeddedBroker, free_ports
 from edge_swarm.io.discovery import Discovery
 from edge_swarm.io.mqtt import MqttClient
@@ -151,9 +152,10 @@ def test_agents_follow_the_broker_to_a_new_address(tmp_path: Path) -> None:
         after.start()
         # The rounds after the move can all end before this observer subscribes (they take
         # a fraction of a second): the gateway's ledger file is the other witness.
-        assert after.wait_for(
+        done = after.wait_for(
             lambda: finished(after, 5) or 5 in final_rounds(site) or bool(procs.failed()), 120
-        ), after.rounds
+        )
+        assert done, _failure(f"rounds after the move: {sorted(after.rounds)}", procs)
         assert 5 in final_rounds(site)
     finally:
         procs.stop()
