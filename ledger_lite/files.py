@@ -1,4 +1,4 @@
-"""Durable, owner-only files: the one place that knows how to write a secret safely.
+"""Durable files, and owner-only ones: the one place that knows how to write them safely.
 
 A key or password is written to a temporary file created with mode 0600 (the umask can
 only remove bits), fsynced, then moved into place and the directory fsynced: a crash
@@ -48,6 +48,24 @@ def write_private(path: str | os.PathLike[str], data: bytes, overwrite: bool = T
         else:
             os.link(tmp, path)  # fails if path exists
             os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace``: a crash
+    leaves the old file or the new one, never half of one. Not private: see write_private."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -29,7 +29,6 @@ import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -131,35 +130,11 @@ def forward_layers(layers: Sequence[Dense], X: np.ndarray) -> np.ndarray:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``; returns its
-    sha256 hex. A crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``data`` atomically and durably (ledger_lite.files); returns its sha256 hex."""
+    from ledger_lite.files import write_atomic as write
+
+    write(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX). Not ledger_lite's: importing it pulls in crypto."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def npz_bytes(layers: Sequence[Dense]) -> bytes:

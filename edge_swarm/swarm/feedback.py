@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_swarm.swarm.quantize import CodecSpec, decode, encode
-from ledger_lite.files import fsync_dir as _fsync_dir
+from ledger_lite.files import write_atomic
 
 __all__ = ["MAGIC", "VERSION", "ErrorFeedback"]
 
@@ -157,18 +157,7 @@ class ErrorFeedback:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(self.to_bytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        write_atomic(path, self.to_bytes())
 
     @classmethod
     def load(
