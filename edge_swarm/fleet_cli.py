@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_swarm.io.mqtt import Message, MqttClient
+from edge_swarm.io.mqtt import Message, MqttClient, handle_until
 from edge_swarm.swarm.commands import Ack, CommandError, make_command
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
 from edge_swarm.swarm.topics import ALL, TopicError, Topics
@@ -80,16 +80,7 @@ class FleetClient:
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Handle messages until ``predicate()`` holds or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                self._handle(self._inbox.get(timeout=min(left, 0.25)))
-            except queue.Empty:
-                continue
-        return True
+        return handle_until(self._inbox, self._handle, predicate, timeout)
 
     # -- the ledger's enrolments
     def load_keys(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.io.mqtt import Message, MqttClient
+from edge_swarm.io.mqtt import Message, MqttClient, handle_until
 from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -132,17 +132,7 @@ class SwarmObserver:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Handle messages until ``predicate()`` holds or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                msg = self._queue.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                continue
-            self._handle(msg)
-        return True
+        return handle_until(self._queue, self._handle, predicate, timeout)
 
     def final_round(self) -> int:
         return max((r.round for r in self.rounds.values() if r.model_hash), default=0)

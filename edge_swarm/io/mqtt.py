@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import ssl
 import sys
 import threading
@@ -64,6 +65,7 @@ __all__ = [
     "MqttStats",
     "TlsSettings",
     "Will",
+    "handle_until",
 ]
 
 log = logging.getLogger(__name__)
@@ -674,6 +676,28 @@ class MqttClient:
     def _check_payload(self, payload: bytes) -> None:
         if len(payload) > self.max_payload:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {self.max_payload}")
+
+
+def handle_until(
+    inbox: queue.Queue[Message],
+    handle: Callable[[Message], None],
+    predicate: Callable[[], bool],
+    timeout: float,
+) -> bool:
+    """For a client reading its messages off a queue on its own thread (the observer, the
+    operator's fleet client): handle them until ``predicate()`` holds, at most ``timeout``
+    seconds; returns whether it held. ``predicate`` is re-checked at least every 0.2 s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            msg = inbox.get(timeout=min(left, 0.2))
+        except queue.Empty:
+            continue
+        handle(msg)
+    return True
 
 
 def _check_qos(qos: int) -> None:
