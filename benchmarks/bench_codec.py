@@ -20,7 +20,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -28,6 +27,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _machine import machine, pin_one_core  # noqa: E402
 
 from edge_swarm.report import print_table, write_json  # noqa: E402
 from edge_swarm.swarm.quantize import CodecSpec, decode, encode  # noqa: E402
@@ -51,15 +51,6 @@ CASES: list[tuple[str, CodecSpec]] = [
     ("top1% + int8", CodecSpec("int8", topk=0.01)),
     ("top1% + sign1", CodecSpec("sign1", topk=0.01)),
 ]
-
-
-def pin_one_core() -> int | None:
-    """Pin this process to one CPU where the OS allows it; return that CPU."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
-    return cpu
 
 
 def delta_vector(n: int, seed: int = 0) -> np.ndarray:
@@ -122,13 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     cpu = pin_one_core()
     results: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pinned_cpu": cpu,
-        },
+        "machine": machine(cpu),
         "targets": {"int8_round_trip_mbps_min": TARGET_MBPS, "peak_x_max": TARGET_PEAK},
         "sizes": {},
     }

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -28,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _machine import machine, pin_one_core
 
 from ledger_lite import (
     MerkleTree,
@@ -44,15 +44,6 @@ from ledger_lite import (
 RESULTS = Path(__file__).parent / "results"
 TARGET_US = 1000.0  # generation and verification, per proof, microseconds (p99)
 SWARM, GATEWAY = "bench-swarm", "gw1"
-
-
-def pin_one_core() -> int | None:
-    """Pin this process to one CPU where the OS allows it; return that CPU."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
-    return cpu
 
 
 def entry_hash(i: int) -> bytes:
@@ -264,12 +255,7 @@ def main() -> int:
         + ("met" if checks["gen_under_1ms"] and checks["verify_under_1ms"] else "NOT met")
     )
     results = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "pinned_cpu": cpu,
-        },
+        "machine": machine(cpu),
         "params": {"leaves": args.leaves, "queries": args.queries, "seed": args.seed},
         "targets": {"gen_p99_us_max": TARGET_US, "verify_p99_us_max": TARGET_US},
         "build": build,

@@ -21,13 +21,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _machine import machine, pin_one_core  # noqa: E402
 
 from edge_swarm.report import print_table, write_json  # noqa: E402
 from edge_swarm.swarm.merge import (  # noqa: E402
@@ -42,15 +42,6 @@ from edge_swarm.swarm.merge import (  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 N_PARAMS = 100_234  # the 100k-parameter model of bench_codecs.py
 PEERS = (8, 64)
-
-
-def pin_one_core() -> int | None:
-    """Pin this process to one CPU where the OS allows it; return that CPU."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
-    return cpu
 
 
 def deltas(n: int, f: int, seed: int = 0) -> list[Contribution]:
@@ -121,13 +112,7 @@ def main() -> int:
     args = ap.parse_args()
     cpu = pin_one_core()
     results: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pinned_cpu": cpu,
-        },
+        "machine": machine(cpu),
         "repeats": args.repeats,
         "peers": {},
     }
