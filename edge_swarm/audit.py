@@ -90,6 +90,46 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
     return rounds
 
 
+@dataclass(frozen=True)
+class NodeMergeSummary:
+    """Over the rounds with a merge report: how often a node was included, how often the
+    rule down-weighted it (or left it out), and its mean share against its sample share."""
+
+    node: str
+    included: int
+    down_weighted: int
+    mean_weight: float
+    mean_sample_share: float
+
+
+def merge_summary(rounds: dict[int, RoundAudit]) -> list[NodeMergeSummary]:
+    """Per node, most down-weighted first (pure)."""
+    seen: dict[str, list[tuple[bool, float, float]]] = {}
+    for a in rounds.values():
+        weights = (a.merge or {}).get("weights")
+        if not isinstance(weights, dict) or not weights:
+            continue
+        low = a.down_weighted()
+        samples = {n: a.commits.get(n, {}).get("n_samples") for n in weights}
+        total = sum(v for v in samples.values() if isinstance(v, int) and v > 0)
+        for n, w in weights.items():
+            k = samples[n]
+            share = k / total if isinstance(k, int) and k > 0 and total else 1 / len(weights)
+            weight = float(w) if isinstance(w, (int, float)) else 0.0
+            seen.setdefault(str(n), []).append((n in low, weight, share))
+    out = [
+        NodeMergeSummary(
+            node,
+            len(v),
+            sum(1 for low, _, _ in v if low),
+            sum(w for _, w, _ in v) / len(v),
+            sum(s for _, _, s in v) / len(v),
+        )
+        for node, v in seen.items()
+    ]
+    return sorted(out, key=lambda s: (-s.down_weighted / s.included, s.node))
+
+
 def run_audit(args: argparse.Namespace) -> int:
     if not args.ledger.is_file():
         print(f"edge-swarm audit: no ledger at {args.ledger}", file=sys.stderr)
@@ -143,7 +183,33 @@ def run_audit(args: argparse.Namespace) -> int:
         ],
         rows,
     )
+    print_merge_summary(rounds)
     return 0
+
+
+def print_merge_summary(rounds: dict[int, RoundAudit]) -> None:
+    """The per-node table of what the merge rule did over the run (nothing if no round has a
+    merge report, i.e. a plain mean without reports)."""
+    from edge_swarm.report import print_table
+
+    summary = merge_summary(rounds)
+    if not summary:
+        return
+    rules = sorted({str((a.merge or {}).get("rule", "?")) for a in rounds.values() if a.merge})
+    print_table(
+        f"what the merge rule ({', '.join(rules)}) did with each node",
+        ["node", "rounds in", "down-weighted", "mean share", "sample share"],
+        [
+            [
+                s.node,
+                s.included,
+                f"{s.down_weighted} ({100 * s.down_weighted / s.included:.0f}%)",
+                f"{s.mean_weight:.3f}",
+                f"{s.mean_sample_share:.3f}",
+            ]
+            for s in summary
+        ],
+    )
 
 
 def _merge_cell(a: RoundAudit) -> str:

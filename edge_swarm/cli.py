@@ -149,6 +149,17 @@ def _operator(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
+MERGE_HELP = (
+    "the merge rule, comma-separated over the standard one (FedAvgM, momentum 0.5, plain "
+    "mean): a server rule (fedavg, fedavgm, fedadam, fedyogi), an aggregator (mean, median, "
+    "trimmed_mean, geomed, krum, multikrum, bulyan), nnm (mix each delta with its nearest "
+    "first) and field=value, e.g. nnm+median,f=2 or multikrum,f=2,clip=2; "
+    "see docs/ROBUST.md"
+)
+# The poisoning harness's attack names, listed here so that --help does not import numpy.
+ATTACK_NAMES = ("sign_flip", "scale", "noise", "huge", "label_flip")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-swarm",
@@ -204,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sealed", "signed", "none"],
         help="deltas signed and encrypted (default), only signed, or neither (a baseline "
         "for comparison only; see docs/SECURITY.md)",
+    )
+    d.add_argument("--merge", default="", help=MERGE_HELP)
+    d.add_argument(
+        "--attack",
+        choices=ATTACK_NAMES,
+        help="make the last --attackers agents poison every round with this attack "
+        "(to watch a robust --merge hold; never on a real site)",
+    )
+    d.add_argument(
+        "--attackers", type=int, default=2, help="how many agents --attack turns (default 2)"
     )
     d.add_argument(
         "--workdir",
@@ -285,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="deltas signed and encrypted (default), or only signed",
     )
     ai.add_argument("--codec", default="int8", help="delta codec (see demo --codec)")
+    ai.add_argument("--merge", default="", help=MERGE_HELP)
     ai.set_defaults(func=_operator, op="admin-init")
 
     for name, what in (("enroll", "enrol a device"), ("revoke", "revoke a device")):

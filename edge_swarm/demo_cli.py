@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.demo import RunConfig, RunResult, model_spec, run_swarm
+from edge_swarm.demo import DEFAULT_MERGE, RunConfig, RunResult, model_spec, run_swarm
 from edge_swarm.observer import RoundRecord
 from edge_swarm.report import (
     Baselines,
@@ -21,6 +21,7 @@ from edge_swarm.report import (
     print_table,
     write_json,
 )
+from edge_swarm.swarm.merge import parse_merge
 from edge_swarm.swarm.quantize import CodecSpec
 
 _SECURITY = {
@@ -42,6 +43,31 @@ def parse_codec(text: str) -> CodecSpec:
     except ValueError:
         raise ValueError(f"{top!r}: N in topN must be a number of percent") from None
     return CodecSpec(name, topk=percent / 100)
+
+
+def _attacks(args: argparse.Namespace) -> tuple[tuple[str, dict[str, Any]], ...] | None:
+    """``--attack`` on the last ``--attackers`` agents; None (after saying why) if invalid."""
+    if args.attack is None:
+        return ()
+    if not 1 <= args.attackers < args.agents:
+        print(
+            f"edge-swarm demo: --attackers must be between 1 and {args.agents - 1} "
+            f"(--agents {args.agents}), got {args.attackers}",
+            file=sys.stderr,
+        )
+        return None
+    first = args.agents - args.attackers + 1
+    return tuple((f"agent-{i:02d}", {"name": args.attack}) for i in range(first, args.agents + 1))
+
+
+def _print_merge_summary(ledger: Path) -> None:
+    """What the merge rule did with each agent, from the ledger (as ``edge-swarm audit``)."""
+    from edge_swarm.audit import audit_rounds, print_merge_summary
+    from ledger_lite import SqliteStore
+
+    with SqliteStore(ledger, verify_only=True) as store:
+        entries = store.load()
+    print_merge_summary(audit_rounds(entries))
 
 
 def _backbone(args: argparse.Namespace, workdir: Path) -> Path | None:
@@ -73,6 +99,14 @@ def run_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-swarm demo: --codec {args.codec}: {exc}", file=sys.stderr)
         return 2
+    try:
+        rule = parse_merge(args.merge, DEFAULT_MERGE)
+    except ValueError as exc:
+        print(f"edge-swarm demo: --merge {args.merge}: {exc}", file=sys.stderr)
+        return 2
+    attacks = _attacks(args)
+    if attacks is None:
+        return 2
     backbone = _backbone(args, workdir)
     cfg = RunConfig(
         workdir=workdir,
@@ -86,6 +120,8 @@ def run_demo(args: argparse.Namespace) -> int:
         codec=codec,
         error_feedback=not args.no_error_feedback,
         security=args.security,
+        merge=rule,
+        attacks=attacks,
     )
     print(
         f"edge-swarm demo: {cfg.n_agents} agent processes, "
@@ -98,6 +134,12 @@ def run_demo(args: argparse.Namespace) -> int:
         + (
             f"  model: a head over the frozen backbone in {backbone} (run by {cfg.engine})\n"
             if backbone is not None
+            else ""
+        )
+        + (
+            f"  POISONING (a test of the merge rule): {', '.join(n for n, _ in attacks)} "
+            f"run {args.attack}\n"
+            if attacks
             else ""
         )
         + f"  files and logs: {workdir}\n",
@@ -143,6 +185,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     js = write_json(workdir / "summary.json", summary)
     ledger = result.layout.ledger_path
+    _print_merge_summary(ledger)
     print(
         f"\nplot: {png}\nsummary: {js}\n"
         f"check the ledger:  ledger-lite verify {ledger}\n"
@@ -192,6 +235,7 @@ def summarise(result: RunResult, base: Baselines) -> dict[str, Any]:
         "rounds": cfg.rounds,
         "local_training": cfg.local.to_dict(),
         "merge_rule": cfg.merge.to_dict(),
+        "attacks": dict(cfg.attacks),
         "codec": cfg.codec.to_dict(),
         "error_feedback": cfg.error_feedback,
         "security": cfg.security,

@@ -69,15 +69,20 @@ def _admin_init(args: argparse.Namespace) -> int:
     from edge_swarm.demo_cli import parse_codec
     from edge_swarm.learn.model import ModelSpec
     from edge_swarm.provision import SwarmParams
+    from edge_swarm.swarm.merge import parse_merge
 
     try:
         sizes = tuple(int(s) for s in args.model.split(","))
     except ValueError:
         raise OperatorError("--model takes layer sizes like 64,32,10") from None
+    try:
+        rule = parse_merge(args.merge, DEFAULT_MERGE)
+    except ValueError as exc:
+        raise OperatorError(f"--merge {args.merge}: {exc}") from None
     params = SwarmParams(
         model=ModelSpec(sizes=sizes),
         local=DEFAULT_LOCAL,
-        merge=DEFAULT_MERGE,
+        merge=rule,
         rounds=args.rounds,
         codec=parse_codec(args.codec),
         security=args.security,

@@ -87,7 +87,7 @@ def merge_report(rule: MergeRule, result: Any) -> dict[str, Any]:
     """The ledger's record of a merge: the rule, each node's share (4 decimals), whom
     clipping scaled and by how much, and any fallback the rule took."""
     report: dict[str, Any] = {
-        "rule": getattr(rule, "aggregator", "mean"),
+        "rule": rule.aggregation,
         "weights": {n: round(float(w), 4) for n, w in sorted(result.weights.items())},
     }
     clipped = getattr(result, "clipped", {})

@@ -66,6 +66,7 @@ def state_for(name: str, rng: np.random.Generator) -> MergeState:
     aggregator=st.sampled_from(AGGREGATORS),
     f=st.integers(0, 3),
     clip=st.none() | st.floats(0.5, 500),
+    mix=st.sampled_from([None, "nnm"]),
     fresh=st.booleans(),
 )
 def test_every_rule_is_independent_of_input_order(
@@ -75,13 +76,15 @@ def test_every_rule_is_independent_of_input_order(
     aggregator: str,
     f: int,
     clip: float | None,
+    mix: str | None,
     fresh: bool,
 ) -> None:
     rng = np.random.default_rng(perm_seed)
     contribs = contributions(peers)
     shuffled = [contribs[i] for i in rng.permutation(len(contribs))]
     state = MergeState() if fresh else state_for(name, rng)
-    rule = MergeRule(name, server_lr=0.5, aggregator=aggregator, f=f, clip=clip)
+    f = max(f, 1) if mix else f
+    rule = MergeRule(name, server_lr=0.5, aggregator=aggregator, f=f, clip=clip, mix=mix)
     base = np.linspace(-1, 1, D, dtype=np.float32)
     a = merge(rule, base, contribs, state)
     b = merge(rule, base, shuffled, state)
@@ -255,6 +258,79 @@ def test_multikrum_with_every_input_is_the_mean() -> None:
     lowered = robust.multikrum(X, samples, 1, 6)
     assert "lowered to n - f = 5" in lowered.note
     assert np.count_nonzero(lowered.weights) == 5
+
+
+# --- nearest-neighbour mixing ---------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(peers=peers_strategy(finite32 | tied32, max_size=12), f=st.integers(1, 5))
+def test_nnm_mixes_each_row_with_itself_and_its_nearest(
+    peers: list[tuple[str, list[float], int]], f: int
+) -> None:
+    X = stacked(peers)
+    n = len(X)
+    assume(f < n)
+    mixed, M = robust.nnm(X, f)
+    D = robust.pairwise_sq_distances(X)
+    for i in range(n):
+        rows = np.flatnonzero(M[i])
+        assert i in rows and len(rows) == n - f
+        assert np.all(M[i, rows] == 1.0 / (n - f))
+        outside = np.setdiff1d(np.arange(n), rows)
+        if outside.size:  # nobody left out is nearer than someone kept
+            assert D[i, outside].min() >= D[i, rows].max() or D[i, rows].max() == 0
+        assert np.all(mixed[i] >= X[rows].min(axis=0) - 1e-9)
+        assert np.all(mixed[i] <= X[rows].max(axis=0) + 1e-9)
+    w = np.full(n, 1.0 / n)
+    assert robust.unmix(w, M).sum() == pytest.approx(1.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=byzantine_set(min_extra=2),
+    aggregator=st.sampled_from(["median", "trimmed_mean", "krum", "multikrum", "geomed"]),
+)
+def test_nnm_then_a_robust_rule_gives_the_honest_mean(
+    case: tuple[np.ndarray, list[int], int], aggregator: str
+) -> None:
+    """With f far outliers, every honest row mixes with exactly the honest rows, so the n - f
+    mixed honest rows are one vector, the honest mean, and a majority-respecting rule
+    returns it; the outliers get no share."""
+    X, honest, f = case
+    assume(f >= 1)
+    mixed, M = robust.nnm(X, f)
+    honest_mean = robust.weighted_sum(X, honest, [1.0 / len(honest)] * len(honest))
+    for i in honest:
+        assert mixed[i].tobytes() == honest_mean.tobytes()
+    agg = robust.aggregate(aggregator, mixed, [1] * len(X), f=f)
+    if aggregator == "geomed":
+        assert agg.vector == pytest.approx(honest_mean, rel=1e-6, abs=1e-6)
+    else:
+        if aggregator == "multikrum":  # a weighted sum of n - f copies: exact to rounding
+            assert agg.vector == pytest.approx(honest_mean, rel=1e-12, abs=1e-12)
+        else:
+            assert agg.vector.tobytes() == honest_mean.tobytes()
+        shares = robust.unmix(agg.weights, M)
+        assert shares.sum() == pytest.approx(1.0)
+        assert all(shares[i] == 0 for i in range(len(X)) if i not in honest)
+
+
+def test_nnm_in_merge_reports_original_nodes_and_skips_when_too_few() -> None:
+    rng = np.random.default_rng(5)
+    honest = [Contribution(f"h{i}", rng.normal(0, 0.1, D).astype(np.float32), 10) for i in range(6)]
+    bad = [Contribution(f"x{i}", np.full(D, -50.0, np.float32), 10) for i in range(2)]
+    rule = MergeRule("fedavg", aggregator="median", f=2, mix="nnm")
+    base = np.zeros(D, np.float32)
+    res = merge(rule, base, honest + bad)
+    assert set(res.weights) == {c.node for c in honest + bad}
+    assert res.weights["x0"] == res.weights["x1"] == 0.0
+    assert sum(res.weights.values()) == pytest.approx(1.0) and res.note == ""
+    assert np.all(np.abs(res.params) < 1)
+    few = merge(rule, base, honest[:4])
+    assert "nnm needs more than 2f = 4 deltas, got 4: skipped" in few.note
+    with pytest.raises(ValueError, match="1 <= f < n"):
+        robust.nnm(np.zeros((3, D)), 3)
 
 
 def test_pairwise_distances_are_symmetric_and_exact_without_blas() -> None:
@@ -448,7 +524,7 @@ def test_to_dict_emits_every_field_and_round_trips() -> None:
     data = rule.to_dict()
     assert set(data) == {
         "name", "server_lr", "momentum", "aggregator", "f", "trim", "clip", "beta1",
-        "beta2", "tau", "geomed_iters", "geomed_tol", "multikrum_m",
+        "beta2", "tau", "geomed_iters", "geomed_tol", "multikrum_m", "mix",
     }  # fmt: skip
     assert MergeRule.from_dict(data) == rule
     assert MergeRule.from_dict(MergeRule().to_dict()) == MergeRule()
@@ -481,6 +557,9 @@ def test_to_dict_emits_every_field_and_round_trips() -> None:
         {"geomed_tol": 0},
         {"multikrum_m": 3},  # without multikrum
         {"aggregator": "multikrum", "multikrum_m": 0},
+        {"mix": "nnm"},  # mixing needs f >= 1
+        {"mix": "bucketing", "f": 1},
+        {"mix": 1, "f": 1},
         {"velocity": 1},
         {"Name": "fedavg"},
     ],

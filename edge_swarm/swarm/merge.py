@@ -7,6 +7,9 @@ How it works:
 
     1. ``clip`` (optional, any aggregator): each delta is scaled by
        ``min(1, clip / ||delta||_2)``, so one peer cannot dominate by sheer size.
+    1b. ``mix`` (optional, any aggregator): ``"nnm"`` replaces each delta by the mean of its
+       n - f nearest deltas (`robust.nnm`), which keeps robust rules accurate on non-IID
+       data; skipped, with a note, when there are not more than 2f deltas.
     2. ``aggregator`` (`edge_swarm.swarm.robust`) turns the rows into one vector ``agg``:
        ``mean`` (each delta weighs ``n_samples / sum(n_samples)``), or a Byzantine-robust
        rule: median, trimmed_mean, geomed, krum, multikrum, bulyan.
@@ -49,6 +52,7 @@ from edge_swarm.swarm import robust
 from edge_swarm.swarm.robust import AGGREGATORS
 
 SERVER_RULES = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+MIXES = ("nnm",)
 RULES = SERVER_RULES  # the old name, still imported elsewhere
 
 # A merge must finish within a round: a genesis asking for more Weiszfeld steps is refused.
@@ -106,7 +110,8 @@ class MergeRule:
     ``server_lr`` > 0; ``momentum``, ``beta1``, ``beta2`` in [0, 1); ``tau`` > 0. ``f`` >= 0
     Byzantine inputs assumed by krum, multikrum, bulyan and (when ``trim`` is None)
     trimmed_mean; ignored by mean, median and geomed. ``trim`` in [0, 0.5) only with
-    trimmed_mean; ``multikrum_m`` >= 1 only with multikrum; ``clip`` > 0 or None (off).
+    trimmed_mean; ``multikrum_m`` >= 1 only with multikrum; ``clip`` > 0 or None (off);
+    ``mix`` None (off) or one of MIXES, which needs ``f`` >= 1 (it also uses ``f``).
     ``geomed_iters`` in [1, MAX_GEOMED_ITERS], ``geomed_tol`` > 0. ValueError otherwise.
     """
 
@@ -123,6 +128,7 @@ class MergeRule:
     geomed_iters: int = 100
     geomed_tol: float = 1e-6
     multikrum_m: int | None = None
+    mix: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SERVER_RULES:
@@ -163,6 +169,16 @@ class MergeRule:
                 raise ValueError(f"multikrum_m applies to multikrum only, not {self.aggregator}")
             if self.multikrum_m < 1:
                 raise ValueError(f"multikrum_m must be >= 1, got {self.multikrum_m}")
+        if self.mix is not None:
+            if self.mix not in MIXES:
+                raise ValueError(f"mix must be one of {MIXES} or None, got {self.mix!r}")
+            if self.f < 1:
+                raise ValueError(f"mix {self.mix!r} needs f >= 1 (the deltas it may distrust)")
+
+    @property
+    def aggregation(self) -> str:
+        """The aggregator with its mixing pre-step, e.g. ``median`` or ``nnm+median``."""
+        return self.aggregator if self.mix is None else f"{self.mix}+{self.aggregator}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with every field (None for an unset optional one)."""
@@ -185,6 +201,55 @@ class MergeRule:
 # Chosen for the standard workload with benchmarks/sim_standard.py, together with
 # edge_swarm.learn.train.STANDARD_TRAINING.
 STANDARD_MERGE = MergeRule(name="fedavgm", server_lr=1.0, momentum=0.5)
+
+_INT_FIELDS = ("f", "geomed_iters", "multikrum_m")
+_TEXT_FIELDS = ("name", "aggregator", "mix")
+
+
+def parse_merge(text: str, base: MergeRule = STANDARD_MERGE) -> MergeRule:
+    """A merge rule from a command line: comma-separated words over ``base``.
+
+    A word is a server rule (``fedadam``), an aggregator (``median``), a mix (``nnm``), such
+    names joined by ``+`` (``nnm+trimmed_mean``), or ``field=value`` for any MergeRule field
+    (``f=2``, ``clip=2.0``, ``trim=none``). E.g. ``nnm+median,f=2``. ValueError naming the
+    word and what is allowed."""
+    fields_by_name = {f.name for f in fields(MergeRule)}
+    changes: dict[str, Any] = {}
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        if "=" in word:
+            key, _, raw = (p.strip() for p in word.partition("="))
+            if key not in fields_by_name:
+                known = sorted(fields_by_name)
+                raise ValueError(f"{word!r}: unknown field {key!r}; fields: {known}")
+            changes[key] = _parse_value(key, raw)
+            continue
+        for name in word.split("+"):
+            if name in SERVER_RULES:
+                changes["name"] = name
+            elif name in AGGREGATORS:
+                changes["aggregator"] = name
+            elif name in MIXES:
+                changes["mix"] = name
+            else:
+                raise ValueError(
+                    f"{name!r} is not a server rule {SERVER_RULES}, an aggregator "
+                    f"{AGGREGATORS}, a mix {MIXES} or field=value"
+                )
+    return MergeRule.from_dict({**base.to_dict(), **changes})
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    if raw.lower() in ("", "none", "off"):
+        return None
+    if key in _TEXT_FIELDS:
+        return raw
+    try:
+        return int(raw) if key in _INT_FIELDS else float(raw)
+    except ValueError:
+        kind = "an integer" if key in _INT_FIELDS else "a number"
+        raise ValueError(f"{key}={raw}: {key} takes {kind}") from None
 
 
 def _frozen_vector(name: str, value: Any) -> np.ndarray:
@@ -358,6 +423,12 @@ def merge(
     if rule.clip is not None:
         scales = robust.clip_rows(X, rule.clip)
         clipped = {c.node: float(s) for c, s in zip(ordered, scales, strict=True) if s < 1}
+    mixing, notes = None, []
+    if rule.mix is not None:
+        if X.shape[0] > 2 * rule.f:
+            X, mixing = robust.nnm(X, rule.f)
+        else:
+            notes.append(f"nnm needs more than 2f = {2 * rule.f} deltas, got {X.shape[0]}: skipped")
     agg = robust.aggregate(
         rule.aggregator,
         X,
@@ -376,5 +447,7 @@ def merge(
         raise ValueError("merged parameters are not finite")
     if not all(v is None or np.all(np.isfinite(v)) for v in (state.velocity, state.second)):
         raise ValueError("merged server state is not finite")
-    weights = {c.node: float(w) for c, w in zip(ordered, agg.weights, strict=True)}
-    return MergeResult(params, state, weights, clipped, agg.note)
+    shares = agg.weights if mixing is None else robust.unmix(agg.weights, mixing)
+    weights = {c.node: float(w) for c, w in zip(ordered, shares, strict=True)}
+    note = "; ".join(notes + ([agg.note] if agg.note else []))
+    return MergeResult(params, state, weights, clipped, note)

@@ -1,5 +1,5 @@
 """Aggregators over stacked deltas: mean, median, trimmed mean, geometric median, Krum,
-Multi-Krum and Bulyan, plus norm clipping.
+Multi-Krum and Bulyan, plus two pre-steps: norm clipping and nearest-neighbour mixing.
 
 How it works:
     Every aggregator takes ``X``, an (n, d) float64 matrix whose rows are the peers' deltas in
@@ -16,6 +16,13 @@ How it works:
     - multikrum:     sample-weighted mean of the m best-scored rows.
     - bulyan:        select n-2f rows by iterated Krum, then per coordinate average the
                      n-4f selected values closest to their median (El Mhamdi et al. 2018).
+
+    Nearest-neighbour mixing (`nnm`, Allouah et al. 2023, "Fixing by Mixing") replaces each
+    row by the mean of its n-f nearest rows (itself included) before the aggregator runs.
+    Honest deltas of a non-IID swarm are far apart, and a coordinate-wise or selecting rule
+    then throws away or biases honest information; after mixing, every honest row is close
+    to the honest mean while a poisoner's row is pulled toward the honest ones, so the median,
+    trimmed mean, Krum and Bulyan lose far less to heterogeneity and to attacks.
 
 Invariants:
     - Pure functions of (X, sample counts, parameters); no randomness. Rows are in node-id
@@ -253,6 +260,37 @@ def bulyan(X: np.ndarray, f: int) -> Aggregate:
     weights = np.zeros(n, dtype=np.float64)
     weights[chosen] = _share_of_columns(idx, theta)
     return Aggregate(_mean_kept(S, idx), weights)
+
+
+def nnm(X: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour mixing: row i of the result is the mean of the n - f rows closest to
+    X[i] (L2; X[i] itself at distance 0 first, then ascending distance, ties by node id),
+    summed in node-id order. Returns ``(mixed, M)`` with ``M[i, j] = 1 / (n - f)`` when row j
+    is among row i's neighbours, else 0, so that ``weights @ M`` turns an aggregator's shares
+    of the mixed rows into shares of the original rows. ValueError unless 1 <= f < n."""
+    n = X.shape[0]
+    if not 1 <= f < n:
+        raise ValueError(f"nnm needs 1 <= f < n, got f = {f}, n = {n}")
+    D = pairwise_sq_distances(X)
+    k = n - f
+    mixed = np.empty_like(X)
+    M = np.zeros((n, n), dtype=np.float64)
+    for i in range(n):
+        # Self first even when another row is identical: a row always keeps its own voice.
+        order = sorted(range(n), key=lambda j: (j != i, D[i, j], j))
+        rows = sorted(order[:k])
+        mixed[i] = weighted_sum(X, rows, [1.0 / k] * k)
+        M[i, rows] = 1.0 / k
+    return mixed, M
+
+
+def unmix(weights: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Shares of the mixed rows -> shares of the original rows (``weights @ M``, summed in
+    row order without BLAS)."""
+    out = np.zeros(M.shape[1], dtype=np.float64)
+    for w, row in zip(weights, M, strict=True):
+        out += w * row
+    return out
 
 
 def aggregate(
