@@ -2,11 +2,12 @@
 
 Each row times one call of ``merge`` (stacking, the aggregator and the server step; the
 median of several runs after a warm-up, in ms) with the fedavg server rule, plus one row for
-mean + fedadam and one for clip + mean. The deltas are Laplace noise (scale 1e-3) around a
-shared direction, and the last ``f`` of them are far outliers (100x the norm, random
-directions), so the robust rules do real work; ``f`` is the largest Bulyan allows,
-(n - 3) // 4. The "outlier share" column is the weight the rule gave those outliers
-(clipping bounds their size, not their share, so clip + mean still shows their sample share).
+mean + fedadam, one for clip + mean and three with nearest-neighbour mixing first. The
+deltas are Laplace noise (scale 1e-3) around a shared direction, and the last ``f`` of them
+are far outliers (100x the norm, random directions), so the robust rules do real work; ``f``
+is the largest Bulyan allows, (n - 3) // 4. The "outlier share" column is the weight the
+rule gave those outliers (clipping bounds their size, not their share, so clip + mean still
+shows their sample share).
 Writes ``benchmarks/results/merge.json``.
 
     .venv/bin/python benchmarks/bench_merge.py [--repeats 7]
@@ -65,6 +66,9 @@ def cases(f: int) -> list[tuple[str, MergeRule]]:
     # Above the honest deltas' norm (about 0.63) and far below the outliers' (about 45): only
     # the outliers are scaled.
     rows.append(("clip + mean", MergeRule("fedavg", clip=1.0)))
+    # Mixing costs the pairwise distances (as Krum) plus n means of n - f rows.
+    for a in ("median", "trimmed_mean", "krum"):
+        rows.append((f"nnm + {a}", MergeRule("fedavg", aggregator=a, f=f, mix="nnm")))
     return rows
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_swarm.audit import RoundAudit, audit_rounds, run_audit
+from edge_swarm.audit import RoundAudit, audit_rounds, merge_summary, run_audit
 from ledger_lite import Entry, Ledger, SigningKey, make_genesis, make_tx
 
 SWARM = "clinic"
@@ -136,6 +136,28 @@ def test_an_included_node_without_a_commit_does_not_break_the_audit() -> None:
     c.add("gw", "round_close", {"round": 1, "included": ["a1"], "reason": "?"})
     d = audit_rounds(c.entries)[1].to_dict()
     assert d["contributors"] == [{"node": "a1", "n_samples": None, "envelope_sha256": None}]
+
+
+def test_merge_summary_counts_down_weighted_rounds_per_node() -> None:
+    def rnd(r: int, weights: dict[str, float]) -> RoundAudit:
+        a = RoundAudit(r, merge={"rule": "nnm+median", "weights": weights})
+        a.commits = {n: {"n_samples": 10} for n in weights}
+        a.included = list(weights)
+        return a
+
+    rounds = {
+        1: rnd(1, {"a1": 0.5, "a2": 0.5, "a3": 0.0}),
+        2: rnd(2, {"a1": 0.45, "a2": 0.45, "a3": 0.1}),  # a3: 0.1 < half of 1/3
+        3: rnd(3, {"a1": 0.34, "a2": 0.33, "a3": 0.33}),
+        4: RoundAudit(4),  # no merge report: not counted
+    }
+    summary = merge_summary(rounds)
+    assert [s.node for s in summary] == ["a3", "a1", "a2"]
+    a3 = summary[0]
+    assert (a3.included, a3.down_weighted) == (3, 2)
+    assert a3.mean_weight == pytest.approx((0.0 + 0.1 + 0.33) / 3)
+    assert a3.mean_sample_share == pytest.approx(1 / 3)
+    assert merge_summary({}) == []
 
 
 def test_round_audit_defaults() -> None:

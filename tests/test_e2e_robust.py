@@ -29,6 +29,9 @@ RULES = [
     pytest.param(MergeRule("fedavg", aggregator="krum", f=1), id="krum"),
     pytest.param(MergeRule("fedavg", aggregator="multikrum", f=1), id="multikrum"),
     pytest.param(MergeRule("fedavg", aggregator="bulyan", f=1), id="bulyan"),
+    pytest.param(
+        MergeRule("fedavgm", momentum=0.5, aggregator="median", f=1, mix="nnm"), id="nnm+median"
+    ),
 ]
 
 
@@ -39,11 +42,21 @@ def test_every_rule_ends_every_agent_on_the_same_bytes(tmp_path: Path, rule: Mer
     result = run_swarm(cfg)
     _same_bytes_every_round(result)
     finals = [e for e in result.events if e.kind == "model_final"]
-    assert finals and all(e.payload["merge"]["rule"] == rule.aggregator for e in finals)
+    assert finals and all(e.payload["merge"]["rule"] == rule.aggregation for e in finals)
 
 
+@pytest.mark.parametrize(
+    "rule",
+    [
+        pytest.param(MergeRule("fedavg", aggregator="multikrum", f=2), id="multikrum"),
+        pytest.param(
+            MergeRule("fedavgm", momentum=0.5, aggregator="median", f=2, mix="nnm"),
+            id="nnm+median",
+        ),
+    ],
+)
 def test_a_poisoned_run_names_the_poisoners_in_the_audit(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rule: MergeRule
 ) -> None:
     attack = {"name": "sign_flip", "strength": 4.0}
     cfg = small(
@@ -52,7 +65,7 @@ def test_a_poisoned_run_names_the_poisoners_in_the_audit(
         n_agents=8,
         rounds=5,
         min_peers=8,
-        merge=MergeRule("fedavg", aggregator="multikrum", f=2),
+        merge=rule,
         attacks=(("agent-07", attack), ("agent-08", attack)),
     )
     result = run_swarm(replace(cfg, timeout_s=200.0))
@@ -65,3 +78,9 @@ def test_a_poisoned_run_names_the_poisoners_in_the_audit(
         assert sum(poisoner in f for f in flagged) >= 4, flagged  # most rounds
     honest = {f"agent-0{i}" for i in range(1, 7)}
     assert sum(len(f & honest) for f in flagged) <= 2, flagged
+    # The human table: one line per node, the poisoners first.
+    assert main(["audit", str(result.layout.ledger_path)]) == 0
+    table = capsys.readouterr().out
+    assert f"what the merge rule ({rule.aggregation}) did with each node" in table
+    lines = [ln for ln in table.splitlines() if "agent-0" in ln and "(" in ln and "%" in ln]
+    assert [ln.split()[1] for ln in lines[:2]] == ["agent-07", "agent-08"], lines

@@ -61,6 +61,21 @@ def test_operator_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "chmod 600" in capsys.readouterr().err
 
 
+def test_admin_init_takes_the_merge_rule_into_the_genesis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = tmp_path / "site"
+    args = ["admin", "init", "--swarm", "clinic", "--out", str(site)]
+    assert main([*args, "--merge", "nnm+median,f=2,clip=3"]) == 0
+    merge = read_chain(site / "bootstrap.jsonl")[0].payload["params"]["merge"]
+    assert (merge["name"], merge["momentum"]) == ("fedavgm", 0.5)  # the standard server rule
+    assert (merge["aggregator"], merge["mix"], merge["f"], merge["clip"]) == ("median", "nnm", 2, 3)
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "other"), "--merge", "nnm+median"]) == 2
+    assert "--merge nnm+median: mix 'nnm' needs f >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("too_open", ["signing", "encryption"])
 def test_an_agent_refuses_to_start_with_a_key_others_can_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], too_open: str

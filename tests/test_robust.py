@@ -20,6 +20,7 @@ from edge_swarm.swarm.merge import (
     MergeRule,
     MergeState,
     merge,
+    parse_merge,
 )
 
 D = 5
@@ -567,3 +568,44 @@ def test_to_dict_emits_every_field_and_round_trips() -> None:
 def test_from_dict_refuses_bad_values_and_unknown_keys(bad: dict) -> None:
     with pytest.raises(ValueError):
         MergeRule.from_dict(bad)
+
+
+# --- the command line's --merge -------------------------------------------------------------
+
+
+def test_parse_merge_words_over_the_standard_rule() -> None:
+    from edge_swarm.swarm.merge import STANDARD_MERGE
+
+    assert parse_merge("") == STANDARD_MERGE
+    rule = parse_merge("nnm+trimmed_mean, f=2 ,clip=2.5")
+    assert (rule.name, rule.momentum, rule.aggregator, rule.mix) == (
+        "fedavgm", 0.5, "trimmed_mean", "nnm",
+    )  # fmt: skip
+    assert (rule.f, rule.clip) == (2, 2.5)
+    assert parse_merge("fedadam,server_lr=0.05,median").name == "fedadam"
+    assert parse_merge("multikrum,f=1,multikrum_m=4").multikrum_m == 4
+    assert parse_merge("clip=2,clip=none").clip is None
+    assert parse_merge("median", MergeRule("fedavg")).name == "fedavg"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("medain", "'medain' is not a server rule"),
+        ("nnm", "needs f >= 1"),
+        ("f=two", "f takes an integer"),
+        ("clip=big", "clip takes a number"),
+        ("speed=3", "unknown field 'speed'"),
+        ("trim=0.2", "trim applies to trimmed_mean only"),
+    ],
+)
+def test_parse_merge_says_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_merge(text)
+
+
+def test_the_cli_lists_the_poisoning_attacks_without_importing_numpy() -> None:
+    from edge_swarm.cli import ATTACK_NAMES
+    from edge_swarm.learn.poison import ATTACKS
+
+    assert ATTACK_NAMES == ATTACKS
