@@ -82,6 +82,7 @@ _TABLES = (
             _C("time s", "duration_s", "f1"),
             _C("mean accuracy", "mean_accuracy", "f3"),
             _C("samples", "samples"),
+            _C("down-weighted by the merge rule", "down_weighted", "list"),
             _C("model", "model_hash"),
         ),
     ),

@@ -35,6 +35,7 @@ TAIL = 20
 SUMMARY_CHARS = 100
 ID_CHARS = 128  # device ids from devices() are not ledger ids: cut, so a row stays a row
 HASH_CHARS = 12
+MAX_LISTED = 64  # nodes listed in one round's down-weighted cell
 DEVICE_STATES = ("online", "offline", "paused")
 
 
@@ -113,6 +114,8 @@ class RoundView:
     mean_accuracy: float | None  # `weighted_accuracy` of its commits
     samples: int  # n_samples of the included nodes' commits
     model_hash: str  # prefix; "" until final
+    # Included nodes the merge rule gave under half their sample share (audit's rule).
+    down_weighted: tuple[str, ...] = ()
 
     @classmethod
     def from_audit(cls, a: RoundAudit, entries: Sequence[Entry]) -> RoundView:
@@ -129,10 +132,17 @@ class RoundView:
             mean_accuracy=weighted_accuracy(a.commits),
             samples=sum(_shares(a).values()),
             model_hash=a.model_hash[:HASH_CHARS],
+            down_weighted=tuple(
+                _cut(str(n), ID_CHARS) for n in list(a.down_weighted())[:MAX_LISTED]
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "participants": list(self.participants)}  # JSON has no tuple
+        return {  # JSON has no tuple
+            **asdict(self),
+            "participants": list(self.participants),
+            "down_weighted": list(self.down_weighted),
+        }
 
 
 def _shares(a: RoundAudit) -> dict[str, int]:

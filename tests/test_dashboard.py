@@ -54,6 +54,8 @@ ACCURACY = {
 INCLUDED = {1: list(AGENTS), 2: ["agent-01", "agent-02"], 3: list(AGENTS)}  # 03 late in 2
 DURATION_MS = {1: 41_500, 2: 38_000, 3: 45_250}
 REASON = {1: "all in", 2: "deadline", 3: "<script>alert('reason')</script>"}
+# What the merge rule did in round 3: agent-03 (20 of 200 samples) left out.
+MERGE = {3: {"rule": "nnm+median", "weights": {"agent-01": 0.5, "agent-02": 0.5, "agent-03": 0.0}}}
 HOSTILE_NODE = "<script>alert('node')</script>"
 HTTP_TIMEOUT_S = 5.0
 CHROMIUM_TIMEOUT_S = 90.0
@@ -98,6 +100,7 @@ def add_round(s: Swarm, rnd: int, *, close: bool = True) -> None:
         "model_hash": f"{rnd:02x}" * 32,
         "state_hash": "ee" * 32,
         "attesters": included,
+        **({"merge": MERGE[rnd]} if rnd in MERGE else {}),
     }
     s.submit("gw", "model_final", final, ts=t + duration)
 
@@ -185,6 +188,7 @@ def test_rounds_view(source: DashboardSource) -> None:
         assert r["mean_accuracy"] == pytest.approx(expected_mean(n))
         assert r["samples"] == sum(SAMPLES[a] for a in INCLUDED[n])
         assert r["model_hash"] == f"{n:02x}" * 6
+        assert r["down_weighted"] == (["agent-03"] if n == 3 else [])
     # Weighting matters: the plain mean of round 1 is well below the weighted one.
     assert expected_mean(1) - sum(ACCURACY[1].values()) / 3 > 0.03
 
