@@ -14,11 +14,23 @@ merge rules can be measured against the attacks the literature uses:
   on the wrong task.
 
 Pure numpy; the agent logs a loud warning when it runs one. Never set on a real device.
+
+Two more attacks are *colluding and omniscient*: the poisoners see every honest delta of the
+round before they send theirs, as the papers assume. They run in the benchmark's simulation
+only (`colluding_delta`); a real agent cannot wait for the others' deltas of its own round:
+
+- ``alie`` ("A Little Is Enough", Baruch et al. 2019): the honest mean minus z standard
+  deviations per coordinate, z the largest that still keeps the value among the majority
+  (`alie_z`); it hides inside the honest spread, where distance-based rules cannot see it;
+- ``ipm`` (inner-product manipulation, Xie et al. 2020): ``-strength * honest mean`` (default
+  0.1), small enough to sit near the honest deltas yet pointing the other way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -80,3 +92,40 @@ def poison_labels(attack: Attack, y: np.ndarray, n_classes: int) -> np.ndarray:
     if attack.name != "label_flip":
         return y
     return (n_classes - 1 - np.asarray(y)).astype(y.dtype)
+
+
+COLLUDING = ("alie", "ipm")
+DEFAULT_IPM_EPSILON = 0.1
+
+
+def alie_z(n_total: int, n_bad: int) -> float:
+    """Baruch et al.'s z_max: with s = floor(n/2 + 1) - f honest agents needed to reach a
+    majority, the z whose normal tail leaves n - s of n on the right side."""
+    if not 0 < n_bad < n_total:
+        raise ValueError(f"need 0 < n_bad < n_total, got {n_bad} of {n_total}")
+    s = n_total // 2 + 1 - n_bad
+    return NormalDist().inv_cdf((n_total - s) / n_total)
+
+
+def colluding_delta(
+    name: str,
+    honest: Sequence[np.ndarray],
+    n_total: int,
+    n_bad: int,
+    strength: float = 0.0,
+) -> np.ndarray:
+    """The delta every colluding poisoner sends, given the round's honest deltas (float32).
+
+    ``strength``: z for ``alie`` (0: `alie_z`), epsilon for ``ipm`` (0: 0.1)."""
+    if name not in COLLUDING:
+        raise ValueError(f"colluding attack must be one of {list(COLLUDING)}, got {name!r}")
+    if not honest:
+        raise ValueError("a colluding attack needs the honest deltas")
+    H = np.stack([np.asarray(h, dtype=np.float64) for h in honest])
+    mu = H.mean(axis=0)
+    if name == "alie":
+        z = strength or alie_z(n_total, n_bad)
+        out = mu - z * H.std(axis=0)
+    else:
+        out = -(strength or DEFAULT_IPM_EPSILON) * mu
+    return out.astype(np.float32)
