@@ -3,7 +3,9 @@
 The standard workload (shared/WORKLOAD.md: digits, 8 agents, Dirichlet 0.5, MLP 64-32-10, 20
 rounds, local SGD lr 0.2 batch 16 × 5 epochs), simulated in this process with the agents'
 own code (``train_local``, ``merge``, ``learn.poison``): agents 7 and 8 poison every round
-with each attack in turn, the others are honest. Every aggregator runs with the standard
+with each attack in turn, the others are honest; then with two colluding attacks that see
+the round's honest deltas first (``alie``, ``ipm``: simulation only, and outside the 3-point
+verdict, which is over the harness's five). Every aggregator runs with the standard
 server rule (FedAvgM, momentum 0.5) and f = 2 where it takes one, with and without
 nearest-neighbour mixing (``nnm``); Bulyan needs n >= 4f + 3, so f = 1 with 8 agents, and it
 is also run with one poisoner, inside its bound. Each cell is the mean final test accuracy
@@ -38,7 +40,14 @@ from sim_standard import ROUNDS, setup  # noqa: E402
 
 from edge_swarm.audit import audit_rounds, merge_summary  # noqa: E402
 from edge_swarm.learn.model import init_params  # noqa: E402
-from edge_swarm.learn.poison import ATTACKS, Attack, poison_delta, poison_labels  # noqa: E402
+from edge_swarm.learn.poison import (  # noqa: E402
+    ATTACKS,
+    COLLUDING,
+    Attack,
+    colluding_delta,
+    poison_delta,
+    poison_labels,
+)
 from edge_swarm.learn.train import STANDARD_TRAINING, evaluate, train_local, training_seed  # noqa: E402
 from edge_swarm.report import print_table, write_json  # noqa: E402
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge  # noqa: E402
@@ -73,19 +82,21 @@ def simulate(
     spec: Any,
     agents: list,
     rule: MergeRule,
-    attack: Attack | None,
+    attack: Attack | str | None,
     poisoners: tuple[str, ...] = POISONERS,
     trial: int = 0,
 ) -> dict[str, Any]:
     """One simulated run of the standard workload; final accuracy and the poisoners' mean
-    weight per round."""
+    weight per round. ``attack`` is an `Attack` each poisoner runs on its own delta, or the
+    name of a colluding attack (`COLLUDING`) computed from the round's honest deltas."""
+    colluding = isinstance(attack, str)
     params, state = init_params(spec, 0), MergeState()
     poison_weight = []
     for r in range(ROUNDS):
         contribs = []
         for i, (X, y) in enumerate(agents):
             node = f"agent-{i + 1:02d}"
-            bad = attack is not None and node in poisoners
+            bad = isinstance(attack, Attack) and node in poisoners
             ys = poison_labels(attack, y, spec.n_outputs) if bad else y  # type: ignore[arg-type]
             seed = training_seed(trial, r + 1, node)
             local, m = train_local(spec, params, X, ys, STANDARD_TRAINING, seed)
@@ -93,6 +104,13 @@ def simulate(
             if bad:
                 delta = poison_delta(attack, delta, np.random.default_rng(seed + 2))  # type: ignore[arg-type]
             contribs.append(Contribution(node, delta.astype(np.float32), m["n_samples"]))
+        if colluding:
+            honest = [c.delta for c in contribs if c.node not in poisoners]
+            bad_delta = colluding_delta(attack, honest, len(contribs), len(poisoners))  # type: ignore[arg-type]
+            contribs = [
+                Contribution(c.node, bad_delta, c.n_samples) if c.node in poisoners else c
+                for c in contribs
+            ]
         result = merge(rule, params, contribs, state)
         params, state = result.params, result.state
         poison_weight.append(sum(result.weights.get(p, 0.0) for p in poisoners))
@@ -105,7 +123,7 @@ def simulate_trials(
     spec: Any,
     agents: list,
     rule: MergeRule,
-    attack: Attack | None,
+    attack: Attack | str | None,
     poisoners: tuple[str, ...],
     trials: int,
 ) -> dict[str, Any]:
@@ -167,9 +185,11 @@ def main() -> int:
     swarm_attacks = _parse_attacks(args.swarm_attacks)
     logging.basicConfig(level=logging.WARNING)
     wl, spec, agents = setup("digits")
-    conditions: list[tuple[str, Attack | None]] = [("clean", None)] + [
-        (a, Attack(a)) for a in ATTACKS
-    ]
+    conditions: list[tuple[str, Attack | str | None]] = (
+        [("clean", None)] + [(a, Attack(a)) for a in ATTACKS] + [(c, c) for c in COLLUDING]
+    )
+    # The goal is judged on the harness's attacks; the colluding ones show where it ends.
+    judged = list(ATTACKS)
     runs: dict[str, tuple[MergeRule, tuple[str, ...]]] = {
         name: (rule, POISONERS) for name, rule in RULES.items()
     }
@@ -186,7 +206,7 @@ def main() -> int:
     rows = []
     verdicts: dict[str, bool] = {}
     for name, by in table.items():
-        worst = min(by[a]["accuracy"] for a, _ in conditions[1:])
+        worst = min(by[a]["accuracy"] for a in judged)
         holds = worst >= clean_mean - GOAL_POINTS / 100
         verdicts[name] = holds
         own = by["clean"]["accuracy"]
@@ -201,7 +221,9 @@ def main() -> int:
         )
     print_table(
         f"final test accuracy, standard workload, {ROUNDS} rounds, {len(POISONERS)} of 8 "
-        f"agents poisoning (mean of {args.trials} training seeds)",
+        f"agents poisoning (mean of {args.trials} training seeds); alie and ipm collude and "
+        f"see the honest deltas (simulation only), the worst and the verdict are over "
+        f"the others",
         [
             "rule",
             "clean",
@@ -258,6 +280,8 @@ def main() -> int:
             "one_poisoner_rows": {
                 n: {"rule": r, "poisoners": list(p)} for n, (r, p) in ONE_POISONER.items()
             },
+            "judged_attacks": judged,
+            "colluding_attacks": list(COLLUDING),
             "simulation": table,
             "within_goal": verdicts,
             "clean_mean": clean_mean,
