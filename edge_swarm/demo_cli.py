@@ -107,6 +107,14 @@ def run_demo(args: argparse.Namespace) -> int:
     attacks = _attacks(args)
     if attacks is None:
         return 2
+    if rule.min_deltas() > args.agents:
+        print(
+            f"edge-swarm demo: --merge {args.merge} needs at least {rule.min_deltas()} "
+            f"agents per round, got --agents {args.agents}: every round would fall back to "
+            "the median",
+            file=sys.stderr,
+        )
+        return 2
     backbone = _backbone(args, workdir)
     cfg = RunConfig(
         workdir=workdir,

@@ -88,6 +88,14 @@ def _admin_init(args: argparse.Namespace) -> int:
         security=args.security,
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
+    print(
+        f"merge rule: {rule.aggregation} over {rule.name}" + (f", f = {rule.f}" if rule.f else "")
+    )
+    if rule.min_deltas() > 1:
+        print(
+            f"  it needs at least {rule.min_deltas()} agents' deltas per round; a round with "
+            "fewer falls back to the coordinate-wise median (noted on the ledger)"
+        )
     print(f"admin key: {args.out / 'admin.key'} (owner-only; keep it off the clinic network)")
     print(f"genesis {genesis.hash}\nbootstrap file: {bootstrap}")
     return 0

@@ -70,7 +70,9 @@ def test_admin_init_takes_the_merge_rule_into_the_genesis(
     merge = read_chain(site / "bootstrap.jsonl")[0].payload["params"]["merge"]
     assert (merge["name"], merge["momentum"]) == ("fedavgm", 0.5)  # the standard server rule
     assert (merge["aggregator"], merge["mix"], merge["f"], merge["clip"]) == ("median", "nnm", 2, 3)
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "merge rule: nnm+median over fedavgm, f = 2" in out
+    assert "needs at least 5 agents' deltas per round" in out
     assert main([*args[:-1], str(tmp_path / "other"), "--merge", "nnm+median"]) == 2
     assert "--merge nnm+median: mix 'nnm' needs f >= 1" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()

@@ -609,3 +609,32 @@ def test_the_cli_lists_the_poisoning_attacks_without_importing_numpy() -> None:
     from edge_swarm.learn.poison import ATTACKS
 
     assert ATTACK_NAMES == ATTACKS
+
+
+@pytest.mark.parametrize(
+    ("rule", "need"),
+    [
+        (MergeRule(), 1),
+        (MergeRule(aggregator="median", f=3), 1),
+        (MergeRule(aggregator="trimmed_mean", f=2), 5),
+        (MergeRule(aggregator="trimmed_mean", f=2, trim=0.2), 1),
+        (MergeRule(aggregator="krum", f=2), 7),
+        (MergeRule(aggregator="multikrum", f=1), 5),
+        (MergeRule(aggregator="bulyan", f=2), 11),
+        (MergeRule(aggregator="median", f=2, mix="nnm"), 5),
+        (MergeRule(aggregator="bulyan", f=1, mix="nnm"), 7),
+    ],
+)
+def test_min_deltas_is_where_the_rule_stops_falling_back(rule: MergeRule, need: int) -> None:
+    assert rule.min_deltas() == need
+    rng = np.random.default_rng(need)
+
+    def run(n: int) -> str:
+        contribs = [
+            Contribution(f"a{i:02d}", rng.normal(0, 1, D).astype(np.float32), 10) for i in range(n)
+        ]
+        return merge(rule, np.zeros(D, np.float32), contribs).note
+
+    assert "lowered" not in run(need) and "median" not in run(need) and "skipped" not in run(need)
+    if need > 1:
+        assert run(need - 1) != ""

@@ -175,6 +175,17 @@ class MergeRule:
             if self.f < 1:
                 raise ValueError(f"mix {self.mix!r} needs f >= 1 (the deltas it may distrust)")
 
+    def min_deltas(self) -> int:
+        """The fewest deltas a round needs for this rule to run as chosen; with fewer, the
+        aggregator falls back to the median (or mixing is skipped) and says so."""
+        need = {
+            "trimmed_mean": 2 * self.f + 1 if self.trim is None else 1,
+            "krum": 2 * self.f + 3,
+            "multikrum": 2 * self.f + 3,
+            "bulyan": 4 * self.f + 3,
+        }.get(self.aggregator, 1)
+        return max(need, 2 * self.f + 1 if self.mix is not None else 1)
+
     @property
     def aggregation(self) -> str:
         """The aggregator with its mixing pre-step, e.g. ``median`` or ``nnm+median``."""

@@ -1,0 +1,37 @@
+"""``edge-swarm demo``'s argument checks: each wrong option is refused with exit code 2 and a
+message naming it, before any process starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_swarm.cli import main
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--codec", "int3"], "--codec int3"),
+        (["--merge", "medain"], "--merge medain: 'medain' is not a server rule"),
+        (["--merge", "nnm+median"], "needs f >= 1"),
+        (["--merge", "bulyan,f=2"], "needs at least 11 agents per round, got --agents 8"),
+        (["--attack", "sign_flip", "--attackers", "8"], "--attackers must be between 1 and 7"),
+        (["--attack", "sign_flip", "--attackers", "0"], "--attackers must be between 1 and 7"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    workdir = tmp_path / "run"
+    assert main(["demo", "--workdir", str(workdir), *args]) == 2
+    assert says in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_unknown_attack_is_refused_by_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--attack", "backdoor"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'backdoor'" in capsys.readouterr().err
