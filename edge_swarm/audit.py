@@ -26,23 +26,34 @@ class RoundAudit:
     final_height: int = -1
     merge: dict[str, Any] | None = None  # model_final's record of what the merge rule did
 
+    def merge_weights(self) -> dict[str, float]:
+        """{node: share} from model_final's merge report ({} without one); an entry whose
+        share is not a number (the report is the gateway's word) is skipped."""
+        weights = (self.merge or {}).get("weights") or {}
+        if not isinstance(weights, dict):
+            return {}
+        return {
+            str(n): float(w)
+            for n, w in sorted(weights.items())
+            if isinstance(w, (int, float)) and not isinstance(w, bool)
+        }
+
+    def sample_shares(self, nodes: list[str]) -> dict[str, float]:
+        """Each node's share of the samples its delta_commits claim among ``nodes`` (what a
+        plain mean gives it); an equal share when the counts are missing."""
+        samples = {n: self.commits.get(n, {}).get("n_samples") for n in nodes}
+        total = sum(v for v in samples.values() if isinstance(v, int) and v > 0)
+        return {
+            n: k / total if isinstance(k, int) and k > 0 and total else 1 / len(nodes)
+            for n, k in samples.items()
+        }
+
     def down_weighted(self) -> dict[str, float]:
         """Included nodes the merge rule gave less than half of their sample share (what a
         plain mean would give them; 0 means left out), with the weight they got."""
-        weights = (self.merge or {}).get("weights") or {}
-        if not isinstance(weights, dict) or not weights:
-            return {}
-        samples = {n: self.commits.get(n, {}).get("n_samples") for n in weights}
-        total = sum(v for v in samples.values() if isinstance(v, int) and v > 0)
-        out = {}
-        for n, w in sorted(weights.items()):
-            if not isinstance(w, (int, float)):
-                continue
-            k = samples[n]
-            share = k / total if isinstance(k, int) and k > 0 and total else 1 / len(weights)
-            if w < 0.5 * share:
-                out[n] = float(w)
-        return out
+        weights = self.merge_weights()
+        share = self.sample_shares(list(weights))
+        return {n: w for n, w in weights.items() if w < 0.5 * share[n]}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,17 +117,11 @@ def merge_summary(rounds: dict[int, RoundAudit]) -> list[NodeMergeSummary]:
     """Per node, most down-weighted first (pure)."""
     seen: dict[str, list[tuple[bool, float, float]]] = {}
     for a in rounds.values():
-        weights = (a.merge or {}).get("weights")
-        if not isinstance(weights, dict) or not weights:
-            continue
+        weights = a.merge_weights()
         low = a.down_weighted()
-        samples = {n: a.commits.get(n, {}).get("n_samples") for n in weights}
-        total = sum(v for v in samples.values() if isinstance(v, int) and v > 0)
+        share = a.sample_shares(list(weights))
         for n, w in weights.items():
-            k = samples[n]
-            share = k / total if isinstance(k, int) and k > 0 and total else 1 / len(weights)
-            weight = float(w) if isinstance(w, (int, float)) else 0.0
-            seen.setdefault(str(n), []).append((n in low, weight, share))
+            seen.setdefault(n, []).append((n in low, w, share[n]))
     out = [
         NodeMergeSummary(
             node,
