@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim_standard import ROUNDS, setup  # noqa: E402
 
-from edge_swarm.audit import audit_rounds, merge_summary  # noqa: E402
+from edge_swarm.audit import merge_summary, read_rounds  # noqa: E402
 from edge_swarm.learn.model import init_params  # noqa: E402
 from edge_swarm.learn.poison import (  # noqa: E402
     ATTACKS,
@@ -142,13 +142,11 @@ def real_swarm(rule: MergeRule, attack: Attack | None) -> dict[str, Any]:
     """A real swarm on loopback; final accuracy and, per poisoner, the rounds the ledger's
     merge report shows it down-weighted."""
     from edge_swarm.demo import RunConfig, run_swarm
-    from ledger_lite import SqliteStore
 
     attacks = tuple((p, attack.to_dict()) for p in POISONERS) if attack is not None else ()
     with tempfile.TemporaryDirectory(prefix="bench-robust-") as tmp:
         res = run_swarm(RunConfig(workdir=Path(tmp), merge=rule, attacks=attacks, min_peers=8))
-        with SqliteStore(res.layout.ledger_path, verify_only=True) as store:
-            rounds = audit_rounds(store.load())
+        rounds = read_rounds(res.layout.ledger_path)
     by_node = {s.node: s for s in merge_summary(rounds)}
     down = {
         n: f"{by_node[n].down_weighted}/{by_node[n].included}" if n in by_node else "-"

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ledger_lite import Entry
@@ -135,6 +136,15 @@ def merge_summary(rounds: dict[int, RoundAudit]) -> list[NodeMergeSummary]:
     return sorted(out, key=lambda s: (-s.down_weighted / s.included, s.node))
 
 
+def read_rounds(ledger: Path) -> dict[int, RoundAudit]:
+    """`audit_rounds` of a ledger file, opened read-only and closed again (verify it first:
+    this trusts what it reads)."""
+    from ledger_lite import SqliteStore
+
+    with SqliteStore(ledger, verify_only=True) as store:
+        return audit_rounds(store.load())
+
+
 def run_audit(args: argparse.Namespace) -> int:
     if not args.ledger.is_file():
         print(f"edge-swarm audit: no ledger at {args.ledger}", file=sys.stderr)
@@ -147,11 +157,7 @@ def run_audit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    from ledger_lite import SqliteStore
-
-    with SqliteStore(args.ledger, verify_only=True) as store:  # read-only, and closed
-        entries = store.load()
-    rounds = audit_rounds(entries)
+    rounds = read_rounds(args.ledger)
     if args.round is not None:
         rounds = {k: v for k, v in rounds.items() if k == args.round}
     if args.json:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_swarm.audit import print_merge_summary, read_rounds
 from edge_swarm.demo import DEFAULT_MERGE, RunConfig, RunResult, model_spec, run_swarm
 from edge_swarm.observer import RoundRecord
 from edge_swarm.report import (
@@ -58,16 +59,6 @@ def _attacks(args: argparse.Namespace) -> tuple[tuple[str, dict[str, Any]], ...]
         return None
     first = args.agents - args.attackers + 1
     return tuple((f"agent-{i:02d}", {"name": args.attack}) for i in range(first, args.agents + 1))
-
-
-def _print_merge_summary(ledger: Path) -> None:
-    """What the merge rule did with each agent, from the ledger (as ``edge-swarm audit``)."""
-    from edge_swarm.audit import audit_rounds, print_merge_summary
-    from ledger_lite import SqliteStore
-
-    with SqliteStore(ledger, verify_only=True) as store:
-        entries = store.load()
-    print_merge_summary(audit_rounds(entries))
 
 
 def _backbone(args: argparse.Namespace, workdir: Path) -> Path | None:
@@ -193,7 +184,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     js = write_json(workdir / "summary.json", summary)
     ledger = result.layout.ledger_path
-    _print_merge_summary(ledger)
+    print_merge_summary(read_rounds(ledger))
     print(
         f"\nplot: {png}\nsummary: {js}\n"
         f"check the ledger:  ledger-lite verify {ledger}\n"

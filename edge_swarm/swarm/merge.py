@@ -178,13 +178,8 @@ class MergeRule:
     def min_deltas(self) -> int:
         """The fewest deltas a round needs for this rule to run as chosen; with fewer, the
         aggregator falls back to the median (or mixing is skipped) and says so."""
-        need = {
-            "trimmed_mean": 2 * self.f + 1 if self.trim is None else 1,
-            "krum": 2 * self.f + 3,
-            "multikrum": 2 * self.f + 3,
-            "bulyan": 4 * self.f + 3,
-        }.get(self.aggregator, 1)
-        return max(need, 2 * self.f + 1 if self.mix is not None else 1)
+        need = robust.min_rows(self.aggregator, self.f, self.trim)
+        return max(need, robust.nnm_min_rows(self.f) if self.mix is not None else 1)
 
     @property
     def aggregation(self) -> str:
@@ -436,7 +431,7 @@ def merge(
         clipped = {c.node: float(s) for c, s in zip(ordered, scales, strict=True) if s < 1}
     mixing, notes = None, []
     if rule.mix is not None:
-        if X.shape[0] > 2 * rule.f:
+        if X.shape[0] >= robust.nnm_min_rows(rule.f):
             X, mixing = robust.nnm(X, rule.f)
         else:
             notes.append(f"nnm needs more than 2f = {2 * rule.f} deltas, got {X.shape[0]}: skipped")

@@ -207,11 +207,26 @@ def _fallback(X: np.ndarray, why: str) -> Aggregate:
     return Aggregate(agg.vector, agg.weights, f"{why}: used the coordinate-wise median")
 
 
+def min_rows(name: str, f: int, trim: float | None = None) -> int:
+    """The fewest rows aggregator ``name`` needs to run under its ``f`` bound (with fewer it
+    falls back to the median): trimmed mean 2f + 1 (1 with a ``trim`` fraction), Krum and
+    multi-Krum 2f + 3, Bulyan 4f + 3, the others 1."""
+    if name == "trimmed_mean":
+        return 1 if trim is not None else 2 * f + 1
+    return {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(name, 1)
+
+
+def nnm_min_rows(f: int) -> int:
+    """The fewest rows mixing needs: more than 2f, so honest rows are a majority of any
+    row's n - f neighbours' pool."""
+    return 2 * f + 1
+
+
 def krum(X: np.ndarray, f: int) -> Aggregate:
     """The row with the smallest Krum score (ties: lowest node id); weight 1, others 0.
     Falls back to the median when n < 2f + 3."""
     n = X.shape[0]
-    if n < 2 * f + 3:
+    if n < min_rows("krum", f):
         return _fallback(X, f"krum needs n >= 2f+3 = {2 * f + 3} deltas, got {n}")
     best = _ranked(krum_scores(pairwise_sq_distances(X), range(n), f))[0]
     weights = np.zeros(n, dtype=np.float64)
@@ -226,7 +241,7 @@ def multikrum(X: np.ndarray, samples: Sequence[int], f: int, m: int | None) -> A
     n = X.shape[0]
     if m is not None and m < 1:
         raise ValueError(f"multikrum m must be >= 1, got {m}")
-    if n < 2 * f + 3:
+    if n < min_rows("multikrum", f):
         return _fallback(X, f"multikrum needs n >= 2f+3 = {2 * f + 3} deltas, got {n}")
     note = ""
     if m is None:
@@ -246,7 +261,7 @@ def bulyan(X: np.ndarray, f: int) -> Aggregate:
     coordinate the mean of the β = θ - 2f chosen values closest to their median (ties: node
     id), summed closest first. Falls back to the median when n < 4f + 3."""
     n = X.shape[0]
-    if n < 4 * f + 3:
+    if n < min_rows("bulyan", f):
         return _fallback(X, f"bulyan needs n >= 4f+3 = {4 * f + 3} deltas, got {n}")
     theta, beta = n - 2 * f, n - 4 * f
     D = pairwise_sq_distances(X)
