@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from _machine import machine, pin_one_core  # noqa: E402
 
-from edge_swarm.report import print_table, write_json  # noqa: E402
+from edge_swarm.site.report import print_table, write_json  # noqa: E402
 from edge_swarm.swarm.quantize import CodecSpec, decode, encode  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,8 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edge_swarm.demo import RunConfig, run_swarm
-from edge_swarm.report import print_table, write_json
+from edge_swarm.site.demo import RunConfig, run_swarm
+from edge_swarm.site.report import print_table, write_json
 from edge_swarm.swarm.quantize import CodecSpec
 
 RESULTS = Path(__file__).parent / "results"

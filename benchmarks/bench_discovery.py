@@ -27,11 +27,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_swarm.config import BrokerConfig, DiscoveryConfig, dump_config, load_config  # noqa: E402
 from edge_swarm.io.broker import free_ports  # noqa: E402
-from edge_swarm.launch import NodeProcess  # noqa: E402
-from edge_swarm.observer import SwarmObserver  # noqa: E402
-from edge_swarm.report import print_table, write_json  # noqa: E402
+from edge_swarm.node.config import BrokerConfig, DiscoveryConfig, dump_config, load_config  # noqa: E402
+from edge_swarm.node.observer import SwarmObserver  # noqa: E402
+from edge_swarm.site.launch import NodeProcess  # noqa: E402
+from edge_swarm.site.report import print_table, write_json  # noqa: E402
 from tests.lan_site import BrokerProcess, make_site  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_swarm.report import print_table, write_json  # noqa: E402
+from edge_swarm.site.report import print_table, write_json  # noqa: E402
 from ledger_lite import SigningKey, Tx, make_genesis, make_tx  # noqa: E402
 from ledger_lite.keys import verify  # noqa: E402
 from ledger_lite.verify import verify_file  # noqa: E402

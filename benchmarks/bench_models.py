@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.demo import RunConfig, RunResult, model_spec, run_swarm
 from edge_swarm.learn.backbone import features, load_backbone, pretrain, write_backbone
 from edge_swarm.learn.data import PUBLIC_FRACTION, public_private, standard_workload
 from edge_swarm.learn.runtimes import available_engines, load_model
-from edge_swarm.report import baselines, print_table, write_json
+from edge_swarm.site.demo import RunConfig, RunResult, model_spec, run_swarm
+from edge_swarm.site.report import baselines, print_table, write_json
 
 RESULTS = Path(__file__).parent / "results"
 ENGINES = ("numpy", "onnxruntime", "tflite")

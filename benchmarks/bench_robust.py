@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim_standard import ROUNDS, setup  # noqa: E402
 
-from edge_swarm.audit import merge_summary, read_rounds  # noqa: E402
+from edge_swarm.cli.audit import read_rounds  # noqa: E402
 from edge_swarm.learn.model import init_params  # noqa: E402
 from edge_swarm.learn.poison import (  # noqa: E402
     ATTACKS,
@@ -49,7 +49,8 @@ from edge_swarm.learn.poison import (  # noqa: E402
     poison_labels,
 )
 from edge_swarm.learn.train import STANDARD_TRAINING, evaluate, train_local, training_seed  # noqa: E402
-from edge_swarm.report import print_table, write_json  # noqa: E402
+from edge_swarm.site.report import print_table, write_json  # noqa: E402
+from edge_swarm.swarm.audit import merge_summary  # noqa: E402
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,7 +142,7 @@ def simulate_trials(
 def real_swarm(rule: MergeRule, attack: Attack | None) -> dict[str, Any]:
     """A real swarm on loopback; final accuracy and, per poisoner, the rounds the ledger's
     merge report shows it down-weighted."""
-    from edge_swarm.demo import RunConfig, run_swarm
+    from edge_swarm.site.demo import RunConfig, run_swarm
 
     attacks = tuple((p, attack.to_dict()) for p in POISONERS) if attack is not None else ()
     with tempfile.TemporaryDirectory(prefix="bench-robust-") as tmp:

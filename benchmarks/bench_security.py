@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.demo import RunConfig, run_swarm
-from edge_swarm.report import print_table, write_json
+from edge_swarm.site.demo import RunConfig, run_swarm
+from edge_swarm.site.report import print_table, write_json
 from edge_swarm.swarm.codec import (
     FLAG_SEALED,
     EnvelopeHeader,

@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edge_swarm.demo import RunConfig, model_spec, run_swarm
 from edge_swarm.learn.train import LocalTraining
-from edge_swarm.report import baselines, print_table, write_json
+from edge_swarm.site.demo import RunConfig, model_spec, run_swarm
+from edge_swarm.site.report import baselines, print_table, write_json
 from edge_swarm.swarm.merge import MergeRule
 
 RESULTS = Path(__file__).parent / "results"

@@ -2,6 +2,6 @@
 
 import sys
 
-from edge_swarm.cli import main
+from edge_swarm.cli.main import main
 
 sys.exit(main())

@@ -15,11 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_swarm.config import BrokerConfig, DiscoveryConfig, Timing
-from edge_swarm.demo import DEFAULT_LOCAL, DEFAULT_MERGE, model_spec
 from edge_swarm.io.mqtt import MqttClient
 from edge_swarm.learn.data import WORKLOADS, write_partitions
-from edge_swarm.provision import SwarmLayout, SwarmParams, provision_swarm
+from edge_swarm.node.config import BrokerConfig, DiscoveryConfig, Timing
+from edge_swarm.site.demo import DEFAULT_LOCAL, DEFAULT_MERGE, model_spec
+from edge_swarm.site.provision import SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.quantize import CodecSpec
 
 STOP_TIMEOUT_S = 10.0

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from edge_swarm.audit import RoundAudit, audit_rounds, merge_summary, run_audit
+from edge_swarm.cli.audit import run_audit
+from edge_swarm.swarm.audit import RoundAudit, audit_rounds, merge_summary
 from ledger_lite import Entry, Ledger, SigningKey, make_genesis, make_tx
 
 SWARM = "clinic"

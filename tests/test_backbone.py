@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_swarm.config import NodeConfig, RuntimeConfig, dump_config, load_config
 from edge_swarm.learn.backbone import (
     FILES,
     BackboneRef,
@@ -35,7 +34,8 @@ from edge_swarm.learn.runtimes import (
     load_layers,
     load_model,
 )
-from edge_swarm.serving import ModelServer
+from edge_swarm.node.config import NodeConfig, RuntimeConfig, dump_config, load_config
+from edge_swarm.node.serving import ModelServer
 
 ENGINES = ("numpy", "onnxruntime", "tflite")
 
@@ -162,7 +162,7 @@ def test_a_swarm_fine_tunes_a_head_and_every_export_agrees_with_numpy(
 ) -> None:
     require("onnxruntime")
     require("tflite")
-    from edge_swarm.demo import RunConfig, run_swarm
+    from edge_swarm.site.demo import RunConfig, run_swarm
     from ledger_lite import SqliteStore
 
     out, ref, backbone_layers, _ = made
@@ -202,7 +202,7 @@ def test_a_swarm_fine_tunes_a_head_and_every_export_agrees_with_numpy(
 def test_an_agent_with_the_wrong_backbone_refuses_to_start(made: tuple, tmp_path: Path) -> None:
     """agent-03 joins a running swarm with a backbone that is not the genesis's: it stops
     with a message naming the file and the hash, and the swarm goes on without it."""
-    from edge_swarm.demo import RunConfig, run_swarm
+    from edge_swarm.site.demo import RunConfig, run_swarm
 
     out, _, layers, _ = made
     cfg = RunConfig(

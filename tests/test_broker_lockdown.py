@@ -1,5 +1,5 @@
 """The locked-down broker: a real Mosquitto started with the configuration that
-``edge_swarm.trust.broker_config`` writes (TLS from the swarm CA, passwords, per-device ACL).
+``edge_swarm.site.broker_config`` writes (TLS from the swarm CA, passwords, per-device ACL).
 
 What Mosquitto 2.0 does, and so what these tests look for:
 - a PUBLISH the ACL denies is dropped in silence: the MQTT 3.1.1 publisher still gets its
@@ -36,11 +36,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from edge_swarm.config import BrokerConfig, ConfigError, config_from_dict, dump_config
 from edge_swarm.io.broker import BrokerStartError, MosquittoBroker, find_mosquitto, free_port
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings
-from edge_swarm.swarm.topics import Topics
-from edge_swarm.trust.broker_config import (
+from edge_swarm.node.config import BrokerConfig, ConfigError, config_from_dict, dump_config
+from edge_swarm.site.broker_config import (
     BrokerConfigError,
     BrokerFiles,
     acl_text,
@@ -48,6 +47,7 @@ from edge_swarm.trust.broker_config import (
     mosquitto_hash,
     write_broker_config,
 )
+from edge_swarm.swarm.topics import Topics
 from edge_swarm.trust.pki import (
     CertPair,
     PkiError,

@@ -28,15 +28,7 @@ from typing import Any
 
 import pytest
 
-from edge_swarm.bundle import (
-    BundleError,
-    BundleSpec,
-    node_config,
-    read_bootstrap,
-    systemd_units,
-    write_files,
-)
-from edge_swarm.bundle_cli import (
+from edge_swarm.cli.bundle import (
     add_parser,
     fits,
     project_root,
@@ -44,18 +36,26 @@ from edge_swarm.bundle_cli import (
     target_requirements,
     wheel_tags,
 )
-from edge_swarm.config import BrokerConfig, Timing, load_config
-from edge_swarm.demo import DEFAULT_LOCAL, DEFAULT_MERGE, model_spec
 from edge_swarm.learn.data import standard_workload, write_partitions
-from edge_swarm.operator import EnrollRequest, append_to_bootstrap, enroll_tx
-from edge_swarm.profiles import (
+from edge_swarm.node.config import BrokerConfig, Timing, load_config
+from edge_swarm.site.bundle import (
+    BundleError,
+    BundleSpec,
+    node_config,
+    read_bootstrap,
+    systemd_units,
+    write_files,
+)
+from edge_swarm.site.demo import DEFAULT_LOCAL, DEFAULT_MERGE, model_spec
+from edge_swarm.site.operator import EnrollRequest, append_to_bootstrap, enroll_tx
+from edge_swarm.site.profiles import (
     PROFILE_DIR,
     ProfileError,
     load_profile,
     profile_from_dict,
     profile_names,
 )
-from edge_swarm.provision import SwarmLayout, SwarmParams, provision_swarm
+from edge_swarm.site.provision import SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.quantize import CodecSpec
 from ledger_lite import DEFAULT_POLICY, SigningKey, make_genesis
 

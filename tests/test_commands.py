@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_swarm.fleet import FleetControl
+from edge_swarm.node.fleet import FleetControl
 from edge_swarm.swarm.commands import Ack, Command, CommandError, judge, make_command
 from ledger_lite import SigningKey
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.config import (
+from edge_swarm.node.config import (
     BrokerConfig,
     ConfigError,
     DiscoveryConfig,

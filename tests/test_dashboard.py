@@ -29,9 +29,11 @@ from typing import Any
 
 import pytest
 
-import edge_swarm.dashboard as dashboard
-from edge_swarm.audit import audit_rounds
+import edge_swarm.dashboard.source as dashboard
 from edge_swarm.dashboard import (
+    BAR_W,
+    ID_CHARS,
+    REFRESH_S,
     TAIL,
     DashboardServer,
     DashboardSource,
@@ -39,6 +41,7 @@ from edge_swarm.dashboard import (
     render_page,
     weighted_accuracy,
 )
+from edge_swarm.swarm.audit import audit_rounds
 from ledger_lite import Entry
 
 from .test_ledger_support import T0, Swarm
@@ -257,7 +260,7 @@ def test_device_rows_are_coerced_not_trusted() -> None:
         "x" * 500,
         {"role": 7, "state": "rebooting", "round": -1, "accuracy": float("nan"), "bytes_out": True},
     )
-    assert len(odd.id) == dashboard.ID_CHARS and odd.role == "" and odd.state == "unknown"
+    assert len(odd.id) == ID_CHARS and odd.role == "" and odd.state == "unknown"
     assert odd.round is None and odd.accuracy is None and odd.bytes_out is None
     assert DeviceRow.from_status("y", None).state == "unknown"
 
@@ -364,7 +367,7 @@ def test_the_page_holds_every_view(source: DashboardSource) -> None:
     widths = [
         int(a["width"] or 0) for t, a, tb in page.tags if t == "rect" and tb == "contributions"
     ]
-    assert widths == [dashboard.BAR_W, dashboard.BAR_W // 2, round(dashboard.BAR_W * 40 / 360)]
+    assert widths == [BAR_W, BAR_W // 2, round(BAR_W * 40 / 360)]
 
 
 def test_an_empty_ledger_renders() -> None:
@@ -613,7 +616,7 @@ def test_chromium_script_refreshes_from_the_api(tmp_path: Path, swarm: Swarm) ->
     source = DashboardSource(swarm.ledger.entries, devices)
     with DashboardServer(source) as srv:
         # Virtual time runs the 5 s refresh timer at once; the fetch itself is real.
-        budget = f"--virtual-time-budget={dashboard.REFRESH_S * 1000 + 2000}"
+        budget = f"--virtual-time-budget={REFRESH_S * 1000 + 2000}"
         run = chromium(binary, tmp_path / "profile", budget, "--dump-dom", srv.url)
     assert run.returncode == 0, run.stderr[-2000:]
     status = re.search(r'<p id="status">([^<]*)</p>', run.stdout)

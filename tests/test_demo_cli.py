@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.cli import main
+from edge_swarm.cli.main import main
 
 
 @pytest.mark.parametrize(

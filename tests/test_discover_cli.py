@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge_swarm.cli import main
+from edge_swarm.cli.main import main
 from edge_swarm.io.discovery import Discovery
 from edge_swarm.swarm.adverts import SERVICE_MQTT, SERVICE_SWARM, broker_txt, swarm_txt
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.demo import RunConfig, RunResult, run_swarm
 from edge_swarm.io.broker import find_mosquitto
 from edge_swarm.io.chunked import ChunkedSender
 from edge_swarm.io.mqtt import MqttClient
-from edge_swarm.launch import SwarmProcesses
-from edge_swarm.observer import SwarmObserver
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import RunConfig, RunResult, run_swarm
+from edge_swarm.site.launch import SwarmProcesses
 from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
 from ledger_lite import SigningKey, SqliteStore
 from ledger_lite.cli import main as ledger_cli
@@ -143,7 +143,7 @@ def test_ledger_verifies_and_names_the_height_of_one_changed_byte(
 def test_audit_lists_contributors_per_round(
     clean_run: RunResult, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge_swarm.cli import main
+    from edge_swarm.cli.main import main
 
     assert main(["audit", str(clean_run.layout.ledger_path), "--json"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
@@ -551,7 +551,7 @@ def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_pat
     def proofs_then_enroll(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         ask_for_proofs(procs, obs)
         # The operator enrols a new device on the running site, over MQTT.
-        from edge_swarm.operator import EnrollRequest, enroll_tx, publish_tx
+        from edge_swarm.site.operator import EnrollRequest, enroll_tx, publish_tx
 
         admin = SigningKey.load(cfg.workdir / "keys" / "admin.key")
         req = EnrollRequest("pi-new", SigningKey.generate().public_hex)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.demo import run_swarm
 from edge_swarm.io.broker import free_port
-from edge_swarm.launch import SwarmProcesses
-from edge_swarm.observer import SwarmObserver
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import run_swarm
+from edge_swarm.site.launch import SwarmProcesses
 
 from .test_dashboard import chromium, find_chromium, png_size_and_pixels
 from .test_e2e import small

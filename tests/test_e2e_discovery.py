@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.config import BrokerConfig
-from edge_swarm.demo import _failure
 from edge_swarm.io.broker import EmbeddedBroker, free_ports
 from edge_swarm.io.discovery import Discovery
 from edge_swarm.io.mqtt import MqttClient
-from edge_swarm.launch import SwarmProcesses
-from edge_swarm.observer import SwarmObserver
+from edge_swarm.node.config import BrokerConfig
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import _failure
+from edge_swarm.site.launch import SwarmProcesses
 from edge_swarm.swarm.adverts import SERVICE_MQTT, broker_txt
 from ledger_lite import SqliteStore
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.demo import RunConfig, run_swarm
-from edge_swarm.launch import SwarmProcesses
-from edge_swarm.observer import SwarmObserver
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import RunConfig, run_swarm
+from edge_swarm.site.launch import SwarmProcesses
 from ledger_lite import SqliteStore
 from ledger_lite.verify import verify_file
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.cli import main
-from edge_swarm.demo import run_swarm
+from edge_swarm.cli.main import main
+from edge_swarm.site.demo import run_swarm
 from edge_swarm.swarm.merge import MergeRule
 
 from .test_e2e import _same_bytes_every_round, small

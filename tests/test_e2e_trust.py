@@ -14,11 +14,11 @@ import threading
 import numpy as np
 import pytest
 
-from edge_swarm.demo import RunResult, run_swarm
 from edge_swarm.io.mqtt import Message, MqttClient
-from edge_swarm.launch import SwarmProcesses
-from edge_swarm.observer import SwarmObserver
-from edge_swarm.operator import publish_tx, revoke_tx
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import RunResult, run_swarm
+from edge_swarm.site.launch import SwarmProcesses
+from edge_swarm.site.operator import publish_tx, revoke_tx
 from edge_swarm.swarm.checkpoint import is_sealed_checkpoint, parse_sealed_checkpoint
 from edge_swarm.swarm.codec import (
     FLAG_SEALED,

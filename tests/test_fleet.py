@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.demo import run_swarm
-from edge_swarm.fleet_cli import FleetClient
-from edge_swarm.launch import SwarmProcesses
-from edge_swarm.observer import SwarmObserver
+from edge_swarm.cli.fleet import FleetClient
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import run_swarm
+from edge_swarm.site.launch import SwarmProcesses
 from edge_swarm.swarm.commands import Ack, make_command
 from ledger_lite import SigningKey, SqliteStore
 

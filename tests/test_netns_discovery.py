@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.config import BrokerConfig
+from edge_swarm.node.config import BrokerConfig
 from ledger_lite import SqliteStore
 
 from .lan_site import make_site

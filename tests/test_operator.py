@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.cli import main
-from edge_swarm.operator import enc_key_path, keygen
+from edge_swarm.cli.main import main
+from edge_swarm.site.operator import enc_key_path, keygen
 from ledger_lite import Entry, verify_chain
 
 
@@ -84,7 +84,7 @@ def test_an_agent_refuses_to_start_with_a_key_others_can_read(
 ) -> None:
     import numpy as np
 
-    from edge_swarm.config import NodeConfig, dump_config
+    from edge_swarm.node.config import NodeConfig, dump_config
 
     req = keygen(tmp_path / "device.key", "pi-1")
     assert req.enc_pubkey is not None

@@ -605,7 +605,7 @@ def test_parse_merge_says_what_is_wrong(text: str, says: str) -> None:
 
 
 def test_the_cli_lists_the_poisoning_attacks_without_importing_numpy() -> None:
-    from edge_swarm.cli import ATTACK_NAMES
+    from edge_swarm.cli.main import ATTACK_NAMES
     from edge_swarm.learn.poison import ATTACKS
 
     assert ATTACK_NAMES == ATTACKS

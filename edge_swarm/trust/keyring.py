@@ -59,8 +59,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edge_swarm.swarm.topics import validate_id
 from edge_swarm.trust.payload import KEY_LEN, TrustError, build_aad
+from ledger_lite.entry import ID_RE
 from ledger_lite.files import OpenToOthersError, read_private, write_private
 
 __all__ = [
@@ -210,6 +210,16 @@ def wrap_context(swarm: str, epoch: int, node: str) -> bytes:
     validate_id(node, "node id")
     _check_epoch(epoch)
     return build_aad("key-wrap", swarm, epoch, node)
+
+
+def validate_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is a ledger id (``[A-Za-z0-9_.-]{1,64}``), else raise ValueError.
+
+    The ledger's own rule (``ledger_lite.entry.ID_RE``), so trust needs nothing from ``swarm``.
+    """
+    if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
+        raise ValueError(f"invalid {what}: {value!r}")
+    return value
 
 
 def _check_epoch(epoch: object) -> int:

@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.config import BrokerConfig, RuntimeConfig, Timing
 from edge_swarm.io.broker import free_port, free_ports
-from edge_swarm.launch import SwarmProcesses
 from edge_swarm.learn.backbone import read_ref
 from edge_swarm.learn.data import (
     PUBLIC_FRACTION,
@@ -31,8 +29,10 @@ from edge_swarm.learn.data import (
 )
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import STANDARD_TRAINING, LocalTraining, evaluate
-from edge_swarm.observer import RoundRecord, SwarmObserver
-from edge_swarm.provision import OBSERVER_ID, SwarmLayout, SwarmParams, provision_swarm
+from edge_swarm.node.config import BrokerConfig, RuntimeConfig, Timing
+from edge_swarm.node.observer import RoundRecord, SwarmObserver
+from edge_swarm.site.launch import SwarmProcesses
+from edge_swarm.site.provision import OBSERVER_ID, SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.trust.keyring import EncryptionKey
@@ -139,8 +139,8 @@ def _locked_down(cfg: RunConfig, workdir: Path) -> tuple[Any, SiteBroker]:
     import getpass
 
     from edge_swarm.io.broker import MosquittoBroker
-    from edge_swarm.provision import agent_id
-    from edge_swarm.trust.broker_config import write_broker_config
+    from edge_swarm.site.broker_config import write_broker_config
+    from edge_swarm.site.provision import agent_id
     from edge_swarm.trust.pki import write_private
 
     nodes = {agent_id(i): "agent" for i in range(1, cfg.n_agents + 1)}

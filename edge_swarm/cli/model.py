@@ -56,7 +56,7 @@ def _file(engine: str) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from edge_swarm.model_export import export_checkpoint
+    from edge_swarm.node.exports import export_checkpoint
 
     written = export_checkpoint(args.checkpoint, args.out, args.backbone)
     for path, digest in written.items():

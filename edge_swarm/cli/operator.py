@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_swarm.operator import (
+from edge_swarm.site.operator import (
     EnrollRequest,
     OperatorError,
     admin_init,
@@ -65,10 +65,10 @@ def _deliver(args: argparse.Namespace, tx: Tx, what: str) -> int:
 
 
 def _admin_init(args: argparse.Namespace) -> int:
-    from edge_swarm.demo import DEFAULT_LOCAL, DEFAULT_MERGE
-    from edge_swarm.demo_cli import parse_codec
+    from edge_swarm.cli.demo import parse_codec
     from edge_swarm.learn.model import ModelSpec
-    from edge_swarm.provision import SwarmParams
+    from edge_swarm.site.demo import DEFAULT_LOCAL, DEFAULT_MERGE
+    from edge_swarm.site.provision import SwarmParams
     from edge_swarm.swarm.merge import parse_merge
 
     try:

@@ -21,7 +21,7 @@ import numpy as np
 from edge_swarm.learn.data import Workload, load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.train import LocalTraining, evaluate, train_local
-from edge_swarm.observer import RoundRecord
+from edge_swarm.node.observer import RoundRecord
 
 # shared/WORKLOAD.md's reference training: 20 epochs, SGD lr 0.1, batch 32.
 REFERENCE_TRAINING = LocalTraining(epochs=20, lr=0.1, batch_size=32)

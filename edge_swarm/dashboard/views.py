@@ -5,8 +5,8 @@ How it works
 ------------
 Each view is a frozen dataclass with a constructor that coerces its input (`DeviceRow`
 from a ``devices()`` item, `RoundView` from a round's audit, `LedgerLine` from an entry);
-`edge_swarm.dashboard.DashboardSource` folds the ledger into them and
-`edge_swarm.dashboard_page` renders them. They live apart from both so the page and the
+`edge_swarm.dashboard.source.DashboardSource` folds the ledger into them and
+`edge_swarm.dashboard.page` renders them. They live apart from both so the page and the
 source can share the caps and coercions below without importing each other.
 
 Invariants
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edge_swarm.audit import RoundAudit
+from edge_swarm.swarm.audit import RoundAudit
 from ledger_lite import Entry
 from ledger_lite.entry import is_uint
 

@@ -37,7 +37,7 @@ class ModelServer:
 
     def install_layers(self, layers: list, rnd: int) -> bool:
         """Write the model for this engine (``model-rNNNN``) and serve it if it loads."""
-        from edge_swarm.model_export import export_layers
+        from edge_swarm.node.exports import export_layers
 
         stem = f"model-r{rnd:04d}"
         ext = EXTENSIONS[self.engine]

@@ -7,7 +7,7 @@ How it works
 `DashboardSource` (here) folds the gateway's ledger into views. It remembers the height and
 hash of the last entry it folded, so a call folds only what was appended since. Entries that
 belong to a round are kept per round, and a round that gained one is re-audited with
-`edge_swarm.audit.audit_rounds` (the fold ``edge-swarm audit`` prints), so the dashboard and
+`edge_swarm.swarm.audit.audit_rounds` (the fold ``edge-swarm audit`` prints), so the dashboard and
 the audit never disagree about who contributed what. Per-device totals are sums of per-round
 shares: re-auditing a round swaps its share instead of recounting every round. The device
 table comes fresh from the `devices()` callable on every call.
@@ -15,14 +15,14 @@ table comes fresh from the `devices()` callable on every call.
 The rest is in three sibling modules, one concern each, imported one way
 (views <- page <- server <- here):
 
-- `edge_swarm.dashboard_views`: the frozen view types (`DeviceRow`, `RoundView`, ...), the
+- `edge_swarm.dashboard.views`: the frozen view types (`DeviceRow`, `RoundView`, ...), the
   text caps and `summarize`; pure.
-- `edge_swarm.dashboard_page`: `render_page`, the HTML with its CSS and the script that
+- `edge_swarm.dashboard.page`: `render_page`, the HTML with its CSS and the script that
   re-renders it from ``/api/state`` every `REFRESH_S` seconds; pure.
-- `edge_swarm.dashboard_server`: `DashboardServer`, the stdlib HTTP server on a daemon
+- `edge_swarm.dashboard.server`: `DashboardServer`, the stdlib HTTP server on a daemon
   thread; the only part with sockets.
 
-This module re-exports their public names, so ``from edge_swarm.dashboard import
+This module re-exports their public names, so ``from edge_swarm.dashboard.source import
 DashboardServer`` and the like keep working.
 
 Invariants
@@ -47,74 +47,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from edge_swarm.audit import audit_rounds
-from edge_swarm.dashboard_page import (
-    BAR_H,
-    BAR_W,
-    CHART_H,
-    CHART_PAD,
-    CHART_W,
-    DASH,
-    REFRESH_S,
-    chart_points,
-    render_page,
-)
-from edge_swarm.dashboard_server import (
-    MAX_BODY,
-    MAX_CLIENTS,
-    REQUEST_TIMEOUT_S,
-    DashboardServer,
-    Response,
-)
-from edge_swarm.dashboard_views import (
-    DEVICE_STATES,
+from edge_swarm.dashboard.views import (
     HASH_CHARS,
-    ID_CHARS,
-    SUMMARY_CHARS,
     TAIL,
     Contribution,
     DeviceRow,
     LedgerLine,
     RoundView,
     _shares,
-    summarize,
-    weighted_accuracy,
 )
+from edge_swarm.swarm.audit import audit_rounds
 from ledger_lite import Entry
 from ledger_lite.entry import is_uint
-
-__all__ = [
-    "BAR_H",
-    "BAR_W",
-    "CHART_H",
-    "CHART_PAD",
-    "CHART_W",
-    "DASH",
-    "DEVICE_STATES",
-    "HASH_CHARS",
-    "ID_CHARS",
-    "MAX_BODY",
-    "MAX_CLIENTS",
-    "MAX_DEVICES",
-    "MAX_ROUNDS",
-    "REFRESH_S",
-    "REQUEST_TIMEOUT_S",
-    "SUMMARY_CHARS",
-    "TAIL",
-    "Contribution",
-    "DashboardServer",
-    "DashboardSource",
-    "DeviceRow",
-    "DevicesFn",
-    "EntriesFn",
-    "LedgerLine",
-    "Response",
-    "RoundView",
-    "chart_points",
-    "render_page",
-    "summarize",
-    "weighted_accuracy",
-]
 
 log = logging.getLogger(__name__)
 

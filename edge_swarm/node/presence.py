@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from edge_swarm.config import NodeConfig
 from edge_swarm.io.discovery import Discovery, advertised_host, lan_addresses
+from edge_swarm.node.config import NodeConfig
 from edge_swarm.swarm.adverts import (
     SERVICE_MQTT,
     SERVICE_MQTTS,

@@ -251,7 +251,7 @@ def _command(fleet: FleetClient, args: argparse.Namespace) -> int:
             return 0 if ack.status == "done" else 1
         print(f"{target}: {ack}", file=sys.stderr)
         return 1
-    from edge_swarm.report import print_table
+    from edge_swarm.site.report import print_table
 
     print_table(
         f"{op} ({tx.payload['id'][:12]}) -> {target}",
@@ -294,7 +294,7 @@ COLUMNS = ["device", "role", "state", "round", "RSS MiB", "local acc", "CPU °C"
 
 
 def _print_devices(fleet: FleetClient) -> None:
-    from edge_swarm.report import print_table
+    from edge_swarm.site.report import print_table
 
     print_table(f"swarm {fleet.swarm}: {len(fleet.devices)} devices", COLUMNS, _rows(fleet))
 

@@ -1,5 +1,5 @@
 """The dashboard's HTTP server: ``/`` (the page) and ``/api/state`` (JSON) from a
-`edge_swarm.dashboard.DashboardSource`, on the stdlib `ThreadingHTTPServer` on a daemon
+`edge_swarm.dashboard.source.DashboardSource`, on the stdlib `ThreadingHTTPServer` on a daemon
 thread.
 
 How it works
@@ -34,14 +34,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from edge_swarm.dashboard_page import render_page
-from edge_swarm.dashboard_views import _cut
+from edge_swarm.dashboard.page import render_page
+from edge_swarm.dashboard.views import _cut
 
-if TYPE_CHECKING:  # a runtime import would be a cycle: edge_swarm.dashboard re-exports us
-    from edge_swarm.dashboard import DashboardSource
+if TYPE_CHECKING:  # a runtime import would be a cycle: edge_swarm.dashboard.source re-exports us
+    from edge_swarm.dashboard.source import DashboardSource
 
-# The dashboard's one logger, as before the split: operators filter on "edge_swarm.dashboard".
-log = logging.getLogger("edge_swarm.dashboard")
+log = logging.getLogger(__name__)  # under "edge_swarm.dashboard", with the source's
 
 MAX_BODY = 4 * 1024 * 1024
 """Largest response body (bytes); the source's caps keep a real one far below it."""

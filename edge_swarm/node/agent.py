@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.config import NodeConfig
-from edge_swarm.fleet import FleetControl, LogRing, Operation, Outcome
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
-from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.base import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.config import NodeConfig
+from edge_swarm.node.fleet import FleetControl, LogRing, Operation, Outcome
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
@@ -312,8 +312,8 @@ class Agent(NodeRuntime):
         """Serve the model just committed, if this device's profile says so."""
         if not self.cfg.runtime.serve or self.holder is None:
             return
-        from edge_swarm.model_export import backbone_layers, model_layers
-        from edge_swarm.serving import ModelServer
+        from edge_swarm.node.exports import backbone_layers, model_layers
+        from edge_swarm.node.serving import ModelServer
 
         if self._server is None:
             r = self.cfg.runtime
@@ -571,7 +571,7 @@ class Agent(NodeRuntime):
         rnd = int(command.args["round"])
         if self._server is None:
             return "failed", "this device does not serve models ([runtime] serve = false)", {}
-        from edge_swarm.serving import EXTENSIONS
+        from edge_swarm.node.serving import EXTENSIONS
 
         path = self._server.out_dir / f"model-r{rnd:04d}{EXTENSIONS[self._server.engine]}"
         if not path.exists():

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_swarm.config import (
+from edge_swarm.learn.model import ModelSpec
+from edge_swarm.learn.train import LocalTraining
+from edge_swarm.node.config import (
     BrokerConfig,
     DiscoveryConfig,
     NodeConfig,
@@ -21,8 +23,6 @@ from edge_swarm.config import (
     Timing,
     dump_config,
 )
-from edge_swarm.learn.model import ModelSpec
-from edge_swarm.learn.train import LocalTraining
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.trust.keyring import EncryptionKey

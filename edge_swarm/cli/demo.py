@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.audit import print_merge_summary, read_rounds
-from edge_swarm.demo import DEFAULT_MERGE, RunConfig, RunResult, model_spec, run_swarm
-from edge_swarm.observer import RoundRecord
-from edge_swarm.report import (
+from edge_swarm.cli.audit import print_merge_summary, read_rounds
+from edge_swarm.node.observer import RoundRecord
+from edge_swarm.site.demo import DEFAULT_MERGE, RunConfig, RunResult, model_spec, run_swarm
+from edge_swarm.site.report import (
     Baselines,
     baselines,
     plot_accuracy,

@@ -18,12 +18,12 @@ import logging
 import os
 from typing import Any
 
-from edge_swarm.config import NodeConfig
+from edge_swarm.io.ledger import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
-from edge_swarm.ledger_backend import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
-from edge_swarm.model_export import RoundExporter
-from edge_swarm.runtime import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.base import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.config import NodeConfig
+from edge_swarm.node.exports import RoundExporter
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,

@@ -3,7 +3,7 @@ inline script that re-renders the same elements from ``/api/state``.
 
 How it works
 ------------
-`render_page` turns the dict that `edge_swarm.dashboard.DashboardSource.state` returns
+`render_page` turns the dict that `edge_swarm.dashboard.source.DashboardSource.state` returns
 into one self-contained page, so the page shows everything without JavaScript. The script
 fetches ``/api/state`` every `REFRESH_S` seconds and redraws the tables and the chart in
 place. Each table's columns and formats are declared once (`_TABLES`) and handed to the
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from edge_swarm.dashboard_views import TAIL, _number
+from edge_swarm.dashboard.views import TAIL, _number
 
 REFRESH_S = 5
 """How often the page's script fetches ``/api/state`` (seconds)."""

@@ -17,7 +17,7 @@ from edge_swarm.swarm.adverts import Advert, Expectation, choose
 
 def run_discover(args: argparse.Namespace) -> int:
     from edge_swarm.io.discovery import Discovery
-    from edge_swarm.report import print_table
+    from edge_swarm.site.report import print_table
 
     interfaces = list(args.interface) or None
     discovery = Discovery(interfaces)

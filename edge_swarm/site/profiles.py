@@ -28,9 +28,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 on Jetson images
     import tomli as tomllib
 
-from edge_swarm.config import ENGINES, RuntimeConfig
+from edge_swarm.node.config import ENGINES, RuntimeConfig
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_configs"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "firmware_configs"
 
 ROLES = ("agent", "gateway")
 CODECS = ("float32", "float16", "int8", "int4", "sign1")  # edge_swarm.swarm.quantize.CODEC_IDS

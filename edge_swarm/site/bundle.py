@@ -1,7 +1,7 @@
 """An offline installer for one device, made from a device profile and a swarm's genesis.
 
     wheels/          edge-swarm's wheel and every dependency for the profile's platform and
-                     Python, and SHA256SUMS (built by ``edge_swarm.bundle_cli``)
+                     Python, and SHA256SUMS (built by ``edge_swarm.cli.bundle``)
     config/          the node's TOML (``agent.toml`` or ``gateway.toml``, via dump_config)
     swarm/           agents: the genesis line only (``genesis.json``); gateways: the whole
                      bootstrap file; the broker's CA (``ca.crt``) and ``backbone/`` if given
@@ -16,7 +16,7 @@
 This module is the pure part: `BundleSpec` (validated inputs) and the renderers of every
 file but the wheels and the manifest (`node_config`, `systemd_units`, `install_script`,
 `cloud_init`); `write_files` puts them on disk. Fetching wheels with pip, the manifest and
-assembling the directory are in ``edge_swarm.bundle_cli``.
+assembling the directory are in ``edge_swarm.cli.bundle``.
 
 The device's paths are written as absolute paths. A prefixed install rewrites every
 absolute path in the config (``"/...``) and the units (``=/...`` and `` /...``), which is
@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_swarm.config import (
+from edge_swarm.node.config import (
     BrokerConfig,
     ConfigError,
     DiscoveryConfig,
     NodeConfig,
     dump_config,
 )
-from edge_swarm.operator import enc_key_path
-from edge_swarm.profiles import DeviceProfile
+from edge_swarm.site.operator import enc_key_path
+from edge_swarm.site.profiles import DeviceProfile
 from ledger_lite import Entry
 from ledger_lite.errors import LedgerError
 

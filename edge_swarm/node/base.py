@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.config import NodeConfig
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.learn.model import ModelSpec, model_hash
+from edge_swarm.node.config import NodeConfig
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -299,7 +299,7 @@ class NodeRuntime:
     def _start_presence(self) -> bool:
         """Advertise this node and, without a broker host in the config, find the broker;
         returns False if told to stop while looking."""
-        from edge_swarm.presence import LanPresence  # zeroconf only for nodes that use it
+        from edge_swarm.node.presence import LanPresence  # zeroconf only for nodes that use it
 
         genesis = self.genesis_for_adverts()
         if genesis is None:

@@ -29,7 +29,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _run_node(args: argparse.Namespace, role: str) -> int:
-    from edge_swarm.config import ConfigError, load_config
+    from edge_swarm.node.config import ConfigError, load_config
     from ledger_lite.errors import LedgerError
 
     try:
@@ -46,11 +46,11 @@ def _run_node(args: argparse.Namespace, role: str) -> int:
     node: Any
     try:
         if role == "agent":
-            from edge_swarm.agent import Agent
+            from edge_swarm.node.agent import Agent
 
             node = Agent(cfg)
         else:
-            from edge_swarm.gateway import Gateway
+            from edge_swarm.node.gateway import Gateway
 
             node = Gateway(cfg)
     except (OSError, ValueError, LedgerError) as exc:
@@ -105,7 +105,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _broker_config(args: argparse.Namespace) -> int:
-    from edge_swarm.trust.broker_config import BrokerConfigError, write_broker_config
+    from edge_swarm.site.broker_config import BrokerConfigError, write_broker_config
 
     try:
         nodes = dict(n.split("=", 1) for n in args.node)
@@ -132,19 +132,19 @@ def _broker_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from edge_swarm.demo_cli import run_demo
+    from edge_swarm.cli.demo import run_demo
 
     return run_demo(args)
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from edge_swarm.audit import run_audit
+    from edge_swarm.cli.audit import run_audit
 
     return run_audit(args)
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from edge_swarm.operator_cli import run_operator
+    from edge_swarm.cli.operator import run_operator
 
     return run_operator(args)
 
@@ -237,10 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=_demo)
 
-    from edge_swarm.bundle_cli import add_parser as add_bundle
-    from edge_swarm.discover_cli import add_parser as add_discover
-    from edge_swarm.fleet_cli import add_parser as add_fleet
-    from edge_swarm.model_cli import add_parsers as add_model
+    from edge_swarm.cli.bundle import add_parser as add_bundle
+    from edge_swarm.cli.discover import add_parser as add_discover
+    from edge_swarm.cli.fleet import add_parser as add_fleet
+    from edge_swarm.cli.model import add_parsers as add_model
 
     add_discover(sub)
     add_model(sub)

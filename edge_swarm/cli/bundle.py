@@ -1,4 +1,4 @@
-"""``edge-swarm bundle``: build one device's offline installer (see ``edge_swarm.bundle``).
+"""``edge-swarm bundle``: build one device's offline installer (see ``edge_swarm.site.bundle``).
 
 This is the I/O side: it reads the project's requirements from pyproject.toml, builds
 edge-swarm's own wheel, has pip download every dependency for the device's platform and
@@ -34,8 +34,8 @@ else:  # pragma: no cover - Python 3.10 on Jetson images
     import tomli as tomllib
 
 if TYPE_CHECKING:  # the CLI builds its parser on every run: the rest loads when it runs
-    from edge_swarm.bundle import BundleSpec
-    from edge_swarm.profiles import DeviceProfile
+    from edge_swarm.site.bundle import BundleSpec
+    from edge_swarm.site.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from edge_swarm.bundle import BundleError, BundleSpec, parse_broker, read_bootstrap
-    from edge_swarm.profiles import ProfileError, load_profile
+    from edge_swarm.site.bundle import BundleError, BundleSpec, parse_broker, read_bootstrap
+    from edge_swarm.site.profiles import ProfileError, load_profile
 
     try:
         profile = with_python(load_profile(args.profile), args.python)
@@ -134,7 +134,7 @@ def build_bundle(
     failed build leaves nothing behind. Raises BundleError for bad inputs, WheelError when
     pip fails or a wheel would not install on the device.
     """
-    from edge_swarm.bundle import BundleError, write_files
+    from edge_swarm.site.bundle import BundleError, write_files
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"--out {out} exists and is not empty: choose a new directory")
@@ -195,7 +195,7 @@ def manifest(spec: BundleSpec, wheels: dict[str, str], version: str) -> dict[str
 
 def with_python(profile: DeviceProfile, python: str | None) -> DeviceProfile:
     """The profile for a device whose Python differs from the profile's (``--python``)."""
-    from edge_swarm.bundle import BundleError
+    from edge_swarm.site.bundle import BundleError
 
     if python is None or python == profile.python:
         return profile
@@ -218,11 +218,11 @@ class Project:
 
 def project_root() -> Path:
     """The source checkout holding this package (the parent of ``edge_swarm/``)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def read_project(root: Path) -> Project:
-    from edge_swarm.bundle import BundleError
+    from edge_swarm.site.bundle import BundleError
 
     path = root / "pyproject.toml"
     try:
@@ -246,7 +246,7 @@ def read_project(root: Path) -> Project:
 def target_requirements(project: Project, profile: DeviceProfile) -> list[str]:
     """The requirements the device needs (core + the profile's extras), markers evaluated
     for the device's machine and Python and then dropped. BundleError for an unknown extra."""
-    from edge_swarm.bundle import BundleError
+    from edge_swarm.site.bundle import BundleError
 
     Requirement, canonical = _packaging()
     for extra in profile.extras:

@@ -1,17 +1,13 @@
-"""``edge-swarm audit``: per round, who contributed, with how many samples, and which model
-came out — read from a ledger file, after the chain has been verified from genesis."""
+"""The audit fold: per round, who contributed, with how many samples, what the merge rule did
+and which model came out. Pure: a list of ledger entries in, values out (``cli.audit`` reads
+the file, verifies it and prints)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ledger_lite import Entry
-from ledger_lite.verify import verify_file
 
 
 @dataclass
@@ -134,102 +130,3 @@ def merge_summary(rounds: dict[int, RoundAudit]) -> list[NodeMergeSummary]:
         for node, v in seen.items()
     ]
     return sorted(out, key=lambda s: (-s.down_weighted / s.included, s.node))
-
-
-def read_rounds(ledger: Path) -> dict[int, RoundAudit]:
-    """`audit_rounds` of a ledger file, opened read-only and closed again (verify it first:
-    this trusts what it reads)."""
-    from ledger_lite import SqliteStore
-
-    with SqliteStore(ledger, verify_only=True) as store:
-        return audit_rounds(store.load())
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    if not args.ledger.is_file():
-        print(f"edge-swarm audit: no ledger at {args.ledger}", file=sys.stderr)
-        return 2
-    report = verify_file(args.ledger)
-    if not report.ok:
-        print(
-            f"edge-swarm audit: the ledger does not verify (height {report.first_bad_height}: "
-            f"{report.reason}); nothing in it can be trusted",
-            file=sys.stderr,
-        )
-        return 1
-    rounds = read_rounds(args.ledger)
-    if args.round is not None:
-        rounds = {k: v for k, v in rounds.items() if k == args.round}
-    if args.json:
-        for r in sorted(rounds):
-            print(json.dumps(rounds[r].to_dict(), sort_keys=True))
-        return 0
-    from edge_swarm.report import print_table
-
-    rows = []
-    for r in sorted(rounds):
-        a = rounds[r]
-        samples = {n: a.commits[n]["n_samples"] for n in a.included if n in a.commits}
-        contributors = ", ".join(f"{n} ({samples.get(n, 'no commit')})" for n in a.included) or "-"
-        rows.append(
-            [
-                r,
-                contributors,
-                sum(samples.values()),
-                _merge_cell(a),
-                a.model_hash[:16] or "(not final)",
-                len(a.attesters),
-            ]
-        )
-    print(f"ledger {args.ledger}: verified, {report.n_entries} entries, tip {report.tip_hash[:16]}")
-    print_table(
-        "contributions per round",
-        [
-            "round",
-            "contributors (samples)",
-            "samples",
-            "merge: down-weighted",
-            "model hash",
-            "attests",
-        ],
-        rows,
-    )
-    print_merge_summary(rounds)
-    return 0
-
-
-def print_merge_summary(rounds: dict[int, RoundAudit]) -> None:
-    """The per-node table of what the merge rule did over the run (nothing if no round has a
-    merge report, i.e. a plain mean without reports)."""
-    from edge_swarm.report import print_table
-
-    summary = merge_summary(rounds)
-    if not summary:
-        return
-    rules = sorted({str((a.merge or {}).get("rule", "?")) for a in rounds.values() if a.merge})
-    print_table(
-        f"what the merge rule ({', '.join(rules)}) did with each node",
-        ["node", "rounds in", "down-weighted", "mean share", "sample share"],
-        [
-            [
-                s.node,
-                s.included,
-                f"{s.down_weighted} ({100 * s.down_weighted / s.included:.0f}%)",
-                f"{s.mean_weight:.3f}",
-                f"{s.mean_sample_share:.3f}",
-            ]
-            for s in summary
-        ],
-    )
-
-
-def _merge_cell(a: RoundAudit) -> str:
-    """``krum: agent-07 0.00, agent-08 0.00`` — who the rule down-weighted, and how much."""
-    if a.merge is None:
-        return ""
-    rule = str(a.merge.get("rule", "?"))
-    low = a.down_weighted()
-    clipped = a.merge.get("clipped") or {}
-    parts = [f"{n} {w:.2f}" for n, w in low.items()]
-    parts += [f"{n} clipped x{s}" for n, s in sorted(clipped.items()) if n not in low]
-    return f"{rule}: {', '.join(parts)}" if parts else f"{rule}: none"

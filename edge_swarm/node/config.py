@@ -40,7 +40,7 @@ class BrokerConfig:
 
     ``tls_ca`` (the swarm CA's certificate) turns on TLS towards a locked-down broker;
     ``username`` and ``password_file`` (a file holding only the password, mode 0600) log in.
-    Both or neither of the last two. See ``edge_swarm.trust.broker_config``.
+    Both or neither of the last two. See ``edge_swarm.site.broker_config``.
     """
 
     host: str = "127.0.0.1"

@@ -1,0 +1,1 @@
+"""The processes: the shared node runtime, agent, gateway, presence, serving, fleet control."""

@@ -1,0 +1,1 @@
+"""Operator tasks: provisioning, device profiles, bundles, broker config, demo, launch."""
