@@ -91,7 +91,7 @@ def test_agent_round_trip(tmp_path: Path) -> None:
     cfg = agent(
         tmp_path,
         broker=BrokerConfig(host="10.0.0.2", port=8883, keepalive_s=30),
-        timing=Timing(tick_s=0.01, connect_timeout_s=2.5, sync_timeout_s=3.0, telemetry_every_s=1),
+        timing=Timing(tick_s=0.01, connect_timeout_s=2.5, telemetry_every_s=1),
     )
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
 
@@ -219,7 +219,7 @@ def edit(text: str, old: str, new: str) -> str:
         (AGENT_TOML + "\n[broker]\ncolour = 'red'\n", "colour"),
         (AGENT_TOML + "\n[timing]\ntick = 1\n", "tick"),
         (AGENT_TOML + '\n[timing]\ntick_s = "fast"\n', "timing.tick_s"),
-        (AGENT_TOML + "\n[timing]\nsync_timeout_s = -1\n", "timing.sync_timeout_s"),
+        (AGENT_TOML + "\n[timing]\nconnect_timeout_s = -1\n", "timing.connect_timeout_s"),
         ("broker = 5\n" + AGENT_TOML, "[broker]"),
         (AGENT_TOML + "extra = 1\n", "extra"),
         (GATEWAY_TOML + "bootstrapp = 'b'\n", "bootstrapp"),
@@ -310,3 +310,13 @@ def test_discovery_round_trip(tmp_path: Path, disc: DiscoveryConfig) -> None:
 def test_bad_discovery_settings_are_named(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_text(tmp_path, AGENT_TOML + extra)
+
+
+def test_a_config_of_an_earlier_version_still_loads(tmp_path: Path) -> None:
+    """``timing.sync_timeout_s`` was written by earlier versions and never read: a device
+    upgraded in place must still start on the config it has."""
+    path = tmp_path / "agent.toml"
+    path.write_text(AGENT_TOML + "\n[timing]\nsync_timeout_s = 15.0\ntick_s = 0.2\n")
+    cfg = load_config(path)
+    assert cfg.timing.tick_s == 0.2
+    assert "sync_timeout_s" not in dump_config(cfg)

@@ -65,7 +65,9 @@ def test_closes_when_all_expected_committed_sorted() -> None:
     assert close.kind == "round_close"
     assert close.payload["included"] == ["a", "b"]
     (merge,) = append(c, close, 5)
-    assert merge == P.Merge(1, (("a", "a" * 64), ("b", "a" * 64)))
+    # the merge names each included node's envelope and its commit's sample count
+    assert merge == P.Merge(1, (("a", "a" * 64), ("b", "a" * 64)), (("a", 10), ("b", 10)))
+    assert merge.sample_counts == {"a": 10, "b": 10}
 
 
 def test_offline_peer_is_not_waited_for_and_deadline_closes() -> None:
@@ -166,7 +168,9 @@ def test_replay_folds_without_acting_then_resume_asks_for_the_merge() -> None:
     again.replaying = True
     for ev in log:
         assert again.handle(ev) == []
-    assert again.resume() == [P.Merge(1, (("a", "a" * 64), ("b", "a" * 64)))]
+    assert again.finish_replay() == [
+        P.Merge(1, (("a", "a" * 64), ("b", "a" * 64)), (("a", 10), ("b", 10)))
+    ]
 
 
 # ----------------------------------------------------------------------- participant
@@ -197,7 +201,7 @@ def test_participant_full_round() -> None:
     p.handle(P.EnvelopeStored(1, "a", "e" * 64))
     assert p.handle(closed(1, ["a", "b"])) == []  # b's envelope is not here yet
     (merge,) = p.handle(P.EnvelopeStored(1, "b", "f" * 64))
-    assert merge == P.Merge(1, (("a", "e" * 64), ("b", "f" * 64)))
+    assert merge == P.Merge(1, (("a", "e" * 64), ("b", "f" * 64)), (("a", 10), ("b", 10)))
     (att,) = p.handle(P.MergeDone(1, H1, S))
     assert att.kind == "model_attest" and att.payload["model_hash"] == H1
     assert p.handle(final(1, H1)) == [P.Commit(1, H1)]

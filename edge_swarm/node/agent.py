@@ -21,15 +21,16 @@ from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
-from edge_swarm.node.base import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing, Operation, Outcome
+from edge_swarm.node.model import ModelHolder
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
 from edge_swarm.swarm.commands import Ack, Command
 from edge_swarm.swarm.feedback import ErrorFeedback
-from edge_swarm.swarm.inbox import Accepted, Dropped, EnvelopeInbox, RoundView
+from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
 from edge_swarm.swarm.mirror import LedgerMirror, MirrorError
@@ -72,12 +73,9 @@ class Agent(NodeRuntime):
         self.synced = False
         self._query_id = ""
         self._query_sent = 0.0
-        self.holder: ModelHolder | None = None
         self.machine: P.Participant | None = None
-        self.inbox: EnvelopeInbox | None = None
         self.local: LocalTraining | None = None
         self.init_seed = 0
-        self.samples: dict[int, dict[str, int]] = {}
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
         self.last_train_s = 0.0
@@ -240,19 +238,12 @@ class Agent(NodeRuntime):
             return
         if self.machine is None or self.inbox is None:
             return
-        p = entry.payload
-        held: list[Accepted] = []
-        if self.fold_keys(entry) and self._sealed_checkpoint is not None:
+        assert self.mirror.state is not None
+        folded = self.fold_entry(entry, self.mirror.state)
+        if folded.new_key and self._sealed_checkpoint is not None:
             self._on_checkpoint(self._sealed_checkpoint)  # a key for it may have come
-        if entry.kind == "round_open":
-            assert self.mirror.state is not None
-            epoch = self.epochs.on_round_open(p["round"], entry.height, self.mirror.state)
-            held = self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))
-            self.round_seen = p["round"]
-        elif entry.kind == "delta_commit":
-            self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
-        actions = self.machine.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
-        for ok in held:
+        actions = self.machine.handle(P.Appended(entry.kind, entry.author, entry.payload, entry.ts))
+        for ok in folded.held:
             actions += self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256))
         if self.synced:
             self._act(actions)
@@ -501,16 +492,11 @@ class Agent(NodeRuntime):
         return P.TrainingDone(action.round, sha, len(self.y), summary)
 
     def _merge(self, action: P.Merge) -> P.MergeDone | P.MergeFailed:
-        assert self.inbox is not None and self.holder is not None
         try:
-            contributions = self.inbox.take(
-                action.round, action.included, self.samples.get(action.round, {})
-            )
+            cand = self.merge_round(action)
         except KeyError as exc:
             log.warning("round %d: cannot merge: %s", action.round, exc)
             return P.MergeFailed(action.round, str(exc))
-        cand = self.holder.merge(action.round, contributions)
-        self.inbox.forget_before(action.round + 1)  # replays of a merged round: refused
         return P.MergeDone(action.round, cand.model_hash, cand.state_hash)
 
     def _submit(self, action: P.Append) -> None:

@@ -1,5 +1,6 @@
 """What an agent process and a gateway process share: the event loop around the MQTT adapter,
-the model they hold, and the merge they both perform.
+the part of the ledger fold they both do, and the merge they both perform (the model itself
+is ``node.model``).
 
 Threads: paho's network thread only puts messages on a queue (the aiomqtt habit), and
 other library threads (the Raft replica's) only put callables on it; one loop thread takes
@@ -18,16 +19,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
-from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.node.config import NodeConfig
+from edge_swarm.node.model import Candidate, ModelHolder
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -39,9 +38,9 @@ from edge_swarm.swarm.checkpoint import (
     seal_checkpoint,
 )
 from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
-from edge_swarm.swarm.inbox import EnvelopeInbox
-from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
+from edge_swarm.swarm.inbox import Accepted, EnvelopeInbox, RoundView
 from edge_swarm.swarm.messages import Status, Telemetry
+from edge_swarm.swarm.rounds import Merge
 from edge_swarm.swarm.topics import TopicError, TopicKind, Topics
 from edge_swarm.trust.epochs import EpochTracker, security_mode
 from edge_swarm.trust.keyring import EncryptionKey
@@ -83,22 +82,6 @@ def device_vitals(state_dir: Path) -> dict[str, float]:
     return vitals
 
 
-def merge_report(rule: MergeRule, result: Any) -> dict[str, Any]:
-    """The ledger's record of a merge: the rule, each node's share (4 decimals), whom
-    clipping scaled and by how much, and any fallback the rule took."""
-    report: dict[str, Any] = {
-        "rule": rule.aggregation,
-        "weights": {n: round(float(w), 4) for n, w in sorted(result.weights.items())},
-    }
-    clipped = getattr(result, "clipped", {})
-    if clipped:
-        report["clipped"] = {n: round(float(s), 4) for n, s in sorted(clipped.items())}
-    note = getattr(result, "note", "")
-    if note:
-        report["note"] = str(note)[:200]
-    return report
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -133,83 +116,13 @@ class RateLimitedLog:
             self.logger.warning("dropped (%s, #%d): %s", reason, n, detail)
 
 
-@dataclass
-class Candidate:
-    params: np.ndarray
-    state: MergeState
-    model_hash: str
-    state_hash: str
-    report: dict[str, Any] | None = None  # what the rule did with each delta (model_final)
+@dataclass(frozen=True)
+class Folded:
+    """What ``NodeRuntime.fold_entry`` found: a data key newly held, envelopes the inbox was
+    holding for a round that has just opened."""
 
-
-class ModelHolder:
-    """The current global model of a node, and the merged candidate awaiting ``model_final``."""
-
-    def __init__(self, spec: ModelSpec, params: np.ndarray, rule: MergeRule) -> None:
-        self.spec = spec
-        self.rule = rule
-        self.params = params
-        self.state = MergeState()
-        self.round = 0
-        self.hash = model_hash(spec, params)
-        self.candidates: dict[int, Candidate] = {}
-
-    @property
-    def state_array(self) -> np.ndarray:
-        # The whole server state (FedAdam/FedYogi carry two moments), as the checkpoint holds it.
-        return np.frombuffer(self.state.to_bytes(), dtype="<f4").astype(np.float32)
-
-    def merge(self, rnd: int, contributions: list[Contribution]) -> Candidate:
-        result = merge(self.rule, self.params, contributions, self.state)
-        cand = Candidate(
-            params=result.params,
-            state=result.state,
-            model_hash=model_hash(self.spec, result.params),
-            state_hash=result.state.state_hash(),
-            report=merge_report(self.rule, result),
-        )
-        self.candidates[rnd] = cand
-        return cand
-
-    def commit(self, rnd: int) -> None:
-        cand = self.candidates.pop(rnd)
-        self.params, self.state, self.hash, self.round = (
-            cand.params,
-            cand.state,
-            cand.model_hash,
-            rnd,
-        )
-        self.candidates = {r: c for r, c in self.candidates.items() if r > rnd}
-
-    def adopt(self, ck: Checkpoint) -> bool:
-        """Take a checkpoint if its bytes hash to what it claims; return whether it was taken."""
-        if ck.spec != self.spec.to_dict() or ck.params.size != self.spec.n_params:
-            return False
-        if model_hash(self.spec, ck.params) != ck.model_hash:
-            return False
-        try:
-            state = MergeState.from_bytes(
-                np.ascontiguousarray(ck.state, dtype="<f4").tobytes(), self.spec.n_params
-            )
-        except ValueError:
-            return False
-        if state.state_hash() != ck.state_hash:
-            return False
-        self.params, self.hash, self.round = ck.params, ck.model_hash, ck.round
-        self.state = state
-        self.candidates.clear()
-        return True
-
-    def checkpoint(self, swarm: str) -> Checkpoint:
-        return Checkpoint(
-            swarm=swarm,
-            round=self.round,
-            spec=self.spec.to_dict(),
-            model_hash=self.hash,
-            state_hash=self.state.state_hash(),
-            params=self.params,
-            state=self.state_array,
-        )
+    new_key: bool = False
+    held: list[Accepted] = field(default_factory=list)
 
 
 class NodeRuntime:
@@ -231,6 +144,8 @@ class NodeRuntime:
         self.stopping = threading.Event()
         self.drops = RateLimitedLog(log)
         self.round_seen = 0
+        self.inbox: EnvelopeInbox | None = None  # made once the genesis is known
+        self.holder: ModelHolder | None = None
         self.state = "online"  # or "paused" by a fleet command; "offline" is the last will
         self.mqtt = MqttClient(
             client_id=f"{cfg.swarm}.{cfg.node_id}",
@@ -476,13 +391,32 @@ class NodeRuntime:
             revoked=revoked,
         )
 
-    def fold_keys(self, entry: Entry) -> bool:
-        """Fold key epochs and enrolments; return whether a new data key is now held."""
+    def fold_entry(self, entry: Entry, state: LedgerState) -> Folded:
+        """The part of folding a ledger entry that agent and gateway share (after ``state``
+        has applied it): key epochs and enrolments, and for a ``round_open`` the round's key
+        epoch and the inbox's view of it."""
+        p = entry.payload
         if entry.kind == "key_epoch":
-            return self.epochs.on_key_epoch(entry.payload)
+            return Folded(new_key=self.epochs.on_key_epoch(p))
         if entry.kind == "enroll":
-            self.epochs.on_enroll(entry.payload["node"])
-        return False
+            self.epochs.on_enroll(p["node"])
+        elif entry.kind == "round_open" and self.inbox is not None:
+            epoch = self.epochs.on_round_open(p["round"], entry.height, state)
+            self.round_seen = p["round"]
+            return Folded(
+                held=self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))
+            )
+        return Folded()
+
+    def merge_round(self, action: Merge) -> Candidate:
+        """Merge exactly the envelopes ``action`` names, weighted by their commits' sample
+        counts, into the held model's candidate for that round. Raises KeyError while one of
+        them is not in the inbox."""
+        assert self.inbox is not None and self.holder is not None
+        contributions = self.inbox.take(action.round, action.included, action.sample_counts)
+        cand = self.holder.merge(action.round, contributions)
+        self.inbox.forget_before(action.round + 1)  # replays of a merged round: refused
+        return cand
 
     def open_checkpoint(self, payload: bytes) -> Checkpoint | None:
         """Decode a checkpoint from the network: open it if sealed (None when this node

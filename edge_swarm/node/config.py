@@ -107,7 +107,6 @@ class Timing:
 
     tick_s: float = 0.05
     connect_timeout_s: float = 15.0
-    sync_timeout_s: float = 15.0
     telemetry_every_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -243,7 +242,9 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     """Build a ``NodeConfig`` from parsed TOML; paths resolve against ``base``."""
     node = _table(raw, "node")
     broker = _table(raw, "broker", required=False)
-    timing = _table(raw, "timing", required=False)
+    timing = dict(_table(raw, "timing", required=False))
+    # Written by earlier versions and never read: accepted so their configs still load.
+    timing.pop("sync_timeout_s", None)
     agent = _table(raw, "agent", required=False)
     gateway = _table(raw, "gateway", required=False)
     discovery = _table(raw, "discovery", required=False)
@@ -429,7 +430,6 @@ def dump_config(cfg: NodeConfig) -> str:
         "[timing]",
         f"tick_s = {t.tick_s}",
         f"connect_timeout_s = {t.connect_timeout_s}",
-        f"sync_timeout_s = {t.sync_timeout_s}",
         f"telemetry_every_s = {t.telemetry_every_s}",
     ]
     return "\n".join(lines) + "\n"

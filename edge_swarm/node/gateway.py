@@ -7,8 +7,11 @@ agents' submissions to the ledger, opens, closes and finalises rounds, answers l
 queries, publishes appended entries on ``ledger/events`` and the retained checkpoint.
 
 Submissions are validated twice: ``ledger_lite`` checks signature, enrolment and policy on
-every replica; the coordinator checks that the entry makes sense for the round in progress
-(a commit for the open round, once per node) before forwarding it.
+every replica; the coordinator's ``admit`` checks that the entry makes sense for the round in
+progress (a commit for the open round, once per node) before it is forwarded.
+
+Every round decision is the coordinator's (``swarm/coordinator.py``): this module carries out
+its actions (append, merge, ensure a key epoch, publish the checkpoint) and feeds it events.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from edge_swarm.io.ledger import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
-from edge_swarm.node.base import ModelHolder, NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.exports import RoundExporter
+from edge_swarm.node.model import ModelHolder
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -31,7 +36,7 @@ from edge_swarm.swarm.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
-from edge_swarm.swarm.inbox import Dropped, RoundView
+from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
 from edge_swarm.trust.keyring import new_epoch
@@ -41,7 +46,6 @@ from ledger_lite.errors import LedgerError, Refused
 
 log = logging.getLogger(__name__)
 
-MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
 MAX_EARLY_STATUS = 1024  # statuses held for nodes whose enrolment has not arrived yet
 
@@ -78,19 +82,14 @@ class Gateway(NodeRuntime):
             cfg.state_dir / "exports", cfg.backbone_dir, params.get("backbone")
         )
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.ledger.state)
-        self._epoch_pending = False  # a key_epoch submitted, not yet applied
         self._early_status: dict[str, bytes] = {}  # statuses of nodes not enrolled here yet
         # node -> {role, state, round, telemetry numbers}: what the dashboard shows
         self.device_view: dict[str, dict[str, Any]] = {}
         self.dashboard: Any = None  # dashboard.DashboardServer when [gateway] dashboard is set
         self.coordinator = P.Coordinator(
-            P.RoundPolicy.from_params(params), self.holder.hash, now_ms()
+            P.RoundPolicy.from_params(params), self.holder.hash, now_ms(), leading=False
         )
-        self.coordinator.replaying = True  # it acts only while this gateway leads
-        self.leading = False
-        self.samples: dict[int, dict[str, int]] = {}
-        self.pending_merge: P.Merge | None = None
-        self.attested: set[tuple[int, str]] = set()
+        self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
         self.last_final: dict[str, Any] | None = None
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
         self.tree = MerkleTree()
@@ -104,6 +103,7 @@ class Gateway(NodeRuntime):
     # -- start-up
     def _replay(self) -> None:
         """Rebuild the coordinator and the model from the ledger and the saved checkpoint."""
+        self.coordinator.replaying = True
         for entry in self.ledger.entries(0):
             self._fold(entry, live=False)
         if self.last_final is not None:
@@ -111,6 +111,12 @@ class Gateway(NodeRuntime):
         log.info(
             "ledger at height %d; %d rounds done", self.folded, self.coordinator.finished_rounds
         )
+        self._act(self.coordinator.finish_replay())  # a round closed but not final: merge it
+
+    @property
+    def leading(self) -> bool:
+        """Whether this gateway is the coordinating one (the Raft leader, or the only one)."""
+        return self.coordinator.leading
 
     def _restore_checkpoint(self, final: dict[str, Any]) -> None:
         try:
@@ -185,11 +191,9 @@ class Gateway(NodeRuntime):
     def _on_role(self, lead: bool) -> None:
         if lead == self.leading:
             return
-        self.leading = lead
-        self._epoch_pending = False  # a submission in flight died with the old role
+        self.coordinator.set_leading(lead)  # an entry in flight died with the old role
         log.info("this gateway %s the coordinator", "is now" if lead else "is no longer")
         if not lead:
-            self.coordinator.replaying = True
             return
         try:
             self.ledger.catch_up()
@@ -199,8 +203,7 @@ class Gateway(NodeRuntime):
             self._fold(entry, live=True)
         for entry in self._bootstrap:  # enrolments of a new site, once, by whoever leads first
             if entry.tx.tx_id not in self.ledger.state.seen:
-                self.ledger.submit(entry.tx, self._own_result)
-        self.coordinator.resume()  # merges are the gateway's own business (_fold)
+                self.ledger.submit(entry.tx, self._own_result(entry.kind))
         if self.holder.round > 0:
             self._publish_checkpoint()
 
@@ -291,7 +294,7 @@ class Gateway(NodeRuntime):
         if key is None or not verify_signature(key, tx.signing_bytes(), bytes.fromhex(tx.sig)):
             self._refuse(tx, Refused("bad_signature", "unknown author or bad signature"))
             return
-        reason = self._round_check(tx)
+        reason = self.coordinator.admit(tx.kind, tx.author, tx.payload, tx.ts, now_ms())
         if reason is not None:
             self._refuse(tx, Refused("out_of_round", reason))
             return
@@ -311,34 +314,6 @@ class Gateway(NodeRuntime):
         except ValueError:
             return
         self.mqtt.publish(topic, Reply(req=tx.tx_id, refused=str(error)).encode(), qos=1)
-
-    def _round_check(self, tx: Tx) -> str | None:
-        """The coordinator's part of validation: does this entry fit the round in progress?"""
-        if abs(tx.ts - now_ms()) > MAX_CLOCK_SKEW_MS:
-            # ledger_lite judges authority at the author's timestamp: bound it here, so an
-            # expired or revoked device cannot backdate an entry.
-            return (
-                f"timestamp {tx.ts} is over {MAX_CLOCK_SKEW_MS // 1000} s off the gateway's clock"
-            )
-        cur = self.coordinator.current
-        rnd = tx.payload.get("round") if isinstance(tx.payload, dict) else None
-        if tx.kind == "delta_commit":
-            if cur is None or cur.number != rnd or cur.included is not None:
-                return f"round {rnd} is not open for commits"
-            if tx.author in cur.commits:
-                return f"{tx.author} already committed to round {rnd}"
-        elif tx.kind == "model_attest":
-            # Attestations of the round just finalised still count for the audit: a node
-            # that merged a moment after the majority proves it holds the same bytes.
-            closing = cur is not None and cur.number == rnd and cur.included is not None
-            last = self.last_final["round"] if self.last_final else 0
-            if not closing and rnd != last:
-                return f"round {rnd} is not awaiting attestations"
-            if (rnd, tx.author) in self.attested:
-                return f"{tx.author} already attested round {rnd}"
-        elif tx.kind in ("round_open", "round_close", "model_final"):
-            return "only the coordinator opens, closes and finalises rounds"
-        return None
 
     def _on_query(self, payload: bytes) -> None:
         try:
@@ -392,34 +367,15 @@ class Gateway(NodeRuntime):
         if entry.kind == "genesis":
             return
         p = entry.payload
-        if entry.kind == "key_epoch":
-            self.fold_keys(entry)
-            self._epoch_pending = False
-            if live and self.leading and self.holder.round > 0:
-                self._publish_checkpoint()  # so that new recipients can read the model
+        self.fold_entry(entry, self.ledger.state)  # held envelopes join the inbox's round
+        if entry.kind == "key_epoch" and live and self.leading and self.holder.round > 0:
+            self._publish_checkpoint()  # so that new recipients can read the model
         elif entry.kind == "enroll":
-            self.fold_keys(entry)
             held = self._early_status.pop(p["node"], None)
             if held is not None:
                 self.call_soon(lambda: self._on_status(p["node"], held))
-        if entry.kind == "round_open":
-            epoch = self.epochs.on_round_open(p["round"], entry.height, self.ledger.state)
-            self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))  # held join
-            self.round_seen = p["round"]
-        elif entry.kind == "delta_commit":
-            self.samples.setdefault(p["round"], {})[entry.author] = p["n_samples"]
-        elif entry.kind == "round_close" and p["included"]:
-            commits = self.coordinator.current.commits if self.coordinator.current else {}
-            if all(n in commits for n in p["included"]):
-                included = tuple((n, commits[n]) for n in p["included"])
-                self.pending_merge = P.Merge(p["round"], included)
-            else:
-                log.error("round %d closed with nodes that never committed", p["round"])
-        elif entry.kind == "model_attest":
-            self.attested.add((p["round"], entry.author))
         elif entry.kind == "model_final":
             self.last_final = p
-            self.attested = {a for a in self.attested if a[0] >= p["round"]}
         actions = self.coordinator.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
         if not live:
             return
@@ -433,19 +389,20 @@ class Gateway(NodeRuntime):
     def _act(self, actions: list[P.Action]) -> None:
         for action in actions:
             if isinstance(action, P.Append) and self.leading:
-                if action.kind == "round_open" and not self._epoch_ready():
-                    self.coordinator.append_failed()  # the round opens once the epoch is in
-                    continue
                 payload = action.payload
                 if action.kind == "model_final":
                     payload = self._with_merge_report(payload)
                 tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, payload)
-                self.ledger.submit(tx, self._own_result)
+                self.ledger.submit(tx, self._own_result(action.kind))
+            elif isinstance(action, P.Merge):
+                self.pending_merge = action  # merged as soon as its envelopes are all in
+                self._retry_merge()
+            elif isinstance(action, P.EnsureKeys) and self.leading:
+                self._ensure_keys()
             elif isinstance(action, P.PublishCheckpoint):
                 self._finalise(action)
             elif isinstance(action, P.SwarmDone):
                 log.info("swarm finished: %d rounds", action.rounds)
-            # Merge: every gateway merges each closed round by itself (_fold).
 
     def _with_merge_report(self, payload: dict[str, Any]) -> dict[str, Any]:
         """model_final also records what the merge rule did with each included delta (this
@@ -455,41 +412,37 @@ class Gateway(NodeRuntime):
             return payload
         return {**payload, "merge": cand.report}
 
-    def _epoch_ready(self) -> bool:
-        """In a sealed swarm, whether the newest key epoch wraps the data key for exactly
-        the members who should read the next round; if not, append a fresh epoch first
-        (a revoked device is left out of it, a newly enrolled one let in)."""
-        if self.security != "sealed":
-            return True
-        if self._epoch_pending:
-            return False
+    def _ensure_keys(self) -> None:
+        """Answer the coordinator's ``EnsureKeys``: ready if the newest key epoch wraps the
+        data key for exactly the members who should read the next round; if not, append a
+        fresh epoch first (a revoked device is left out of it, a newly enrolled one let in)
+        and the coordinator asks again once it is applied."""
         recipients = self.epochs.rotation_needed(self.ledger.state, now_ms())
         if recipients is None:
-            return True
+            self._act(self.coordinator.handle(P.KeysReady()))
+            return
         latest = self.ledger.state.key_epoch
         number = 0 if latest is None else latest + 1
         epoch, _ = new_epoch(self.cfg.swarm, number, recipients)
         tx = make_tx(self.key, self.cfg.swarm, "key_epoch", self.cfg.node_id, epoch.to_dict())
         log.info("key epoch %d for %d recipients", number, len(recipients))
-        self._epoch_pending = True
+        self.ledger.submit(tx, self._own_result("key_epoch"))
+
+    def _own_result(self, kind: str) -> Callable[[Entry | None, LedgerError | None], None]:
+        """The ledger's answer to an entry of this gateway's: a refusal lets the coordinator
+        try again (on the loop thread; the answer may come on the replica's)."""
 
         def result(entry: Entry | None, error: LedgerError | None) -> None:
-            if error is not None:
-                log.error("the ledger refused key epoch %d: %s", number, error)
-                self.call_soon(lambda: setattr(self, "_epoch_pending", False))
+            if error is None:
+                return
 
-        self.ledger.submit(tx, result)
-        return False
+            def failed() -> None:
+                log.error("the ledger refused the coordinator's %s: %s", kind, error)
+                self._act(self.coordinator.handle(P.AppendFailed(kind)))
 
-    def _own_result(self, entry: Entry | None, error: LedgerError | None) -> None:
-        if error is None:
-            return
+            self.call_soon(failed)
 
-        def failed() -> None:
-            log.error("the ledger refused the coordinator's entry: %s", error)
-            self.coordinator.append_failed()
-
-        self.call_soon(failed)
+        return result
 
     def _retry_merge(self) -> None:
         action = self.pending_merge
@@ -499,14 +452,10 @@ class Gateway(NodeRuntime):
             self.pending_merge = None
             return
         try:
-            contributions = self.inbox.take(
-                action.round, action.included, self.samples.get(action.round, {})
-            )
+            cand = self.merge_round(action)
         except KeyError:
             return  # still waiting for an envelope; every arrival retries
         self.pending_merge = None
-        cand = self.holder.merge(action.round, contributions)
-        self.inbox.forget_before(action.round + 1)  # replays of a merged round: refused
         self._act(
             self.coordinator.handle(P.MergeDone(action.round, cand.model_hash, cand.state_hash))
         )

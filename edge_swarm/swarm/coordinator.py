@@ -1,0 +1,277 @@
+"""The gateway's side of the round protocol (see ``protocol`` for the whole picture).
+
+Invariants
+----------
+* The state is a fold of the ledger: every gateway feeds every applied entry as ``Appended``
+  (its own too); a restarted one replays the chain with ``replaying`` set (nothing is
+  returned) and then calls ``finish_replay``.
+* Every gateway merges every closed round (``Merge``), so that any of them can take over;
+  only the leading one (``leading``) appends: opens, closes and finalises rounds, attests.
+* At most one entry of its own is in flight (``_pending``); ``AppendFailed`` allows a retry.
+* In a sealed swarm no round opens before ``KeysReady`` answered ``EnsureKeys`` for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from edge_swarm.swarm.rounds import (
+    Action,
+    Append,
+    Appended,
+    AppendFailed,
+    EnsureKeys,
+    Event,
+    KeysReady,
+    MergeDone,
+    PeerSeen,
+    PublishCheckpoint,
+    RoundPolicy,
+    RoundState,
+    SwarmDone,
+    Tick,
+    attest_payload,
+)
+
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+"""How far a submission's timestamp may be from the coordinator's clock."""
+COORDINATOR_KINDS = frozenset({"round_open", "round_close", "model_final"})
+
+
+class Coordinator:
+    """Opens, closes and finalises rounds from the ledger's facts (see the module header).
+
+    ``initial_hash`` is the hash of the genesis model; ``started_ms`` the coordinator's clock
+    at start (the first round waits ``start_grace_ms`` for a fleet that is still booting).
+    """
+
+    def __init__(
+        self, policy: RoundPolicy, initial_hash: str, started_ms: int, leading: bool = True
+    ) -> None:
+        self.policy = policy
+        self.model_hash = initial_hash
+        self.finished_rounds = 0
+        self.last_round = 0
+        self.last_final_round = 0
+        self.current: RoundState | None = None
+        self.agents: set[str] = set()
+        self.online: set[str] = set()
+        self.leading = leading
+        # While a restarted gateway replays its ledger the coordinator only folds entries.
+        self.replaying = False
+        self._attested: set[tuple[int, str]] = set()  # (round, node) of this and the last round
+        self._started_ms = started_ms
+        self._pending: str | None = None
+        self._keys_ready = not policy.sealed
+        self._done = False
+
+    # -- inputs
+    def handle(self, event: Event) -> list[Action]:
+        """Fold one event and return the actions it calls for."""
+        if isinstance(event, Appended):
+            return self._on_appended(event)
+        if isinstance(event, PeerSeen):
+            (self.online.add if event.online else self.online.discard)(event.node)
+            return self._progress(None)
+        if isinstance(event, MergeDone) and self._is_closing(event.round):
+            assert self.current is not None
+            self.current.own = (event.model_hash, event.state_hash)
+            attest = [Append("model_attest", attest_payload(event))] if self._acting else []
+            return attest + self._progress(None)
+        if isinstance(event, AppendFailed) and self._pending == event.kind:
+            self._pending = None  # the next tick tries again
+        elif isinstance(event, KeysReady) and self._pending == "key_epoch":
+            self._pending, self._keys_ready = None, True
+            return self._progress(None)
+        elif isinstance(event, Tick):
+            return self._progress(event.now_ms)
+        return []
+
+    def finish_replay(self) -> list[Action]:
+        """End a replay: ask for the merge of a round that is closed but not final."""
+        self.replaying = False
+        cur = self.current
+        if cur is None or not cur.included:
+            return []
+        return [cur.merge()]
+
+    def set_leading(self, leading: bool) -> None:
+        """This gateway became (or stopped being) the one that appends. An entry we were
+        waiting for may have been lost with the old leader: forget it."""
+        self.leading = leading
+        self._pending = None
+        self._keys_ready = not self.policy.sealed
+
+    def admit(self, kind: str, author: str, payload: Any, ts: int, now_ms: int) -> str | None:
+        """Whether an agent's submission fits the round in progress: None if it does, else
+        why not. (The ledger checks signature, enrolment and policy on every replica.)"""
+        if abs(ts - now_ms) > MAX_CLOCK_SKEW_MS:
+            # ledger_lite judges authority at the author's timestamp: bound it here, so an
+            # expired or revoked device cannot backdate an entry.
+            return f"timestamp {ts} is over {MAX_CLOCK_SKEW_MS // 1000} s off the gateway's clock"
+        cur = self.current
+        rnd = payload.get("round") if isinstance(payload, dict) else None
+        if kind == "delta_commit":
+            if cur is None or cur.number != rnd or cur.closed:
+                return f"round {rnd} is not open for commits"
+            if author in cur.commits:
+                return f"{author} already committed to round {rnd}"
+        elif kind == "model_attest":
+            # Attestations of the round just finalised still count for the audit: a node
+            # that merged a moment after the majority proves it holds the same bytes.
+            if not self._is_closing(rnd) and rnd != self.last_final_round:
+                return f"round {rnd} is not awaiting attestations"
+            if (rnd, author) in self._attested:
+                return f"{author} already attested round {rnd}"
+        elif kind in COORDINATOR_KINDS:
+            return "only the coordinator opens, closes and finalises rounds"
+        return None
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def _acting(self) -> bool:
+        return self.leading and not self.replaying
+
+    # -- ledger folding
+    def _on_appended(self, ev: Appended) -> list[Action]:
+        p = ev.payload
+        if self._pending == ev.kind:
+            self._pending = None
+        if ev.kind == "enroll" and p.get("role") == "agent":
+            self.agents.add(p["node"])
+        elif ev.kind == "revoke":
+            self.agents.discard(p["node"])
+            self.online.discard(p["node"])
+        elif ev.kind == "round_open":
+            if p["round"] <= self.last_round:
+                return []  # a second open of a round (two leaders a moment apart): the first counts
+            self.current = RoundState(p["round"], p["base_model_hash"], p["deadline_ms"])
+            self.current.expected = frozenset(self.online & self.agents)
+            self.last_round = p["round"]
+            self._keys_ready = not self.policy.sealed  # each round asks again
+        elif ev.kind == "delta_commit" and self._is_open(p["round"]):
+            assert self.current is not None
+            self.current.commits[ev.author] = p["envelope_sha256"]
+            self.current.samples[ev.author] = p["n_samples"]
+        elif ev.kind == "round_close" and self._is_open(p["round"]):
+            return self._on_close(ev)
+        elif ev.kind == "model_attest":
+            self._attested.add((p["round"], ev.author))
+            if self._is_closing(p["round"]):
+                assert self.current is not None
+                self.current.attests[ev.author] = (p["model_hash"], p["state_hash"])
+        elif ev.kind == "model_final":
+            return self._on_final(p)
+        return self._progress(None)
+
+    def _on_close(self, ev: Appended) -> list[Action]:
+        cur = self.current
+        assert cur is not None
+        cur.included = tuple(ev.payload["included"])
+        cur.closed_at_ms = ev.ts
+        if not cur.included:  # a void round: the model stays, the next round may open
+            self.current = None
+            self.finished_rounds += 1
+            return self._check_done()
+        if self.replaying:
+            return []
+        return [cur.merge()]
+
+    def _on_final(self, p: dict[str, Any]) -> list[Action]:
+        self.model_hash = p["model_hash"]
+        self.finished_rounds += 1
+        self.last_final_round = p["round"]
+        self.current = None
+        self._attested = {a for a in self._attested if a[0] >= p["round"]}
+        return [PublishCheckpoint(p["round"], p["model_hash"])] + self._check_done()
+
+    def _check_done(self) -> list[Action]:
+        if self.finished_rounds >= self.policy.rounds and not self._done:
+            self._done = True
+            return [SwarmDone(self.finished_rounds)]
+        return []
+
+    def _is_open(self, rnd: int) -> bool:
+        return self.current is not None and self.current.number == rnd and not self.current.closed
+
+    def _is_closing(self, rnd: object) -> bool:
+        return self.current is not None and self.current.number == rnd and self.current.closed
+
+    # -- decisions (only the leading gateway makes them)
+    def _progress(self, now_ms: int | None) -> list[Action]:
+        if self._pending is not None or self._done or not self._acting:
+            return []
+        if self.current is None:
+            return self._maybe_open(now_ms)
+        if not self.current.closed:
+            return self._maybe_close(now_ms)
+        return self._maybe_final(now_ms)
+
+    def _maybe_open(self, now_ms: int | None) -> list[Action]:
+        if now_ms is None:
+            return []
+        ready = len(self.online & self.agents)
+        everyone = bool(self.agents) and self.agents <= self.online
+        # The grace only delays the first round, so that a fleet that is still booting
+        # starts together; later rounds go on with whoever is online.
+        grace_over = self.last_round > 0 or now_ms - self._started_ms >= self.policy.start_grace_ms
+        if ready < self.policy.min_peers or not (everyone or grace_over):
+            return []
+        if not self._keys_ready:
+            # Until KeysReady, or until a fresh key_epoch lands (then we ask again).
+            self._pending = "key_epoch"
+            return [EnsureKeys()]
+        rnd = self.last_round + 1
+        deadline = now_ms + self.policy.round_deadline_ms
+        payload = {"round": rnd, "base_model_hash": self.model_hash, "deadline_ms": deadline}
+        self._pending = "round_open"
+        return [Append("round_open", payload)]
+
+    def _maybe_close(self, now_ms: int | None) -> list[Action]:
+        cur = self.current
+        assert cur is not None
+        committed = set(cur.commits)
+        # Peers that went offline after the round opened are no longer waited for.
+        waiting_for = (cur.expected & self.online) - committed
+        all_in = not waiting_for and len(committed) >= self.policy.min_peers
+        past_deadline = now_ms is not None and now_ms >= cur.deadline_ms
+        if not (all_in or past_deadline):
+            return []
+        if len(committed) >= self.policy.min_peers:
+            reason = "all expected peers committed" if all_in else "deadline"
+            included = sorted(committed)
+        else:
+            reason, included = f"deadline with {len(committed)} < min_peers commits", []
+        self._pending = "round_close"
+        payload = {"round": cur.number, "included": included, "reason": reason}
+        return [Append("round_close", payload)]
+
+    def _maybe_final(self, now_ms: int | None) -> list[Action]:
+        cur = self.current
+        assert cur is not None and cur.included is not None
+        votes = Counter(v for n, v in cur.attests.items() if n in cur.included)
+        winner: tuple[str, str] | None = None
+        if votes:
+            ((top, count),) = votes.most_common(1)
+            if count * 2 > len(cur.included):
+                winner = top
+        timed_out = (
+            now_ms is not None and now_ms - cur.closed_at_ms >= self.policy.attest_timeout_ms
+        )
+        if winner is None and timed_out and cur.own is not None:
+            winner = cur.own  # too few attests in time: the coordinator's own merge decides
+        if winner is None:
+            return []
+        attesters = sorted(n for n, v in cur.attests.items() if v == winner)
+        payload = {
+            "round": cur.number,
+            "model_hash": winner[0],
+            "state_hash": winner[1],
+            "attesters": attesters,
+        }
+        self._pending = "model_final"
+        return [Append("model_final", payload)]

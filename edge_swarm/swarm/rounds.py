@@ -1,0 +1,246 @@
+"""The round protocol's vocabulary: the events the machines take, the actions they return,
+and the policy (quorum and timing) they follow. See ``protocol`` for how the machines work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The clock moved; ``now_ms`` is wall time in milliseconds."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The ledger accepted an entry (kind, author, payload, ts in ms)."""
+
+    kind: str
+    author: str
+    payload: dict[str, Any]
+    ts: int
+
+
+@dataclass(frozen=True)
+class PeerSeen:
+    """An agent's status changed: online (retained status) or offline (its last will)."""
+
+    node: str
+    online: bool
+
+
+@dataclass(frozen=True)
+class TrainingDone:
+    """The wiring trained for ``round`` and published an envelope with this sha256."""
+
+    round: int
+    envelope_sha256: str
+    n_samples: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnvelopeStored:
+    """A verified envelope for (round, node) is in the inbox."""
+
+    round: int
+    node: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MergeDone:
+    """The wiring merged ``round`` and holds the candidate model with these hashes."""
+
+    round: int
+    model_hash: str
+    state_hash: str
+
+
+@dataclass(frozen=True)
+class MergeFailed:
+    """The wiring could not merge ``round`` (an envelope never arrived or did not match)."""
+
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CheckpointAdopted:
+    """The wiring loaded a checkpoint whose hash matches the ledger's ``model_final``."""
+
+    round: int
+    model_hash: str
+
+
+@dataclass(frozen=True)
+class AppendFailed:
+    """The ledger refused (or lost) the entry of ``kind`` the coordinator asked for."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class KeysReady:
+    """The newest key epoch wraps the data key for exactly the members who should read the
+    next round (the answer to ``EnsureKeys``; the wiring knows the ledger's membership)."""
+
+
+Event = (
+    Tick
+    | Appended
+    | PeerSeen
+    | TrainingDone
+    | EnvelopeStored
+    | MergeDone
+    | MergeFailed
+    | CheckpointAdopted
+    | AppendFailed
+    | KeysReady
+)
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Append:
+    """Sign and append an entry of ``kind`` to the ledger (coordinator) or submit it (agent)."""
+
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Train:
+    """Train locally from the model with ``base_hash`` and publish the envelope."""
+
+    round: int
+    base_hash: str
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Merge exactly these (node, envelope sha256) pairs, in this (node-id) order; each
+    node's delta weighs ``samples[node]`` (its commit's ``n_samples``)."""
+
+    round: int
+    included: tuple[tuple[str, str], ...]
+    samples: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def sample_counts(self) -> dict[str, int]:
+        return dict(self.samples)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The candidate model of ``round`` is final: make it the current model."""
+
+    round: int
+    model_hash: str
+
+
+@dataclass(frozen=True)
+class AdoptCheckpoint:
+    """Load the retained checkpoint of ``round`` and check it has ``model_hash``."""
+
+    round: int
+    model_hash: str
+
+
+@dataclass(frozen=True)
+class PublishCheckpoint:
+    """Publish the final model of ``round`` as the retained checkpoint."""
+
+    round: int
+    model_hash: str
+
+
+@dataclass(frozen=True)
+class SwarmDone:
+    """The round budget is spent."""
+
+    rounds: int
+
+
+@dataclass(frozen=True)
+class EnsureKeys:
+    """A sealed swarm is about to open a round: make the newest key epoch fit the members
+    (append a fresh one if it does not), then report ``KeysReady``."""
+
+
+Action = (
+    Append | Train | Merge | Commit | AdoptCheckpoint | PublishCheckpoint | SwarmDone | EnsureKeys
+)
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """Timing and quorum of rounds; all times in milliseconds."""
+
+    rounds: int = 20
+    min_peers: int = 2
+    round_deadline_ms: int = 60_000
+    attest_timeout_ms: int = 30_000
+    start_grace_ms: int = 30_000
+    sealed: bool = False  # a key epoch must fit the members before each round opens
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.min_peers < 1:
+            raise ValueError("rounds and min_peers must be at least 1")
+        if min(self.round_deadline_ms, self.attest_timeout_ms, self.start_grace_ms) < 0:
+            raise ValueError("timeouts must be non-negative")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RoundPolicy:
+        """Build from the genesis ``params`` (seconds there, milliseconds here)."""
+        return cls(
+            rounds=int(params.get("rounds", 20)),
+            min_peers=int(params.get("min_peers", 2)),
+            round_deadline_ms=int(float(params.get("round_deadline_s", 60)) * 1000),
+            attest_timeout_ms=int(float(params.get("attest_timeout_s", 30)) * 1000),
+            start_grace_ms=int(float(params.get("start_grace_s", 30)) * 1000),
+            sealed=params.get("security", "signed") == "sealed",  # as trust.epochs reads it
+        )
+
+
+@dataclass
+class RoundState:
+    """One round as the machines know it from the ledger."""
+
+    number: int
+    base_hash: str
+    deadline_ms: int
+    commits: dict[str, str] = field(default_factory=dict)  # node -> envelope sha256
+    samples: dict[str, int] = field(default_factory=dict)  # node -> n_samples
+    included: tuple[str, ...] | None = None
+    closed_at_ms: int = 0
+    attests: dict[str, tuple[str, str]] = field(default_factory=dict)
+    own: tuple[str, str] | None = None
+    expected: frozenset[str] = frozenset()
+
+    @property
+    def closed(self) -> bool:
+        return self.included is not None
+
+    def merge(self) -> Merge:
+        """The merge of this closed round: its included nodes' envelopes and sample counts."""
+        assert self.included is not None
+        return Merge(
+            self.number,
+            tuple((n, self.commits[n]) for n in self.included),
+            tuple((n, self.samples.get(n, 0)) for n in self.included),
+        )
+
+
+def attest_payload(ev: MergeDone) -> dict[str, Any]:
+    """The ``model_attest`` payload for a merge's result."""
+    return {"round": ev.round, "model_hash": ev.model_hash, "state_hash": ev.state_hash}
