@@ -173,6 +173,88 @@ def test_replay_folds_without_acting_then_resume_asks_for_the_merge() -> None:
     ]
 
 
+def test_a_following_gateway_merges_every_round_but_appends_nothing() -> None:
+    leader, follower = coordinator(["a", "b"]), coordinator(["a", "b"])
+    follower.set_leading(False)
+    (op,) = leader.handle(P.Tick(0))
+    assert follower.handle(P.Tick(0)) == []  # only the leader opens
+    for c in (leader, follower):
+        append(c, op, 0)
+        c.handle(commit("a", 1))
+    (close,) = leader.handle(commit("b", 1))
+    assert follower.handle(commit("b", 1)) == []  # ... and closes
+    (merge,) = append(follower, close, 5)  # but every gateway merges
+    assert merge == append(leader, close, 5)[0]
+    assert follower.handle(P.MergeDone(1, H1, S)) == []  # no attest from a follower
+    assert leader.handle(P.MergeDone(1, H1, S))[0].kind == "model_attest"
+    follower.set_leading(True)  # the leader died: the follower takes over where it was
+    assert follower.current is not None and follower.current.own == (H1, S)
+    follower.handle(attest("a", 1, H1))
+    (final,) = follower.handle(attest("b", 1, H1))
+    assert final.kind == "model_final" and final.payload["model_hash"] == H1
+
+
+def test_a_sealed_swarm_opens_a_round_only_once_the_keys_fit() -> None:
+    c = P.Coordinator(P.RoundPolicy(min_peers=2, start_grace_ms=0, sealed=True), H0, 0)
+    for a in ("a", "b"):
+        c.handle(P.Appended("enroll", "admin", {"node": a, "role": "agent"}, 0))
+        c.handle(P.PeerSeen(a, True))
+    assert c.handle(P.Tick(1)) == [P.EnsureKeys()]
+    assert c.handle(P.Tick(2)) == []  # waits for the answer
+    # The wiring appended a fresh epoch: when it lands the machine asks again, ...
+    assert c.handle(P.Appended("key_epoch", "gw", {"epoch": 0}, 3)) == []
+    assert c.handle(P.Tick(4)) == [P.EnsureKeys()]
+    # ... and opens once the keys fit.
+    (op,) = c.handle(P.KeysReady())
+    assert op.kind == "round_open" and op.payload["round"] == 1
+    append(c, op, 5)
+    assert c.handle(P.KeysReady()) == []  # an answer nobody asked for changes nothing
+
+
+def test_a_refused_append_is_tried_again() -> None:
+    c = coordinator(["a", "b"])
+    (op,) = c.handle(P.Tick(0))
+    assert c.handle(P.Tick(1)) == []  # pending
+    assert c.handle(P.AppendFailed("model_final")) == []  # not the pending kind: still waits
+    assert c.handle(P.Tick(2)) == []
+    c.handle(P.AppendFailed("round_open"))
+    (again,) = c.handle(P.Tick(3))
+    assert again.kind == "round_open" and again.payload["round"] == 1
+
+
+def test_admit_says_which_submissions_fit_the_round_in_progress() -> None:
+    c = coordinator(["a", "b", "c"])
+    now = 1_000_000
+
+    def admit(kind: str, author: str, payload: object, ts: int = now) -> str | None:
+        return c.admit(kind, author, payload, ts, now)
+
+    assert admit("delta_commit", "a", {"round": 1}) == "round 1 is not open for commits"
+    append(c, c.handle(P.Tick(now))[0], now)
+    assert admit("delta_commit", "a", {"round": 1}) is None
+    assert admit("delta_commit", "a", {"round": 2}) == "round 2 is not open for commits"
+    assert admit("delta_commit", "a", "not a dict") == "round None is not open for commits"
+    c.handle(commit("a", 1))
+    assert admit("delta_commit", "a", {"round": 1}) == "a already committed to round 1"
+    assert admit("model_attest", "a", {"round": 1}) == "round 1 is not awaiting attestations"
+    for kind in ("round_open", "round_close", "model_final"):
+        assert admit(kind, "a", {}) == "only the coordinator opens, closes and finalises rounds"
+    assert "off the gateway's clock" in str(admit("delta_commit", "b", {"round": 1}, ts=0))
+    c.handle(commit("b", 1))
+    (close,) = c.handle(P.Tick(now + 1000))
+    append(c, close, now)
+    assert admit("model_attest", "a", {"round": 1}) is None
+    assert admit("delta_commit", "c", {"round": 1}) == "round 1 is not open for commits"
+    c.handle(attest("a", 1, H1))
+    assert admit("model_attest", "a", {"round": 1}) == "a already attested round 1"
+    (final,) = c.handle(attest("b", 1, H1))
+    append(c, final, now)
+    # A late attestation of the round just finalised still counts (for the audit), once.
+    assert admit("model_attest", "c", {"round": 1}) is None
+    assert admit("model_attest", "b", {"round": 1}) == "b already attested round 1"
+    assert admit("enroll", "admin", {}) is None  # not the round's business: the ledger judges
+
+
 # ----------------------------------------------------------------------- participant
 
 

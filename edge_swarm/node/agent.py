@@ -25,6 +25,8 @@ from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing, Operation, Outcome
 from edge_swarm.node.model import ModelHolder
+from edge_swarm.node.resend import OwnDelta, PendingSubmissions
+from edge_swarm.node.serving import DeviceModel
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
@@ -42,10 +44,6 @@ log = logging.getLogger(__name__)
 
 RESIDUAL_FILE = "residual.bin"  # error feedback's residual, kept across restarts
 QUERY_RETRY_S = 2.0
-RESUBMIT_S = 3.0
-MAX_SUBMITS = 5
-REPUBLISH_S = 3.0  # a round of ours not merged after this long: send our delta again
-MAX_REPUBLISH = 5
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
@@ -82,7 +80,9 @@ class Agent(NodeRuntime):
         self.rounds_done: list[int] = []
         self._before_genesis: list[tuple[bytes, int, str]] = []
         self._checkpoints_on = False
-        self._unconfirmed: dict[str, list[Any]] = {}  # tx id -> [payload, last sent, tries]
+        self.submissions = PendingSubmissions(
+            lambda payload: self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
+        )
         self.telemetry_every_s = cfg.timing.telemetry_every_s
         self._telemetry_at = 0.0
         self.last_accuracy: float | None = None
@@ -96,12 +96,8 @@ class Agent(NodeRuntime):
             self._fleet_operations(),
             now_ms,
         )
-        self._backbone_ref: Any = None  # the genesis's backbone, when the swarm has one
-        self._last_envelope: tuple[int, str, bytes] | None = None  # (round, topic, frame)
-        self._last_envelope_at = 0.0
-        self._republished = 0
-        self._server: Any = None  # serving.ModelServer, when [runtime] serve is on
-        self._served_backbone: list[Any] | None = None
+        self.device = DeviceModel(cfg)  # its backbone features, the model it serves
+        self.own_delta = OwnDelta(lambda topic, frame: self.sender.publish(topic, frame, qos=1))
 
     # -- set-up and ledger sync
     def setup(self) -> None:
@@ -141,17 +137,8 @@ class Agent(NodeRuntime):
         self._republish_delta("after reconnecting")
 
     def _republish_delta(self, why: str) -> None:
-        """Send our delta of a round not yet merged here again (bounded): a peer that lost it
-        (a broker that went away, a subscription not yet back) cannot merge without it."""
-        last = self._last_envelope
-        if last is None or self.holder is None or last[0] <= self.holder.round:
-            return
-        if self._republished >= MAX_REPUBLISH:
-            return
-        self._republished += 1
-        self._last_envelope_at = time.monotonic()
-        self.sender.publish(last[1], last[2], qos=1)
-        log.info("round %d: published our delta again (%s)", last[0], why)
+        merged = self.holder.round if self.holder is not None else 0
+        self.own_delta.republish(merged, time.monotonic(), why)
 
     def _send_query(self) -> None:
         self._query_id = secrets.token_hex(8)
@@ -165,12 +152,8 @@ class Agent(NodeRuntime):
             self._send_query()  # no reply yet, or a gap in the events: ask (again)
         if self.machine is not None and self.synced:
             self._act(self.machine.handle(P.Tick(now)))
-        if self._unconfirmed:
-            self._resubmit()
-        if (
-            self._last_envelope is not None
-            and time.monotonic() - self._last_envelope_at > REPUBLISH_S
-        ):
+        self.submissions.tick(time.monotonic())
+        if self.own_delta.due(time.monotonic()):
             self._republish_delta("the round is still not merged")
         if time.monotonic() - self._telemetry_at >= self.telemetry_every_s:
             self._telemetry(self.round_seen)  # periodic, also while paused or waiting
@@ -204,7 +187,7 @@ class Agent(NodeRuntime):
             self.drops.drop("bad reply", str(exc))
             return
         if reply.refused is not None:
-            self._unconfirmed.pop(reply.req, None)
+            self.submissions.settled(reply.req)
             log.warning("the ledger refused our submission %s: %s", reply.req[:12], reply.refused)
             return
         if reply.req != self._query_id:
@@ -229,7 +212,7 @@ class Agent(NodeRuntime):
                 self._on_entry(entry)
 
     def _on_entry(self, entry: Entry) -> None:
-        self._unconfirmed.pop(entry.tx_id, None)
+        self.submissions.settled(entry.tx_id)
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return
@@ -257,7 +240,7 @@ class Agent(NodeRuntime):
             params.get("codec", {"name": "float32"})
         )
         if params.get("backbone") is not None:
-            self.X = self._backbone_features(params["backbone"], spec)
+            self.X = self.device.backbone_features(params["backbone"], spec, self.X)
         if self.attack is not None:
             self.y = poison_labels(self.attack, self.y, spec.n_outputs)
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
@@ -270,50 +253,9 @@ class Agent(NodeRuntime):
         for payload, rnd, node in held:
             self._on_envelope(payload, rnd, node)
 
-    def _backbone_features(self, ref_dict: object, spec: ModelSpec) -> np.ndarray:
-        """The frozen backbone's features of the local data, computed once with this
-        device's engine; the swarm trains only the head on them. A device without the
-        genesis's backbone, byte for byte, cannot take part: it stops saying why."""
-        from edge_swarm.learn.backbone import BackboneRef, features, load_backbone
-        from edge_swarm.learn.runtimes import ModelFileError
-
-        who = f"{self.cfg.node_id}: swarm {self.cfg.swarm} fine-tunes a head over a backbone"
-        ref = BackboneRef.from_dict(ref_dict)
-        if ref.n_features != spec.n_inputs:
-            raise SystemExit(f"{who} whose {ref.n_features} outputs do not fit its head")
-        if self.cfg.backbone_dir is None:
-            raise SystemExit(f"{who}; copy its files here and set [agent] backbone = DIR")
-        r = self.cfg.runtime
-        try:
-            model = load_backbone(self.cfg.backbone_dir, ref, r.engine, r.threads, r.providers)
-        except ModelFileError as exc:
-            raise SystemExit(f"{who}, and {exc}") from None
-        t0 = time.perf_counter()
-        feats = features(model, self.X)
-        log.info(
-            "backbone features of %d samples with %s in %.3f s",
-            len(feats),
-            model.engine,
-            time.perf_counter() - t0,
-        )
-        self._backbone_ref = ref
-        return feats
-
     def _serve(self, rnd: int) -> None:
-        """Serve the model just committed, if this device's profile says so."""
-        if not self.cfg.runtime.serve or self.holder is None:
-            return
-        from edge_swarm.node.exports import backbone_layers, model_layers
-        from edge_swarm.node.serving import ModelServer
-
-        if self._server is None:
-            r = self.cfg.runtime
-            out = self.cfg.state_dir / "serving"
-            self._server = ModelServer(out, r.engine, r.threads, r.providers)
-            if self._backbone_ref is not None and self.cfg.backbone_dir is not None:
-                self._served_backbone = backbone_layers(self.cfg.backbone_dir, self._backbone_ref)
-        layers = model_layers(self.holder.spec, self.holder.params, self._served_backbone)
-        self._server.install_layers(layers, rnd)
+        assert self.holder is not None
+        self.device.serve(self.holder.spec, self.holder.params, rnd)
 
     def _load_feedback(self, n_params: int, enabled: bool) -> ErrorFeedback:
         path = self.cfg.state_dir / RESIDUAL_FILE
@@ -473,8 +415,7 @@ class Agent(NodeRuntime):
         self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo
         topic = self.topics.delta(action.round, self.cfg.node_id)
         self.sender.publish(topic, frame, qos=1)
-        self._last_envelope = (action.round, topic, frame)
-        self._last_envelope_at, self._republished = time.monotonic(), 0
+        self.own_delta.sent(action.round, topic, frame, time.monotonic())
         log.info(
             "round %d: trained in %.2f s, published %d bytes",
             action.round,
@@ -503,23 +444,7 @@ class Agent(NodeRuntime):
         tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload)
         payload = Submission(tx.to_dict()).encode()
         self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
-        self._unconfirmed[tx.tx_id] = [payload, time.monotonic(), 1]
-
-    def _resubmit(self) -> None:
-        """Send again what the ledger has not shown after a while: a submission can be lost
-        with a gateway that stopped leading before it forwarded it. A copy that did land is
-        refused as a replay, which changes nothing."""
-        now = time.monotonic()
-        for tx_id, item in list(self._unconfirmed.items()):
-            payload, sent, tries = item
-            if now - sent < RESUBMIT_S:
-                continue
-            if tries >= MAX_SUBMITS:
-                del self._unconfirmed[tx_id]
-                log.warning("submission %s never reached the ledger; giving up", tx_id[:12])
-                continue
-            self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
-            item[1], item[2] = now, tries + 1
+        self.submissions.sent(tx.tx_id, payload, time.monotonic())
 
     # -- fleet control (fleet.py): what an operator can ask of this device
     def _fleet_operations(self) -> dict[str, Operation]:
@@ -554,22 +479,10 @@ class Agent(NodeRuntime):
         return "done", f"{name} = {value}", {}
 
     def _op_serve_round(self, command: Command) -> Outcome:
-        rnd = int(command.args["round"])
-        if self._server is None:
+        if self.device.server is None:
             return "failed", "this device does not serve models ([runtime] serve = false)", {}
-        from edge_swarm.node.serving import EXTENSIONS
-
-        path = self._server.out_dir / f"model-r{rnd:04d}{EXTENSIONS[self._server.engine]}"
-        if not path.exists():
-            return "failed", f"no model of round {rnd} on this device", {}
-        n_in = self._server.current.n_inputs if self._server.current is not None else None
-        if not self._server.install_file(path, None, n_in, rnd):
-            return (
-                "failed",
-                f"the model of round {rnd} does not load; still serving {self._server.round}",
-                {},
-            )
-        return "done", f"serving round {rnd}", {}
+        status, detail = self.device.server.serve_round(int(command.args["round"]))
+        return status, detail, {}
 
     def _answer(self, ack: Ack) -> None:
         self.mqtt.publish(

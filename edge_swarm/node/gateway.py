@@ -29,6 +29,7 @@ from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.exports import RoundExporter
 from edge_swarm.node.model import ModelHolder
+from edge_swarm.node.queries import entries_reply, proof_reply
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -40,13 +41,12 @@ from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
 from edge_swarm.trust.keyring import new_epoch
-from ledger_lite import Entry, MerkleTree, ProofBundle, Tx, make_tx, sign_tree_head
+from ledger_lite import Entry, MerkleTree, Tx, make_tx
 from ledger_lite import verify as verify_signature
 from ledger_lite.errors import LedgerError, Refused
 
 log = logging.getLogger(__name__)
 
-REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
 MAX_EARLY_STATUS = 1024  # statuses held for nodes whose enrolment has not arrived yet
 
 
@@ -322,34 +322,12 @@ class Gateway(NodeRuntime):
         except (MessageError, ValueError) as exc:
             self.drops.drop("bad query", str(exc))
             return
-        if q.op != "entries":
-            self.mqtt.publish(topic, self._proof_reply(q).encode(), qos=1)
-            return
-        page, size = [], 0
-        for e in self.ledger.entries(q.start, q.limit):
-            size += len(e.canonical())
-            if page and size > REPLY_BYTES:
-                break  # a page stays well under the broker's packet limit
-            page.append(e.to_dict())
-        reply = Reply(req=q.req, entries=page, tip_height=self.folded)
-        self.mqtt.publish(topic, reply.encode(), qos=1)
-
-    def _proof_reply(self, q: Query) -> Reply:
-        """A proof signed by this gateway over the ledger as it is now (RFC 9162 style), so
-        a device can check an entry is in the ledger without holding the chain."""
-        size = self.tree.size
-        if not 0 <= q.start < size or (q.op == "consistency" and q.start == 0):
-            return Reply(req=q.req, tip_height=size - 1, refused=f"out of range: {q.start}")
-        head = sign_tree_head(
-            self.key, self.cfg.swarm, self.cfg.node_id, size, self.tree.root(), now_ms()
-        )
-        if q.op == "inclusion":
-            bundle = ProofBundle.for_inclusion(head, q.start, self.tree.inclusion_proof(q.start))
+        if q.op == "entries":
+            reply = entries_reply(q, self.ledger.entries(q.start, q.limit), self.folded)
         else:
-            bundle = ProofBundle.for_consistency(
-                head, q.start, self.tree.consistency_proof(q.start)
-            )
-        return Reply(req=q.req, tip_height=size - 1, proof=bundle.to_dict())
+            cfg = self.cfg
+            reply = proof_reply(q, self.tree, self.key, cfg.swarm, cfg.node_id, now_ms)
+        self.mqtt.publish(topic, reply.encode(), qos=1)
 
     # -- the ledger and the coordinator
     def _applied(self, entry: Entry) -> None:

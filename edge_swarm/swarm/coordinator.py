@@ -62,6 +62,7 @@ class Coordinator:
         self.replaying = False
         self._attested: set[tuple[int, str]] = set()  # (round, node) of this and the last round
         self._started_ms = started_ms
+        self._last_tick_ms: int | None = None
         self._pending: str | None = None
         self._keys_ready = not policy.sealed
         self._done = False
@@ -83,8 +84,9 @@ class Coordinator:
             self._pending = None  # the next tick tries again
         elif isinstance(event, KeysReady) and self._pending == "key_epoch":
             self._pending, self._keys_ready = None, True
-            return self._progress(None)
+            return self._progress(self._last_tick_ms)  # the answer to a tick: open now
         elif isinstance(event, Tick):
+            self._last_tick_ms = event.now_ms
             return self._progress(event.now_ms)
         return []
 

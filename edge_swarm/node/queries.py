@@ -1,0 +1,40 @@
+"""The gateway's answers to ledger queries: a page of entries, or a signed proof that an
+entry (or an earlier tree) is in the ledger as it is now, RFC 9162 style, so that a device
+can check its commit without holding the chain."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from edge_swarm.swarm.messages import Query, Reply
+from ledger_lite import Entry, MerkleTree, ProofBundle, SigningKey, sign_tree_head
+
+REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
+
+
+def entries_reply(q: Query, entries: Iterable[Entry], tip_height: int) -> Reply:
+    """A page of ``entries`` (those from ``q.start``), cut to stay well under the broker's
+    packet limit; the device asks for the next page while it is behind ``tip_height``."""
+    page, size = [], 0
+    for e in entries:
+        size += len(e.canonical())
+        if page and size > REPLY_BYTES:
+            break
+        page.append(e.to_dict())
+    return Reply(req=q.req, entries=page, tip_height=tip_height)
+
+
+def proof_reply(
+    q: Query, tree: MerkleTree, key: SigningKey, swarm: str, gateway: str, now_ms: Callable[[], int]
+) -> Reply:
+    """An inclusion or consistency proof over ``tree``, under a tree head signed by this
+    gateway; refused (in the reply) for an index outside the tree."""
+    size = tree.size
+    if not 0 <= q.start < size or (q.op == "consistency" and q.start == 0):
+        return Reply(req=q.req, tip_height=size - 1, refused=f"out of range: {q.start}")
+    head = sign_tree_head(key, swarm, gateway, size, tree.root(), now_ms())
+    if q.op == "inclusion":
+        bundle = ProofBundle.for_inclusion(head, q.start, tree.inclusion_proof(q.start))
+    else:
+        bundle = ProofBundle.for_consistency(head, q.start, tree.consistency_proof(q.start))
+    return Reply(req=q.req, tip_height=size - 1, proof=bundle.to_dict())

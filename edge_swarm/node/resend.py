@@ -1,0 +1,74 @@
+"""What an agent sends again, bounded: submissions the ledger has not shown yet, and its own
+delta of a round that is not merged yet. Times are ``time.monotonic()`` seconds, passed in.
+
+Both are needed because an acknowledgement from a broker is not delivery: a gateway can stop
+leading before it forwards a submission, and a broker can acknowledge a delta and go away
+before forwarding it. Copies are harmless: the ledger refuses a replayed transaction, and
+receivers keep envelopes by sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+RESUBMIT_S = 3.0  # a submission not on the ledger after this long: send it again
+MAX_SUBMITS = 5
+REPUBLISH_S = 3.0  # a round of ours not merged after this long: send our delta again
+MAX_REPUBLISH = 5
+
+
+class PendingSubmissions:
+    """Submissions (tx id -> payload) sent and not yet seen on the ledger or refused."""
+
+    def __init__(self, publish: Callable[[bytes], None]) -> None:
+        self._publish = publish
+        self._items: dict[str, list] = {}  # tx id -> [payload, last sent, tries]
+
+    def sent(self, tx_id: str, payload: bytes, now: float) -> None:
+        self._items[tx_id] = [payload, now, 1]
+
+    def settled(self, tx_id: str) -> None:
+        """The ledger has it, or refused it: stop sending."""
+        self._items.pop(tx_id, None)
+
+    def tick(self, now: float) -> None:
+        for tx_id, item in list(self._items.items()):
+            payload, sent, tries = item
+            if now - sent < RESUBMIT_S:
+                continue
+            if tries >= MAX_SUBMITS:
+                del self._items[tx_id]
+                log.warning("submission %s never reached the ledger; giving up", tx_id[:12])
+                continue
+            self._publish(payload)
+            item[1], item[2] = now, tries + 1
+
+
+class OwnDelta:
+    """This agent's latest envelope, sent again while its round is not merged here."""
+
+    def __init__(self, publish: Callable[[str, bytes], None]) -> None:
+        self._publish = publish
+        self._last: tuple[int, str, bytes] | None = None  # (round, topic, frame)
+        self._at = 0.0
+        self._times = 0
+
+    def sent(self, rnd: int, topic: str, frame: bytes, now: float) -> None:
+        self._last, self._at, self._times = (rnd, topic, frame), now, 0
+
+    def due(self, now: float) -> bool:
+        return self._last is not None and now - self._at > REPUBLISH_S
+
+    def republish(self, merged_round: int, now: float, why: str) -> None:
+        """Send it again (at most ``MAX_REPUBLISH`` times) if its round is past
+        ``merged_round``, the newest round this agent holds the model of."""
+        last = self._last
+        if last is None or last[0] <= merged_round or self._times >= MAX_REPUBLISH:
+            return
+        self._times += 1
+        self._at = now
+        self._publish(last[1], last[2])
+        log.info("round %d: published our delta again (%s)", last[0], why)
