@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +26,10 @@ def test_keygen_admin_init_enroll_and_revoke_build_a_valid_chain(
     key = tmp_path / "pi" / "device.key"
     assert main(["keygen", "--node-id", "pi-1", "--key", str(key)]) == 0
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    request = capsys.readouterr().out.splitlines()[-1]
+    out = capsys.readouterr()
+    request = out.out  # the request alone: `keygen ... > req.json` is what enroll reads
     assert json.loads(request)["node"] == "pi-1"
+    assert "keys written to" in out.err
     # A device keeps its key: a second keygen does not overwrite it.
     assert main(["keygen", "--node-id", "pi-1", "--key", str(key)]) == 2
 
@@ -59,6 +64,82 @@ def test_operator_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     (site / "admin.key").chmod(0o644)
     assert main([*args[:-1], str(tmp_path / "bad.json")]) == 2
     assert "chmod 600" in capsys.readouterr().err
+
+
+def edge_swarm(*args: str | Path, stdout: Any = subprocess.PIPE) -> str:
+    """Run the real command line; returns its stderr and fails with it on a nonzero exit."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_swarm", *map(str, args)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_keygen_redirected_to_a_file_is_what_enroll_takes(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    edge_swarm("admin", "init", "--swarm", "clinic", "--out", site)
+    # The shell's `keygen --node-id x --key tmp/k > r.json`: stdout is the file itself.
+    with (tmp_path / "r.json").open("w") as f:
+        err = edge_swarm("keygen", "--node-id", "x", "--key", tmp_path / "k", stdout=f)
+    text = (tmp_path / "r.json").read_text()
+    request = json.loads(text)  # the whole of stdout is one JSON document ...
+    assert text.endswith("}\n") and text.count("\n") == 1  # ... on one terminated line
+    assert (request["node"], request["role"]) == ("x", "agent")
+    # Everything said to the person went to stderr: where the keys are, what to do next.
+    assert f"keys written to {tmp_path / 'k'} and {tmp_path / 'k.enc'}" in err
+    assert "edge-swarm enroll" in err and "{" not in err
+
+    boot = site / "bootstrap.jsonl"
+    err = edge_swarm(
+        *("enroll", "--admin-key", site / "admin.key", "--swarm", "clinic"),
+        *("--bootstrap", boot, "--request", tmp_path / "r.json"),
+    )
+    assert err == ""
+    chain = read_chain(boot)
+    assert [e.kind for e in chain] == ["genesis", "enroll"]
+    assert chain[1].payload["node"] == "x"
+    assert chain[1].payload["pubkey"] == request["pubkey"]
+    assert chain[1].payload["enc_pubkey"] == request["enc_pubkey"]
+    assert verify_chain(chain).ok
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        # What an older keygen printed: a sentence, then the JSON.
+        ('keys written to k; give the operator this request:\n{"node": "x"}\n', "not JSON"),
+        ('{"node": "x", "role": "agent"}\n', "no 'pubkey'"),
+        ("[]\n", "not a JSON object"),
+        (None, "cannot read it"),
+    ],
+)
+def test_enroll_refuses_a_file_that_is_not_a_request_in_one_line(
+    tmp_path: Path, content: str | None, why: str
+) -> None:
+    site = tmp_path / "site"
+    edge_swarm("admin", "init", "--swarm", "clinic", "--out", site)
+    bad = tmp_path / "r.json"
+    if content is not None:
+        bad.write_text(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_swarm", "enroll", "--admin-key", str(site / "admin.key")]
+        + ["--swarm", "clinic", "--bootstrap", str(site / "bootstrap.jsonl")]
+        + ["--request", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    err = proc.stderr
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"edge-swarm enroll: --request {bad}: ") and why in err
+    if content is not None:
+        assert "the JSON that `edge-swarm keygen` prints on standard output" in err
+    assert [e.kind for e in read_chain(site / "bootstrap.jsonl")] == ["genesis"]
 
 
 def test_admin_init_takes_the_merge_rule_into_the_genesis(

@@ -279,7 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--hostname", action="append", default=[], help="names in the certificate")
     bc.set_defaults(func=_broker_config)
 
-    k = sub.add_parser("keygen", help="make this device's key pair and print its enrolment request")
+    k = sub.add_parser(
+        "keygen",
+        help="make this device's key pair and print its enrolment request",
+        description="Make this device's signing key (KEY) and encryption key (KEY.enc), both "
+        "owner-only. Standard output is the enrolment request alone, as JSON, so that "
+        "`edge-swarm keygen ... > request.json` saves what `edge-swarm enroll --request "
+        "request.json` takes; what it tells you goes to standard error.",
+    )
     k.add_argument("--node-id", required=True, help="the device's id, e.g. pi-ward3-01")
     k.add_argument(
         "--key",

@@ -31,24 +31,50 @@ def run_operator(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.op == "keygen":
-        req = keygen(args.key, args.node_id, args.role)
-        print(
-            f"keys written to {args.key} and {enc_key_path(args.key)} (owner-only; set them "
-            "as [node] key and enc_key); give the operator this request:"
-        )
-        print(req.to_json())
-        return 0
+        return _keygen(args)
     if args.op == "admin-init":
         return _admin_init(args)
     admin = SigningKey.load(args.admin_key)
     if args.op == "enroll":
-        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
-        tx = enroll_tx(admin, args.swarm, EnrollRequest.from_json(text), args.expires_days)
+        tx = enroll_tx(admin, args.swarm, _read_request(args.request), args.expires_days)
         what = "enrolled " + tx.payload["node"]
     else:
         tx = revoke_tx(admin, args.swarm, args.node, args.reason)
         what = "revoked " + args.node
     return _deliver(args, tx, what)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    """The request alone goes to stdout (``keygen ... > req.json``); the words to stderr."""
+    req = keygen(args.key, args.node_id, args.role)
+    print(
+        f"keys written to {args.key} and {enc_key_path(args.key)} (owner-only; set them as "
+        f"[node] key and enc_key)\n"
+        f"the enrolment request is the JSON on standard output (`> {req.node}.json` saves it "
+        f"alone); give it to the operator for `edge-swarm enroll ... --request {req.node}.json`",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(req.to_json(), flush=True)
+    return 0
+
+
+def _read_request(source: str) -> EnrollRequest:
+    """The request from a file, or stdin for ``-``; the error names where it came from."""
+    where = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        return EnrollRequest.from_json(text)
+    except UnicodeDecodeError:
+        problem = "not an enrolment request (not text)"
+    except OSError as exc:
+        raise OperatorError(f"--request {where}: cannot read it ({exc.strerror or exc})") from None
+    except OperatorError as exc:
+        problem = str(exc)
+    raise OperatorError(
+        f"--request {where}: {problem}; it must be the JSON that `edge-swarm keygen` "
+        "prints on standard output"
+    )
 
 
 def _deliver(args: argparse.Namespace, tx: Tx, what: str) -> int:

@@ -44,21 +44,33 @@ class EnrollRequest:
 
     @classmethod
     def from_json(cls, text: str) -> EnrollRequest:
+        """Parse a request as ``to_json`` writes it; an OperatorError says what is wrong."""
         try:
             obj = json.loads(text)
-            enc = obj.get("enc_pubkey")
-            req = cls(
-                str(obj["node"]),
-                str(obj["pubkey"]),
-                str(obj.get("role", "agent")),
-                None if enc is None else str(enc),
+        except ValueError as exc:
+            raise OperatorError(f"not an enrolment request (not JSON: {exc})") from None
+        if not isinstance(obj, dict):
+            raise OperatorError("not an enrolment request (not a JSON object)")
+        missing = [repr(k) for k in ("node", "pubkey") if k not in obj]
+        if missing:
+            raise OperatorError(f"not an enrolment request (no {' or '.join(missing)})")
+        enc = obj.get("enc_pubkey")
+        req = cls(
+            str(obj["node"]),
+            str(obj["pubkey"]),
+            str(obj.get("role", "agent")),
+            None if enc is None else str(enc),
+        )
+        if req.role not in ROLES:
+            raise OperatorError(
+                f"an enrolment request's role is one of {', '.join(ROLES)}, not {req.role!r}"
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise OperatorError(f"not an enrolment request: {exc}") from None
-        if req.role not in ROLES or not _is_hex64(req.pubkey):
-            raise OperatorError("an enrolment request needs a role and a 64-hex public key")
+        if not _is_hex64(req.pubkey):
+            raise OperatorError("an enrolment request's pubkey must be 64 lowercase hex characters")
         if req.enc_pubkey is not None and not _is_hex64(req.enc_pubkey):
-            raise OperatorError("enc_pubkey must be 64 lowercase hex characters")
+            raise OperatorError(
+                "an enrolment request's enc_pubkey must be 64 lowercase hex characters"
+            )
         return req
 
 
