@@ -11,14 +11,12 @@ How replication works
     chain entry for entry, and a refused command is a log index that appends nothing
     anywhere. The submitting replica answers its caller with its own outcome.
 
-Threads and acknowledgement
-    The Raft loop thread (``ledger-raft-PORT``) runs pysyncobj's event loop; applying a
-    command there only records (index, arguments, waiting callers). After each loop turn
-    the batch goes to the apply worker (``ledger-apply-PORT``), which validates, folds and
-    writes the whole batch — entries plus the last applied Raft index — in ONE SQLite
-    transaction (one fsync), and only then acknowledges: `submit` callbacks and `on_append`
-    callbacks run after the entries are durable on this replica, in height order. Signature
-    checks thus never delay Raft heartbeats, and commits are grouped under load.
+Where the parts are
+    `Replica` (here) opens the store, wires the parts together, serves reads and stops.
+    Its base classes hold the rest: `replica_loop` the Raft loop thread and pysyncobj's
+    callbacks (threads and acknowledgement, snapshots), `replica_submit` the life of one
+    submission (retries, timeouts, answers). `replica_apply` is the apply worker,
+    `replica_raft` everything that touches pysyncobj, `replica_snapshot` the snapshot file.
 
 Durability, restart and catch-up
     SQLite (WAL, synchronous=FULL) holds the chain and ``meta.raft_index``, the last Raft
@@ -51,20 +49,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import _RAFT_STATE, FAIL_REASON
-
-from . import errors as E
-from .entry import Entry, Tx
-from .errors import DecodeError, LedgerError, Refused
-from .replica_apply import RAFT_INDEX_KEY, SKIPPED, ApplyWorker, InstallJob, Item, SnapshotJob
+from .entry import Entry
+from .errors import LedgerError
+from .replica_apply import RAFT_INDEX_KEY, ApplyWorker, Item, SnapshotJob
+from .replica_loop import STATUS_PERIOD_S as STATUS_PERIOD_S
+from .replica_loop import RoleCallback, _RaftLoop
 from .replica_raft import RaftNode, RaftTiming, install_safe_unpickler, make_conf
-from .replica_snapshot import read_header
+from .replica_submit import DEFAULT_SUBMIT_TIMEOUT_S as DEFAULT_SUBMIT_TIMEOUT_S
+from .replica_submit import RETRY_DELAY_S as RETRY_DELAY_S
+from .replica_submit import ReplicationError, _Pending
+from .replica_submit import SubmitCallback as SubmitCallback
 from .state import LedgerState
 from .store import SqliteStore
 
@@ -72,41 +71,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RAFT_INDEX_KEY", "RaftTiming", "Replica", "ReplicationError"]
 
-DEFAULT_SUBMIT_TIMEOUT_S = 10.0
-RETRY_DELAY_S = 0.02  # before resubmitting after a leader change or a full queue
-STATUS_PERIOD_S = 0.05  # how often the Raft loop publishes its status
-
-SubmitCallback = Callable[[Entry | None, LedgerError | None], None]
 AppendCallback = Callable[[Entry], None]
-RoleCallback = Callable[[bool], None]
 
 
-class ReplicationError(LedgerError):
-    """The cluster did not decide a submission in time, or this replica cannot serve;
-    `.code` is ``timeout`` (it may still land), ``closed`` or ``failed``."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
-
-
-class _Pending:
-    """One submission in flight (a transaction, or a barrier when `tx` is None)."""
-
-    __slots__ = ("tx", "tx_dict", "callback", "deadline", "attempts", "done", "started")
-
-    def __init__(self, tx: Tx | None, callback: SubmitCallback, timeout: float) -> None:
-        self.tx = tx
-        self.tx_dict = None if tx is None else tx.to_dict()
-        self.callback = callback
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout
-        self.attempts = 0
-        self.done = False
-
-
-class Replica:
+class Replica(_RaftLoop):
     """One replica of a Raft-replicated ledger. See the module docstring for how it works.
 
     `Replica(self_addr, peers, path, genesis)` opens (and re-verifies) or creates the
@@ -244,262 +212,6 @@ class Replica:
             leftover.unlink(missing_ok=True)
         dump.with_name(f"{dump.name}.writing").unlink(missing_ok=True)
 
-    # -- submitting ----------------------------------------------------------------------
-
-    def submit(self, tx: Tx, callback: SubmitCallback, *, timeout: float | None = None) -> None:
-        """Submit `tx` to the cluster; `callback(entry, None)` once it is durably appended
-        here, or `callback(None, error)`: `Refused` (with its reason; nothing appended on any
-        replica) or `ReplicationError` (``timeout``, ``closed``, ``failed``).
-
-        The callback is called exactly once, from one of the replica's threads (or from the
-        caller's, if the replica is closed): keep it short. Leader changes and full queues
-        are retried until `timeout` (default DEFAULT_SUBMIT_TIMEOUT_S); a retried
-        transaction that had in fact landed resolves to its entry, not to ``replay``. After
-        ``timeout`` the transaction may still land: submitting it again is safe (at most one
-        copy is ever appended; the second is refused with ``replay``).
-        """
-        self._start(
-            _Pending(tx, callback, DEFAULT_SUBMIT_TIMEOUT_S if timeout is None else timeout)
-        )
-
-    def submit_sync(self, tx: Tx, timeout: float = DEFAULT_SUBMIT_TIMEOUT_S) -> Entry:
-        """Submit and wait: the durable entry, or raise Refused / ReplicationError.
-
-        Must not be called from an `on_append`/`on_role` callback (they run on the threads
-        that complete submissions): raises RuntimeError there.
-        """
-        return self._wait(_Pending(tx, _noop, timeout), timeout)  # type: ignore[return-value]
-
-    def sync(self, timeout: float = DEFAULT_SUBMIT_TIMEOUT_S) -> None:
-        """Wait until every entry committed cluster-wide before this call is durable here
-        (a Raft read barrier). Raises ReplicationError on timeout."""
-        self._wait(_Pending(None, _noop, timeout), timeout)
-
-    def _wait(self, pending: _Pending, timeout: float) -> Entry | None:
-        if threading.current_thread() is self._loop or self._worker.is_worker_thread():
-            raise RuntimeError("blocking call from a replica callback would deadlock")
-        done = threading.Event()
-        out: list[Any] = []
-
-        def finish(entry: Entry | None, error: LedgerError | None) -> None:
-            out.extend((entry, error))
-            done.set()
-
-        pending.callback = finish
-        self._start(pending)
-        done.wait(timeout + 1.0)  # the replica itself times the submission out at `timeout`
-        if not out:
-            raise ReplicationError("timeout", "no answer from the replica")
-        if out[1] is not None:
-            raise out[1]
-        return out[0]  # type: ignore[no-any-return]
-
-    def _start(self, p: _Pending) -> None:
-        with self._lock:
-            refusal = self._unavailable()
-            if refusal is None:
-                self._inflight.add(p)
-        if refusal is not None:
-            p.done = True
-            _call(p.callback, None, refusal)
-            return
-        self._send(p)
-
-    def _unavailable(self) -> ReplicationError | None:
-        if self._failure is not None:
-            return ReplicationError("failed", str(self._failure))
-        if self._closed:
-            return ReplicationError("closed", "the replica is closed")
-        return None
-
-    def _send(self, p: _Pending) -> None:
-        p.attempts += 1
-        callback = _RaftCallback(self, p)
-        if p.tx_dict is None:
-            self._node.barrier(callback=callback)
-        else:
-            self._node.apply_tx(p.tx_dict, callback=callback)
-
-    def _on_raft_result(self, p: _Pending, result: Any, error: int) -> None:
-        """pysyncobj's answer for one attempt: committed at an index (Raft loop thread,
-        right after `_on_apply` staged it), or a failure to retry."""
-        if error == FAIL_REASON.SUCCESS and isinstance(result, int):
-            item = self._staged_by_index.get(result)
-            if item is not None:
-                item.waiters.append(p)  # acknowledged by the worker once durable
-                return
-        self._retry_later(p)
-
-    def _retry_later(self, p: _Pending) -> None:
-        with self._lock:
-            if not p.done:
-                self._retries.append((time.monotonic() + RETRY_DELAY_S, p))
-
-    def _finish(self, p: _Pending, entry: Entry | None, error: LedgerError | None) -> None:
-        with self._lock:
-            if p.done:
-                return
-            p.done = True
-            self._inflight.discard(p)
-        _call(p.callback, entry, error)
-
-    # -- the Raft loop thread ------------------------------------------------------------
-
-    def _run_raft(self) -> None:
-        next_status = 0.0
-        try:
-            while not self._stopping.is_set():
-                try:
-                    self._node.doTick(self.timing.tick_s)
-                except Exception:  # pysyncobj's own loop logs and goes on; so do we
-                    log.exception("Raft loop turn failed on %s", self.address)
-                    self._stopping.wait(self.timing.tick_s)
-                self._handoff()
-                now = time.monotonic()
-                self._resubmit(now)
-                if now >= next_status:  # every STATUS_PERIOD_S, not every turn
-                    self._expire(now)
-                    self._publish_status()
-                    next_status = now + STATUS_PERIOD_S
-        finally:
-            self._node.destroy()  # autoTick off: closes sockets and the journal right here
-
-    def _on_apply(
-        self, index: int, args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None
-    ) -> int | None:
-        """pysyncobj applies the command at `index`: stage it for the worker."""
-        if index <= self._handed_index:
-            return None  # applied before a restart (or inside an installed snapshot)
-        self._handed_index = index
-        if args is not None and kwargs:
-            args = ()  # a command with keywords is malformed: refused by the worker
-        item = Item(index, args)
-        self._staged.append(item)
-        self._staged_by_index[index] = item
-        return index
-
-    def _handoff(self) -> None:
-        """Pass what the Raft loop staged to the worker, in log order (Raft loop thread)."""
-        if self._snapshot_job is not None:  # its commands were handed on before it was made
-            self._worker.put(self._snapshot_job)
-            self._snapshot_job = None
-        if self._staged:
-            self._worker.put(self._staged)
-            self._staged = []
-            self._staged_by_index = {}
-
-    def _resubmit(self, now: float) -> None:
-        """Resubmit the retries that are due."""
-        due: list[_Pending] = []
-        with self._lock:
-            while self._retries and self._retries[0][0] <= now:
-                due.append(self._retries.popleft()[1])
-        for p in due:
-            if not p.done:
-                self._send(p)
-
-    def _expire(self, now: float) -> None:
-        """Time out the submissions past their deadline."""
-        with self._lock:
-            expired = [p for p in self._inflight if p.deadline <= now]
-        for p in expired:
-            waited = now - p.started
-            self._finish(p, None, ReplicationError("timeout", f"not decided in {waited:.1f} s"))
-
-    def _publish_status(self) -> None:
-        node = self._node
-        self._status = {
-            "leader": node.leader_address(),
-            "is_leader": node._isLeader(),
-            "term": node.raftCurrentTerm,
-            "commit_index": node.raftCommitIndex,
-            "raft_applied": node.raftLastApplied,
-            "has_quorum": node.hasQuorum,
-        }
-
-    def _on_state_changed(self, old: int, new: int) -> None:
-        is_leader = new == _RAFT_STATE.LEADER
-        if is_leader == self._is_leader:
-            return
-        self._is_leader = is_leader
-        log.info("%s is %s", self.address, "now the leader" if is_leader else "no longer leader")
-        for callback in list(self.on_role):
-            try:
-                callback(is_leader)
-            except Exception:
-                log.exception("on_role callback %r failed", callback)
-
-    # -- snapshots (called by pysyncobj on the Raft loop) ---------------------------------
-
-    def _serialize(self, tmp_file: str, data: Any) -> None:
-        """Log compaction: let the worker write the chain as of the last applied index.
-
-        pysyncobj renames `tmp_file` over the dump as soon as this returns, so `tmp_file`
-        is the current dump (a hard link: the rename is then a no-op) or, the first time,
-        an empty placeholder. The job reaches the worker only at the next `_handoff`, after
-        that rename, so the worker's new dump can never be replaced by the old one; its
-        `take_snapshot_state` reports SUCCESS once the new dump is in place, and only then
-        does pysyncobj drop the log entries the snapshot covers.
-        """
-        last, prev = data[0], data[1]
-        self._handoff()  # every command up to `last` goes to the worker before the job
-        Path(tmp_file).unlink(missing_ok=True)
-        if os.path.isfile(self._dump):
-            os.link(self._dump, tmp_file)
-        else:
-            Path(tmp_file).touch()
-        self._worker.begin_snapshot()
-        record = (bytes(last[0]), last[1], last[2]), (bytes(prev[0]), prev[1], prev[2])
-        self._snapshot_job = SnapshotJob(*record)
-
-    def _deserialize(self, file_name: str) -> tuple[Any, ...]:
-        """pysyncobj loads a snapshot (ours at start, or one received from the leader).
-
-        Reads only the header here; if the snapshot is ahead of this replica, a hard link
-        to it goes to the worker, which validates and installs the missing entries in
-        order with the commands around it. Raises DecodeError for a malformed or foreign
-        snapshot (pysyncobj then keeps its log as it was).
-        """
-        header = read_header(file_name)
-        if header.genesis != self._worker.state.genesis_hash:
-            raise DecodeError("snapshot of a ledger with another genesis")
-        self._handoff()
-        if header.raft_index > self._handed_index:
-            link = Path(f"{self._dump}.install.{header.raft_index}")
-            link.unlink(missing_ok=True)
-            os.link(file_name, link)
-            self._worker.put(InstallJob(link, header))
-            self._handed_index = header.raft_index
-        return header.last, header.prev, []
-
-    def _resolve(self, p: _Pending, result: Any) -> None:
-        """The worker's outcome for a waiting submission, once durable (worker thread)."""
-        if result is SKIPPED:
-            if self._failure is not None:
-                self._finish(p, None, ReplicationError("failed", str(self._failure)))
-            else:
-                self._retry_later(p)
-        elif isinstance(result, Refused):
-            if result.reason == E.REPLAY and p.attempts > 1 and p.tx is not None:
-                entry = self._worker.recent_entry(p.tx.tx_id)
-                if entry is not None:  # an earlier attempt had landed after all
-                    self._finish(p, entry, None)
-                    return
-            self._finish(p, None, result)
-        else:
-            self._finish(p, result, None)
-
-    def _fail(self, exc: BaseException) -> None:
-        """Stop serving after a fault the replica cannot repair by itself (worker thread)."""
-        log.critical("replica %s stops: %s", self.address, exc)
-        with self._lock:
-            if self._failure is None:
-                self._failure = exc
-            stuck = list(self._inflight)
-        self._stopping.set()
-        for p in stuck:
-            self._finish(p, None, ReplicationError("failed", str(exc)))
-
     # -- reading -------------------------------------------------------------------------
 
     @property
@@ -578,6 +290,17 @@ class Replica:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def _fail(self, exc: BaseException) -> None:
+        """Stop serving after a fault the replica cannot repair by itself (worker thread)."""
+        log.critical("replica %s stops: %s", self.address, exc)
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+            stuck = list(self._inflight)
+        self._stopping.set()
+        for p in stuck:
+            self._finish(p, None, ReplicationError("failed", str(exc)))
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop replicating, finish applying what was committed, close the files.
 
@@ -609,30 +332,6 @@ class Replica:
 
     def __repr__(self) -> str:
         return f"Replica({self.address!r}, {str(self.path)!r}, height={self.height})"
-
-
-class _RaftCallback:
-    """pysyncobj's per-command callback, bound to one attempt of one submission."""
-
-    __slots__ = ("replica", "pending")
-
-    def __init__(self, replica: Replica, pending: _Pending) -> None:
-        self.replica = replica
-        self.pending = pending
-
-    def __call__(self, result: Any, error: int) -> None:
-        self.replica._on_raft_result(self.pending, result, error)
-
-
-def _call(callback: SubmitCallback, entry: Entry | None, error: LedgerError | None) -> None:
-    try:
-        callback(entry, error)
-    except Exception:
-        log.exception("submit callback %r failed", callback)
-
-
-def _noop(entry: Entry | None, error: LedgerError | None) -> None:
-    pass
 
 
 def _check_addr(addr: str) -> None:

@@ -14,60 +14,41 @@ How it works
 
 and returns a ``BrokerFiles`` with those paths and the new plaintext passwords, which the
 enrolment step hands to each device. Usernames are node ids; passwords are
-``secrets.token_urlsafe(24)`` (192 random bits). Hashes are Mosquitto's ``$7$`` format
-(PBKDF2-HMAC-SHA512, 12-byte salt): made by the ``mosquitto_passwd`` binary when present
-(``-U`` over a 0600 temporary file, so no password ever appears on a command line) and
-otherwise by ``mosquitto_hash`` here, which produces the same format.
+``secrets.token_urlsafe(24)`` (192 random bits), stored as Mosquitto's ``$7$`` hashes.
 
 Running it again (a device enrolled or revoked) keeps the CA and, by default, the password
 hashes of nodes still listed, drops the users no longer listed and issues passwords only for
 new nodes; ``kill -HUP`` makes a running Mosquitto reload the password and ACL files.
 
-The ACL (topic root ``es/v1/{swarm}/``)
----------------------------------------
-==========  =====================================================  =========================
-role        may publish                                            may read
-==========  =====================================================  =========================
-agent       round/+/delta/{id}, round/+/resend/+, ledger/submit,   round/+/delta/+,
-            ledger/query, fleet/status/{id},                       round/+/resend/{id},
-            fleet/telemetry/{id}                                   model/#, ledger/events,
-                                                                   ledger/reply/{id},
-                                                                   fleet/cmd/{id}, fleet/cmd/all
-gateway     ledger/events, ledger/reply/+, model/#,                as an agent, minus other
-            round/+/resend/+, fleet/status/{id},                   nodes' resend requests, plus
-            fleet/telemetry/{id}                                   ledger/submit, ledger/query,
-                                                                   fleet/status/+,
-                                                                   fleet/telemetry/+
-operator    fleet/cmd/+, ledger/submit, ledger/query               everything under the root,
-                                                                   and $SYS/#
-==========  =====================================================  =========================
-
-Every rule is written out in the user's own block: Mosquitto's ``pattern`` lines (``%u``,
-``%c``) apply to *every* user, so they cannot tell an agent from a gateway.
-
-Mosquitto facts this relies on (2.0.11; see tests/test_broker_lockdown.py)
--------------------------------------------------------------------------
-- A PUBLISH the ACL denies is dropped silently: an MQTT 3.1.1 client is still acknowledged
-  (PUBACK) and stays connected; no subscriber receives the message.
-- A SUBSCRIBE the ACL denies gets the failure code 0x80 in its SUBACK.
-- A refused password gets CONNACK "not authorized" (code 5) on MQTT 3.1.1.
-- Run as root, Mosquitto 2.0 drops to ``user`` as soon as the configuration is read, *before*
-  it loads certificates, the password file and the ACL: they must be readable by that user.
+The ACL, ``mosquitto.conf`` and the Mosquitto facts they rely on are in ``broker_policy``,
+the password hashes in ``broker_passwd``; their public names are importable from here.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import os
 import secrets
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_swarm.site.broker_passwd import (
+    PASSWORD_BYTES,
+    _hash_all,
+    _parse_passwd,
+    find_mosquitto_passwd,
+    mosquitto_hash,
+)
+from edge_swarm.site.broker_passwd import PBKDF2_ITERATIONS as PBKDF2_ITERATIONS
+from edge_swarm.site.broker_policy import (
+    _WILDCARD_HOSTS,
+    DEFAULT_MAX_PACKET,
+    ROLES,
+    BrokerConfigError,
+    acl_text,
+    conf_text,
+)
 from edge_swarm.swarm.topics import ALL, TopicError, Topics, validate_id
 from edge_swarm.trust.pki import (
     CertPair,
@@ -92,27 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ROLES = ("agent", "gateway", "operator")
-"""The roles a broker user can have."""
-
-DEFAULT_MAX_PACKET = 16 * 1024 * 1024 + 64 * 1024
-"""The broker's largest packet, in bytes: one 16 MiB delta envelope plus headers."""
-
-PBKDF2_ITERATIONS = 101
-"""PBKDF2 rounds of a ``$7$`` hash: ``mosquitto_passwd`` 2.0's own default. Passwords here
-are 192 random bits, so the rounds add nothing to their strength; more would only slow every
-CONNECT on a Pi-class broker."""
-
-PASSWORD_BYTES = 24
-"""Random bytes in a generated password (``secrets.token_urlsafe``: 32 characters)."""
-
-_PASSWD_TIMEOUT_S = 30.0  # mosquitto_passwd -U over a few hundred users takes well under 1 s
-_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
-
-
-class BrokerConfigError(ValueError):
-    """The arguments cannot make a valid broker configuration (the message says why)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,214 +100,6 @@ class BrokerFiles:
     credentials: dict[str, str] = field(repr=False)
     kept: tuple[str, ...] = ()
     client_certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- passwords
-
-
-def mosquitto_hash(
-    password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS
-) -> str:
-    """Mosquitto 2.0's ``$7$`` password hash: ``$7$iterations$b64(salt)$b64(PBKDF2-SHA512)``.
-
-    ``salt`` defaults to 12 random bytes (as ``mosquitto_passwd``). The same password and salt
-    give the same string as ``mosquitto_passwd`` does.
-    """
-    if not isinstance(password, str) or not password:
-        raise BrokerConfigError("a password must be a non-empty string")
-    salt = os.urandom(12) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
-    b64 = base64.b64encode
-    return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def find_mosquitto_passwd() -> str | None:
-    """The path of the ``mosquitto_passwd`` binary, or None."""
-    found = shutil.which("mosquitto_passwd")
-    if found:
-        return found
-    for candidate in ("/usr/bin/mosquitto_passwd", "/usr/local/bin/mosquitto_passwd"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _hash_with_binary(binary: str, users: Mapping[str, str], workdir: Path) -> dict[str, str]:
-    """Hash ``users`` with ``mosquitto_passwd -U`` on a 0600 file that is removed after."""
-    tmp = workdir / f".passwd-plain.{os.getpid()}"
-    try:
-        write_private(tmp, "".join(f"{u}:{p}\n" for u, p in users.items()).encode())
-        done = subprocess.run(
-            [binary, "-U", str(tmp)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_PASSWD_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            err = done.stderr.decode(errors="replace").strip()
-            raise BrokerConfigError(f"{binary} -U failed ({done.returncode}): {err}")
-        hashed = _parse_passwd(tmp.read_text(encoding="utf-8"))
-    finally:
-        tmp.unlink(missing_ok=True)
-    if set(hashed) != set(users) or not all(h.startswith("$7$") for h in hashed.values()):
-        raise BrokerConfigError(f"{binary} -U did not hash every user in the $7$ format")
-    return hashed
-
-
-def _parse_passwd(text: str) -> dict[str, str]:
-    """``user:hash`` lines (comments and blank lines skipped) as a mapping."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        user, sep, hashed = line.partition(":")
-        if sep:
-            out[user] = hashed
-    return out
-
-
-def _hash_all(users: Mapping[str, str], hasher: str, workdir: Path) -> dict[str, str]:
-    if not users:
-        return {}
-    binary = find_mosquitto_passwd() if hasher in ("auto", "mosquitto_passwd") else None
-    if hasher == "mosquitto_passwd" and binary is None:
-        raise BrokerConfigError("mosquitto_passwd not found (apt-get install mosquitto)")
-    if binary is not None:
-        return _hash_with_binary(binary, users, workdir)
-    return {u: mosquitto_hash(p) for u, p in users.items()}
-
-
-# --------------------------------------------------------------------------- text
-
-
-def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
-    """(write, read) topic filters of ``user`` with ``role``."""
-    own_status = [t.fleet_status(user), t.fleet_telemetry(user), t.fleet_ack(user)]
-    own_in = [t.ledger_reply(user), t.fleet_cmd(user), t.fleet_cmd(ALL)]
-    model = f"{t.root}model/#"
-    if role == "agent":
-        write = [
-            f"{t.root}round/+/delta/{user}",
-            t.resend_filter(),
-            t.ledger_submit(),
-            t.ledger_query(),
-            *own_status,
-        ]
-        read = [t.delta_filter(), t.resend_filter(user), model, t.ledger_events(), *own_in]
-    elif role == "gateway":
-        write = [
-            t.ledger_events(),
-            f"{t.root}ledger/reply/+",
-            model,
-            t.resend_filter(),
-            *own_status,
-        ]
-        read = [
-            t.delta_filter(),
-            t.resend_filter(user),
-            model,
-            t.ledger_submit(),
-            t.ledger_query(),
-            t.ledger_events(),
-            t.fleet_status_filter(),
-            t.fleet_telemetry_filter(),
-            *own_in,
-        ]
-    elif role == "operator":
-        write = [f"{t.root}fleet/cmd/+", t.ledger_submit(), t.ledger_query()]
-        read = [f"{t.root}#", "$SYS/#"]
-    else:
-        raise BrokerConfigError(f"unknown role {role!r} for {user!r}; known: {ROLES}")
-    return write, read
-
-
-def acl_text(swarm: str, roles: Mapping[str, str]) -> str:
-    """The ACL file for ``roles`` (user -> role), one ``user`` block each, sorted by user."""
-    t = Topics(swarm)
-    lines = [
-        f"# edge-swarm ACL for swarm {swarm!r} (generated; edit the enrolment, not this file).",
-        "# No topic lines before the first 'user': anonymous clients get nothing.",
-        "",
-    ]
-    for user in sorted(roles):
-        write, read = _rules(t, user, roles[user])
-        lines.append(f"# {roles[user]}")
-        lines.append(f"user {user}")
-        lines += [f"topic write {w}" for w in write]
-        lines += [f"topic read {r}" for r in read]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def conf_text(
-    *,
-    conf_dir: Path,
-    host: str,
-    port: int,
-    tls_version: str = "tlsv1.2",
-    require_certificate: bool = False,
-    run_as: str | None = "mosquitto",
-    max_packet_size: int = DEFAULT_MAX_PACKET,
-    persistence_dir: str | None = None,
-) -> str:
-    """The ``mosquitto.conf`` text; file paths are ``conf_dir``/name (as on the broker host)."""
-
-    def p(name: str) -> str:
-        return str(conf_dir / name)
-
-    listener = f"listener {port}" if host in _WILDCARD_HOSTS else f"listener {port} {host}"
-    persistence = (
-        ["persistence true", f"persistence_location {persistence_dir.rstrip('/')}/"]
-        if persistence_dir
-        else ["persistence false"]
-    )
-    user = (
-        ["# Run as root, Mosquitto drops to this user before reading the files above.",
-         f"user {run_as}", ""]
-        if run_as
-        else []
-    )  # fmt: skip
-    lines = [
-        "# edge-swarm broker configuration (generated by write_broker_config). See",
-        "# broker/README.md and docs/SECURITY.md for what each part defends against.",
-        "",
-        "# One set of security settings for every listener.",
-        "per_listener_settings false",
-        "allow_anonymous false",
-        f"password_file {p('passwd')}",
-        f"acl_file {p('acl')}",
-        "",
-        *user,
-        "retain_available true",
-        f"max_packet_size {max_packet_size}",
-        "max_inflight_messages 20",
-        "max_queued_messages 1000",
-        "max_queued_bytes 268435456",
-        "set_tcp_nodelay true",
-        *persistence,
-        "",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "log_type information",
-        "connection_messages true",
-        "",
-        "# The only listener: MQTT over TLS, with the swarm CA's certificate.",
-        listener,
-        "protocol mqtt",
-        f"cafile {p('ca.crt')}",
-        f"certfile {p('server.crt')}",
-        f"keyfile {p('server.key')}",
-        f"tls_version {tls_version}",
-        f"require_certificate {'true' if require_certificate else 'false'}",
-        # Passwords stay required even when a client certificate is: a stolen certificate
-        # alone does not make a device.
-        "use_identity_as_username false",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- writing

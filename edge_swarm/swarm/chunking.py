@@ -2,20 +2,8 @@
 
 How it works
 ------------
-``split`` cuts a message into chunk frames. All integers little-endian::
-
-    offset  size  field
-    0       4     magic  b"ESCH"
-    4       1     version (u8, = 1)
-    5       32    message id = sha256 of the whole message
-    37      4     chunk index (u32)
-    41      4     chunk count (u32)
-    45      8     total message length (u64)
-    53      ...   the piece: message[index * stride : (index + 1) * stride]
-
-Every chunk but the last carries exactly ``stride`` bytes and the last carries the rest
-(1..stride bytes), so each frame alone fixes where its piece goes. The empty message is one
-chunk with an empty piece.
+``split`` cuts a message into chunk frames of at most ``max_chunk_payload`` bytes each
+(``chunk_frames`` has the frame layout); ``parse_chunk`` reads one back.
 
 A ``Reassembler`` collects pieces per (source, message id) — ``source`` is whatever the
 caller keys senders by, the MQTT topic in ``io/chunked.py``, so one sender's chunks can
@@ -43,17 +31,39 @@ Invariants
 - Time is injected: ``now`` is in seconds on any monotonic clock.
 
 Misuse by our own code raises ValueError. Pure: no sockets, no threads, no logging.
+
+The frames are in ``chunk_frames``, the resend requests in ``chunk_resend``; this module
+holds the ``Reassembler`` and re-exports the rest, so callers import from one place.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from edge_swarm.swarm.chunk_frames import (
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    Chunk,
+    ChunkError,
+    chunk_at,
+    chunk_count,
+    is_chunk,
+    message_id,
+    parse_chunk,
+    split,
+)
+from edge_swarm.swarm.chunk_frames import MAX_COUNT as MAX_COUNT
+from edge_swarm.swarm.chunk_frames import MAX_TOTAL as MAX_TOTAL
+from edge_swarm.swarm.chunk_resend import (
+    MAX_MISSING_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    ResendRequest,
+    encode_resend_request,
+    parse_resend_request,
+)
 
 __all__ = [
     "HEADER_SIZE",
@@ -76,216 +86,6 @@ __all__ = [
     "parse_resend_request",
     "split",
 ]
-
-MAGIC = b"ESCH"
-VERSION = 1
-_HEAD = struct.Struct("<4sB32sIIQ")  # magic, version, id, index, count, total
-HEADER_SIZE = _HEAD.size
-"""Bytes of framing in front of every piece (53)."""
-
-MAX_COUNT = 2**32 - 1
-MAX_TOTAL = 2**64 - 1
-
-MAX_MISSING_PER_REQUEST = 1024
-"""Most chunk indices one resend request names; the rest are asked for the next time."""
-MAX_REQUEST_BYTES = 16 * 1024
-"""Largest resend request accepted, in bytes (1024 indices of 10 digits fit with room)."""
-
-_HEX_ID = re.compile(r"[0-9a-f]{64}")
-
-
-class ChunkError(ValueError):
-    """A chunk or resend request from a peer that is malformed or contradicts earlier ones."""
-
-
-def message_id(message: bytes) -> bytes:
-    """The id of ``message``: its raw 32-byte sha256."""
-    return hashlib.sha256(message).digest()
-
-
-def is_chunk(data: bytes | bytearray | memoryview) -> bool:
-    """Whether ``data`` starts with the chunk magic (cheap; ``parse_chunk`` does the checks).
-
-    Unchunked payloads sent on the same topics must never start with ``b"ESCH"``: the
-    delta envelope starts with ``b"ESWD"`` and the checkpoint with ``b"ESCK"``.
-    """
-    return bytes(data[:4]) == MAGIC
-
-
-# --------------------------------------------------------------------------- splitting
-
-
-def _stride(max_chunk_payload: int) -> int:
-    if isinstance(max_chunk_payload, bool) or not isinstance(max_chunk_payload, int):
-        raise ValueError(f"max_chunk_payload must be an int, got {max_chunk_payload!r}")
-    if max_chunk_payload <= HEADER_SIZE:
-        raise ValueError(f"max_chunk_payload must exceed the {HEADER_SIZE}-byte header")
-    return max_chunk_payload - HEADER_SIZE
-
-
-def chunk_count(total: int, max_chunk_payload: int) -> int:
-    """How many frames of at most ``max_chunk_payload`` bytes a ``total``-byte message takes."""
-    stride = _stride(max_chunk_payload)
-    return max(1, -(-total // stride))
-
-
-def chunk_at(message: bytes, mid: bytes, index: int, max_chunk_payload: int) -> bytes:
-    """The frame of chunk ``index`` of ``message`` (whose id is ``mid``), as ``split`` makes it.
-
-    Lets a sender keep only the message and rebuild one chunk on a resend request. Raises
-    ValueError if ``index`` is out of range or ``max_chunk_payload`` is too small.
-    """
-    stride = _stride(max_chunk_payload)
-    count = chunk_count(len(message), max_chunk_payload)
-    if not 0 <= index < count:
-        raise ValueError(f"chunk index {index} outside 0..{count - 1}")
-    if count > MAX_COUNT:
-        raise ValueError("message needs more than 2**32 - 1 chunks")
-    piece = message[index * stride : (index + 1) * stride]
-    return _HEAD.pack(MAGIC, VERSION, mid, index, count, len(message)) + piece
-
-
-def split(message: bytes, max_chunk_payload: int) -> list[bytes]:
-    """Cut ``message`` into chunk frames of at most ``max_chunk_payload`` bytes each.
-
-    Always frames, even a message that fits in one chunk (count 1). Returns the frames in
-    index order. Raises ValueError if ``max_chunk_payload <= HEADER_SIZE``.
-    """
-    data = bytes(message)
-    mid = message_id(data)
-    return [
-        chunk_at(data, mid, i, max_chunk_payload)
-        for i in range(chunk_count(len(data), max_chunk_payload))
-    ]
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One parsed chunk frame: well formed and self-consistent, but not yet checked against
-    the other chunks of its message."""
-
-    message_id: bytes
-    index: int
-    count: int
-    total: int
-    piece: bytes = field(repr=False)
-
-    @property
-    def is_last(self) -> bool:
-        """Whether this is the final chunk of its message."""
-        return self.index == self.count - 1
-
-    def stride(self) -> int | None:
-        """The piece length of every non-last chunk, or None when the message has one chunk."""
-        if self.count == 1:
-            return None
-        if not self.is_last:
-            return len(self.piece)
-        return (self.total - len(self.piece)) // (self.count - 1)
-
-
-def parse_chunk(data: object) -> Chunk:
-    """Parse one chunk frame from untrusted input; raise only ChunkError.
-
-    Checks magic, version, ``index < count``, and that the piece length fits the layout
-    ``split`` makes: a non-last piece of length s needs ``(count-1)*s < total <= count*s``;
-    the last piece of length L needs ``total - L`` to be ``(count-1)`` equal strides, each
-    at least L (and at least 1); a single chunk carries the whole message.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ChunkError(f"chunk is not bytes: {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < HEADER_SIZE:
-        raise ChunkError(f"chunk of {len(data)} bytes is shorter than its header")
-    magic, version, mid, index, count, total = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise ChunkError(f"bad chunk magic {magic!r}")
-    if version != VERSION:
-        raise ChunkError(f"unsupported chunk version {version}")
-    if count < 1 or index >= count:
-        raise ChunkError(f"chunk index {index} outside a count of {count}")
-    piece = data[HEADER_SIZE:]
-    _check_layout(index, count, total, len(piece))
-    return Chunk(mid, index, count, total, piece)
-
-
-def _check_layout(index: int, count: int, total: int, size: int) -> None:
-    if count == 1:
-        if size != total:
-            raise ChunkError(f"single chunk carries {size} of {total} bytes")
-        return
-    if index < count - 1:
-        if size < 1 or not (count - 1) * size < total <= count * size:
-            raise ChunkError(f"piece of {size} bytes does not fit {count} chunks of {total}")
-        return
-    rest = total - size
-    if size < 1 or rest < count - 1 or rest % (count - 1) or rest // (count - 1) < size:
-        raise ChunkError(f"last piece of {size} bytes does not fit {count} chunks of {total}")
-
-
-# --------------------------------------------------------------------------- resend requests
-
-
-@dataclass(frozen=True)
-class ResendRequest:
-    """A request to publish chunks of message ``message_id`` (sent on ``topic``) again."""
-
-    message_id: bytes
-    missing: tuple[int, ...]
-    topic: str
-
-
-def encode_resend_request(mid: bytes, missing: list[int] | tuple[int, ...], topic: str) -> bytes:
-    """The wire form: UTF-8 JSON ``{"id": hex, "missing": [ints], "topic": str}``, sorted keys.
-
-    Raises ValueError on an id that is not 32 bytes, no or too many (> MAX_MISSING_PER_REQUEST)
-    indices, or a result over MAX_REQUEST_BYTES.
-    """
-    if len(mid) != 32:
-        raise ValueError("message id must be 32 bytes")
-    if not 1 <= len(missing) <= MAX_MISSING_PER_REQUEST:
-        raise ValueError(f"need 1..{MAX_MISSING_PER_REQUEST} missing indices")
-    obj = {"id": mid.hex(), "missing": [int(i) for i in missing], "topic": topic}
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    if len(data) > MAX_REQUEST_BYTES:
-        raise ValueError("resend request too large")
-    return data
-
-
-def parse_resend_request(data: object) -> ResendRequest:
-    """Parse a resend request from untrusted input; raise only ChunkError.
-
-    Needs a JSON object with ``id`` (64 lowercase hex digits), ``missing`` (1 to
-    MAX_MISSING_PER_REQUEST distinct ints in ``[0, 2**32 - 2]``) and ``topic`` (a non-empty
-    string); other keys are ignored (newer senders may add some). At most MAX_REQUEST_BYTES.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ChunkError("resend request is not bytes")
-    if len(data) > MAX_REQUEST_BYTES:
-        raise ChunkError(f"resend request of {len(data)} bytes is too large")
-    try:
-        obj = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ChunkError(f"resend request is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ChunkError("resend request is not a JSON object")
-    hex_id, missing, topic = obj.get("id"), obj.get("missing"), obj.get("topic")
-    if not isinstance(hex_id, str) or _HEX_ID.fullmatch(hex_id) is None:
-        raise ChunkError("resend request id is not 64 lowercase hex digits")
-    if not isinstance(topic, str) or not topic:
-        raise ChunkError("resend request topic is not a non-empty string")
-    if not isinstance(missing, list) or not 1 <= len(missing) <= MAX_MISSING_PER_REQUEST:
-        raise ChunkError(f"resend request needs 1..{MAX_MISSING_PER_REQUEST} missing indices")
-    for i in missing:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < MAX_COUNT:
-            raise ChunkError(f"bad chunk index in resend request: {i!r}")
-    if len(set(missing)) != len(missing):
-        raise ChunkError("repeated chunk index in resend request")
-    return ResendRequest(bytes.fromhex(hex_id), tuple(missing), topic)
-
 
 # --------------------------------------------------------------------------- reassembly
 

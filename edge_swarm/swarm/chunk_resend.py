@@ -1,0 +1,86 @@
+"""Resend requests: the wire form of "send me these chunks of that message again".
+
+A receiver whose ``chunking.Reassembler`` reports missing chunks (``due_resends``) asks the
+sender with ``encode_resend_request``: UTF-8 JSON ``{"id": hex, "missing": [ints], "topic":
+str}`` with sorted keys, at most MAX_MISSING_PER_REQUEST indices and MAX_REQUEST_BYTES bytes.
+The sender reads it with ``parse_resend_request`` and rebuilds each chunk (``chunk_at``).
+
+Invariants
+----------
+- ``parse_resend_request`` takes untrusted input and raises only ``ChunkError``.
+
+Misuse by our own code raises ValueError. Pure: no sockets, no threads, no logging.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from edge_swarm.swarm.chunk_frames import MAX_COUNT, ChunkError
+
+MAX_MISSING_PER_REQUEST = 1024
+"""Most chunk indices one resend request names; the rest are asked for the next time."""
+MAX_REQUEST_BYTES = 16 * 1024
+"""Largest resend request accepted, in bytes (1024 indices of 10 digits fit with room)."""
+
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ResendRequest:
+    """A request to publish chunks of message ``message_id`` (sent on ``topic``) again."""
+
+    message_id: bytes
+    missing: tuple[int, ...]
+    topic: str
+
+
+def encode_resend_request(mid: bytes, missing: list[int] | tuple[int, ...], topic: str) -> bytes:
+    """The wire form: UTF-8 JSON ``{"id": hex, "missing": [ints], "topic": str}``, sorted keys.
+
+    Raises ValueError on an id that is not 32 bytes, no or too many (> MAX_MISSING_PER_REQUEST)
+    indices, or a result over MAX_REQUEST_BYTES.
+    """
+    if len(mid) != 32:
+        raise ValueError("message id must be 32 bytes")
+    if not 1 <= len(missing) <= MAX_MISSING_PER_REQUEST:
+        raise ValueError(f"need 1..{MAX_MISSING_PER_REQUEST} missing indices")
+    obj = {"id": mid.hex(), "missing": [int(i) for i in missing], "topic": topic}
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError("resend request too large")
+    return data
+
+
+def parse_resend_request(data: object) -> ResendRequest:
+    """Parse a resend request from untrusted input; raise only ChunkError.
+
+    Needs a JSON object with ``id`` (64 lowercase hex digits), ``missing`` (1 to
+    MAX_MISSING_PER_REQUEST distinct ints in ``[0, 2**32 - 2]``) and ``topic`` (a non-empty
+    string); other keys are ignored (newer senders may add some). At most MAX_REQUEST_BYTES.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ChunkError("resend request is not bytes")
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ChunkError(f"resend request of {len(data)} bytes is too large")
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ChunkError(f"resend request is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ChunkError("resend request is not a JSON object")
+    hex_id, missing, topic = obj.get("id"), obj.get("missing"), obj.get("topic")
+    if not isinstance(hex_id, str) or _HEX_ID.fullmatch(hex_id) is None:
+        raise ChunkError("resend request id is not 64 lowercase hex digits")
+    if not isinstance(topic, str) or not topic:
+        raise ChunkError("resend request topic is not a non-empty string")
+    if not isinstance(missing, list) or not 1 <= len(missing) <= MAX_MISSING_PER_REQUEST:
+        raise ChunkError(f"resend request needs 1..{MAX_MISSING_PER_REQUEST} missing indices")
+    for i in missing:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < MAX_COUNT:
+            raise ChunkError(f"bad chunk index in resend request: {i!r}")
+    if len(set(missing)) != len(missing):
+        raise ChunkError("repeated chunk index in resend request")
+    return ResendRequest(bytes.fromhex(hex_id), tuple(missing), topic)
