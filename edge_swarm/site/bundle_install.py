@@ -123,9 +123,11 @@ mv "$CONFIG.new" "$CONFIG"
 if [ -e "$KEY" ]; then
   say "keeping the device key $KEY"
 else
-  out=$("$VENV/bin/edge-swarm" keygen --node-id @@DEVICE@@ --role @@ROLE@@ --key "$KEY") ||
-    die "keygen failed"
-  printf '%s\n' "$out" | tail -n 1 > "$REQUEST"
+  # keygen prints the request alone on stdout; its words (stderr) matter only if it fails
+  "$VENV/bin/edge-swarm" keygen --node-id @@DEVICE@@ --role @@ROLE@@ --key "$KEY" \
+    > "$REQUEST.new" 2> "$REQUEST.err" || { cat "$REQUEST.err" >&2; die "keygen failed"; }
+  mv "$REQUEST.new" "$REQUEST"
+  rm -f "$REQUEST.err"
 fi
 [ -f "$REQUEST" ] || die "$KEY exists but $REQUEST does not: delete $KEY and $KEY.enc to start anew"
 
