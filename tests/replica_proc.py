@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ledger_lite import CorruptStore, Entry, LedgerError, Refused, Tx  # noqa: E402
 from ledger_lite.replica import Replica, ReplicationError  # noqa: E402
 from ledger_lite.replica_raft import RaftTiming  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402, F401 - re-exported for the drivers
 
 _out_lock = threading.Lock()
 
@@ -142,20 +143,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
-    """Poll `cond` until it returns a true value (returned) or `timeout` s pass
-    (TimeoutError naming `what`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        # The condition lives in another process (its status over a pipe): poll, bounded.
-        threading.Event().wait(poll)
 
 
 class ReplicaProcess:

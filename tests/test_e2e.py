@@ -26,6 +26,8 @@ from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
 from ledger_lite import SigningKey, SqliteStore
 from ledger_lite.cli import main as ledger_cli
 
+from .waiting import run_settled
+
 pytestmark = pytest.mark.network
 
 BROKERS = [
@@ -61,7 +63,7 @@ def clean_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> RunResult:
     need(request.param)
-    return run_swarm(reference(tmp_path_factory.mktemp(f"clean-{request.param}"), request.param))
+    return run_settled(reference(tmp_path_factory.mktemp(f"clean-{request.param}"), request.param))
 
 
 # The reference swarm trains a 100k-parameter model, so that a round lasts long enough
@@ -75,7 +77,10 @@ def reference(workdir: Path, broker: str) -> RunConfig:
 
 
 def entries_of(result: RunResult) -> list:
-    return SqliteStore(result.layout.ledger_path).load()
+    """The gateway's ledger file, as the run left it (read-only). Only complete for a run
+    that stopped once its ledger settled (`run_settled`)."""
+    with SqliteStore(result.layout.ledger_path, verify_only=True) as store:
+        return store.load()
 
 
 def finals(result: RunResult) -> dict[int, str]:
@@ -181,7 +186,7 @@ def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(
             for p in running:
                 p.thaw()
 
-    result = run_swarm(cfg, during=late_start)
+    result = run_settled(cfg, during=late_start)
     log = log_of(result, "agent-04")
     assert "adopted checkpoint of round" in log
     joined = [r for r in result.rounds if "agent-04" in r.included]
@@ -406,7 +411,7 @@ def test_hostile_messages_are_dropped_with_reasons_and_change_nothing(
         finally:
             big.stop()
 
-    result = run_swarm(cfg, during=attack)
+    result = run_settled(cfg, during=attack)
     # Deterministic training and merging: the attacked swarm ends on the clean swarm's bytes,
     # and nothing the attacker sent reached the ledger.
     assert finals(result) == finals(clean_run)
@@ -467,7 +472,7 @@ def test_mixed_codecs_end_every_round_on_identical_bytes(tmp_path: Path) -> None
         ("agent-05", CodecSpec("int4", topk=0.1)),
     )
     cfg = small(tmp_path, "embedded", n_agents=6, rounds=3, codec=CodecSpec("int8"))
-    result = run_swarm(replace(cfg, codec_overrides=overrides))
+    result = run_settled(replace(cfg, codec_overrides=overrides))
     _same_bytes_every_round(result)
     # Each device really sent its own codec: envelope sizes differ by codec.
     sizes = {}
@@ -483,7 +488,7 @@ def test_a_broker_with_a_256_kib_packet_limit_carries_a_large_model(tmp_path: Pa
     # 64-512-128-10: 100,234 parameters, a 400 kB float32 envelope and an 800 kB checkpoint
     # (parameters and server momentum): both travel in chunks under the 256 KiB limit.
     cfg = small(tmp_path, "mosquitto", rounds=3, hidden=(512, 128), max_packet=256 * 1024)
-    result = run_swarm(cfg)
+    result = run_settled(cfg)
     _same_bytes_every_round(result)
     # The observer evaluated every round from the retained, chunked checkpoint.
     assert all(r.accuracy is not None for r in result.rounds)
@@ -566,7 +571,7 @@ def test_a_swarm_trains_through_a_locked_down_broker(tmp_path: Path) -> None:
     need("mosquitto")
     # TLS from the swarm's own CA, a password per device and an ACL that confines each
     # device to its own topics (edge_swarm/trust/broker_config.py): the protocol still runs.
-    result = run_swarm(small(tmp_path, "mosquitto-tls", rounds=3))
+    result = run_settled(small(tmp_path, "mosquitto-tls", rounds=3))
     _same_bytes_every_round(result)
     assert all(r.accuracy is not None for r in result.rounds)
     conf = (tmp_path / "broker" / "mosquitto.conf").read_text()

@@ -21,10 +21,12 @@ from edge_swarm.swarm.adverts import SERVICE_MQTT, broker_txt
 from ledger_lite import SqliteStore
 
 from .lan_site import BrokerProcess, Site, make_site
+from .waiting import poll_until
 
 pytestmark = pytest.mark.network
 
 ROUNDS = 3
+LOG_WAIT_S = 30.0  # bound on a running node writing a line it owes to its log
 
 
 def finished(obs: SwarmObserver, rounds: int) -> bool:
@@ -93,6 +95,21 @@ def test_agents_find_their_broker_and_ignore_a_rogue_and_another_swarm(tmp_path:
             p.start()
         for obs in observers:
             assert obs.wait_for(lambda obs=obs: finished(obs, ROUNDS), timeout=120), obs.rounds
+        # An agent rejects the rogue's advert (and says so) whenever it resolves it, which
+        # need not be before it found its own broker and trained: wait for the lines while
+        # the agents still run, rather than assume them once the rounds are done.
+        for node in a.layout.agent_configs:
+            lines = (
+                "ignoring clinic-a-broker-rogue._mqtt._tcp.local. (wrong genesis)",
+                f"found the broker of swarm clinic-a at 127.0.0.1:{port_a}",
+            )
+            logged = poll_until(
+                lambda node=node, lines=lines: all(
+                    ln in log_of(tmp_path / "a", node) for ln in lines
+                ),
+                LOG_WAIT_S,
+            )
+            assert logged, f"{node} never logged {lines}:\n{log_of(tmp_path / 'a', node)[-2000:]}"
     finally:
         for p in procs:
             p.stop()

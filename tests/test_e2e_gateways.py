@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from edge_swarm.node.observer import SwarmObserver
-from edge_swarm.site.demo import RunConfig, run_swarm
+from edge_swarm.site.demo import RunConfig
 from edge_swarm.site.launch import SwarmProcesses
 from ledger_lite import SqliteStore
 from ledger_lite.verify import verify_file
+
+from .waiting import run_settled
 
 pytestmark = pytest.mark.network
 
@@ -40,13 +42,20 @@ def test_swarm_survives_sigkill_of_the_raft_leader_and_replicas_agree(tmp_path: 
         seen["new"] = new
         procs.gateways[leader].start("gateway")  # it must catch up from the others
 
-    result = run_swarm(cfg, during=kill_the_leader)
+    # The site is stopped only once the ledger is quiet (every agent's attestation of the
+    # last round is in) and all three replicas end on the same entry: the restarted one
+    # catches up from the others, which takes a while on a loaded machine.
+    agents = [f"agent-{i:02d}" for i in range(1, cfg.n_agents + 1)]
+    result = run_settled(cfg, during=kill_the_leader, attesters=agents)
     assert seen["new"] != seen["killed"]
     assert [r.round for r in result.rounds] == [1, 2, 3, 4, 5, 6]
     assert all(r.accuracy is not None for r in result.rounds)
 
-    chains = {gw: SqliteStore(path).load() for gw, path in result.layout.ledger_paths.items()}
-    tips = {gw: chain[-1].hash for gw, chain in chains.items()}
+    chains = {}
+    for gw, path in result.layout.ledger_paths.items():
+        with SqliteStore(path, verify_only=True) as store:
+            chains[gw] = store.load()
+    tips = {gw: (len(chain) - 1, chain[-1].hash[:12]) for gw, chain in chains.items()}
     assert len(set(tips.values())) == 1, tips  # the restarted one caught up too
     for path in result.layout.ledger_paths.values():
         assert verify_file(path).ok

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from edge_swarm.cli.main import main
-from edge_swarm.site.demo import run_swarm
 from edge_swarm.swarm.merge import MergeRule
 
 from .test_e2e import _same_bytes_every_round, small
+from .waiting import run_settled
 
 pytestmark = pytest.mark.network
 
@@ -39,7 +39,7 @@ RULES = [
 def test_every_rule_ends_every_agent_on_the_same_bytes(tmp_path: Path, rule: MergeRule) -> None:
     n = 7 if rule.aggregator == "bulyan" else 5  # bulyan needs n >= 4f + 3
     cfg = small(tmp_path, "embedded", n_agents=n, rounds=2, merge=rule, min_peers=n)
-    result = run_swarm(cfg)
+    result = run_settled(cfg)
     _same_bytes_every_round(result)
     finals = [e for e in result.events if e.kind == "model_final"]
     assert finals and all(e.payload["merge"]["rule"] == rule.aggregation for e in finals)
@@ -68,7 +68,7 @@ def test_a_poisoned_run_names_the_poisoners_in_the_audit(
         merge=rule,
         attacks=(("agent-07", attack), ("agent-08", attack)),
     )
-    result = run_swarm(replace(cfg, timeout_s=200.0))
+    result = run_settled(replace(cfg, timeout_s=200.0))
     assert result.final_accuracy > 0.8, [r.accuracy for r in result.rounds]
     assert main(["audit", str(result.layout.ledger_path), "--json"]) == 0
     rounds = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]

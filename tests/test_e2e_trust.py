@@ -16,7 +16,7 @@ import pytest
 
 from edge_swarm.io.mqtt import Message, MqttClient
 from edge_swarm.node.observer import SwarmObserver
-from edge_swarm.site.demo import RunResult, run_swarm
+from edge_swarm.site.demo import RunResult
 from edge_swarm.site.launch import SwarmProcesses
 from edge_swarm.site.operator import publish_tx, revoke_tx
 from edge_swarm.swarm.checkpoint import is_sealed_checkpoint, parse_sealed_checkpoint
@@ -35,6 +35,7 @@ from edge_swarm.trust.keyring import EncryptionKey, KeyEpoch, Keyring, NotRecipi
 from ledger_lite import SigningKey
 
 from .test_e2e import entries_of, log_of, small
+from .waiting import run_settled
 
 pytestmark = pytest.mark.network
 
@@ -142,7 +143,7 @@ def revoked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, Sn
         assert sniffer.client.publish(topic, frame, qos=1, wait=10)
 
     try:
-        result = run_swarm(cfg, during=during)
+        result = run_settled(cfg, during=during)
     finally:
         for s in sniffers:
             s.client.stop()

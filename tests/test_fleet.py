@@ -84,7 +84,15 @@ def test_pause_resume_and_refusals_on_a_running_swarm(tmp_path: Path) -> None:
             # Resume: training goes on.
             resume = make_command(admin, "admin", cfg.swarm, "all", "resume", {}, now_ms())
             assert statuses(fleet.send(resume, agents, ANSWER_S)) == dict.fromkeys(agents, "done")
-            seen["commands"] = {pause.payload["id"], resume.payload["id"], logs.payload["id"]}
+            ids = {pause.payload["id"], resume.payload["id"], logs.payload["id"]}
+            seen["commands"] = ids
+
+            # A device answers the copy on fleet/cmd/...; the ledger's copy is appended on its
+            # own time: wait for it here rather than assume it is in when the run stops.
+            def on_ledger() -> bool:
+                return ids <= {e.payload["id"] for e in obs.entries if e.kind == "fleet_command"}
+
+            assert obs.wait_for(on_ledger, ANSWER_S), "the commands never reached the ledger"
         finally:
             fleet.stop()
 
@@ -102,7 +110,8 @@ def test_pause_resume_and_refusals_on_a_running_swarm(tmp_path: Path) -> None:
     assert reasons["replay"] == {"replayed"}
     assert any("paused" in line for line in seen["logs"])  # type: ignore[union-attr]
     # The rounds after the pause opened only after the resume.
-    entries = SqliteStore(result.layout.ledger_path).load()
+    with SqliteStore(result.layout.ledger_path, verify_only=True) as store:
+        entries = store.load()
     commands = [e for e in entries if e.kind == "fleet_command"]
     assert {e.payload["id"] for e in commands} == seen["commands"]
     assert {e.payload["op"] for e in commands} == {"pause", "resume", "logs"}
