@@ -255,6 +255,60 @@ def test_admit_says_which_submissions_fit_the_round_in_progress() -> None:
     assert admit("enroll", "admin", {}) is None  # not the round's business: the ledger judges
 
 
+def test_a_restarted_coordinator_waits_for_the_peers_the_ledger_says_were_active() -> None:
+    """Replaying, nobody's status is known: the open round must not close on the first tick
+    with whoever had committed before the restart (issue: it did, refusing the rest)."""
+    live = coordinator(["a", "b", "c", "d"], online=["a", "b", "c"])
+    history: list[P.Appended] = []
+
+    def fold(ev: P.Appended) -> list[P.Action]:
+        history.append(ev)
+        return live.handle(ev)
+
+    (op,) = live.handle(P.Tick(10_000))
+    fold(P.Appended("round_open", "gw", op.payload, 10_000))
+    for n in ("a", "b"):
+        fold(commit(n, 1))
+    (close,) = fold(commit("c", 1))
+    fold(P.Appended("round_close", "gw", close.payload, 10_010))
+    (final,) = [a for a in (fold(attest(n, 1, H1)) for n in ("a", "b")) if a][0]
+    fold(P.Appended("model_final", "gw", final.payload, 10_020))
+    (op2,) = live.handle(P.Tick(10_030))
+    fold(P.Appended("round_open", "gw", op2.payload, 10_030))
+    fold(commit("a", 2))
+    fold(commit("b", 2))  # ... and the gateway is killed here
+
+    again = P.Coordinator(policy(), H0, started_ms=20_000, leading=False)
+    again.replaying = True
+    for ev in [
+        P.Appended("enroll", "admin", {"node": n, "role": "agent"}, 0) for n in "abcd"
+    ] + history:
+        assert again.handle(ev) == []
+    assert again.finish_replay() == []
+    again.set_leading(True)
+    assert again.current is not None and again.current.expected == {"a", "b", "c"}
+    assert again.handle(P.Tick(10_100)) == []  # c has not been heard of: still expected
+    again.handle(P.PeerSeen("a", True))
+    assert again.handle(P.PeerSeen("b", True)) == []
+    (close2,) = again.handle(commit("c", 2))  # c was training all along
+    assert close2.payload == {
+        "round": 2,
+        "included": ["a", "b", "c"],
+        "reason": "all expected peers committed",
+    }
+    # Had c's status said offline instead, the round would close without it.
+    other = P.Coordinator(policy(), H0, started_ms=20_000)
+    other.replaying = True
+    for ev in [
+        P.Appended("enroll", "admin", {"node": n, "role": "agent"}, 0) for n in "abcd"
+    ] + history:
+        other.handle(ev)
+    other.finish_replay()
+    assert other.handle(P.Tick(10_100)) == []
+    (close3,) = other.handle(P.PeerSeen("c", False))
+    assert close3.payload["included"] == ["a", "b"]
+
+
 # ----------------------------------------------------------------------- participant
 
 

@@ -204,6 +204,12 @@ class Gateway(NodeRuntime):
         for entry in self._bootstrap:  # enrolments of a new site, once, by whoever leads first
             if entry.tx.tx_id not in self.ledger.state.seen:
                 self.ledger.submit(entry.tx, self._own_result(entry.kind))
+        # The old coordinator (or this one, before a restart) may have appended an entry and
+        # died before publishing it: the tip, published again, shows an agent that is behind
+        # a gap, and it asks for what it missed (a copy it has is ignored).
+        tip = self.ledger.entries(self.folded, 1)
+        if tip:
+            self.mqtt.publish(self.topics.ledger_events(), tip[0].canonical(), qos=1)
         if self.holder.round > 0:
             self._publish_checkpoint()
 

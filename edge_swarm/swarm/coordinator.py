@@ -9,6 +9,10 @@ Invariants
   only the leading one (``leading``) appends: opens, closes and finalises rounds, attests.
 * At most one entry of its own is in flight (``_pending``); ``AppendFailed`` allows a retry.
 * In a sealed swarm no round opens before ``KeysReady`` answered ``EnsureKeys`` for it.
+* Who a round waits for comes from the ledger and from statuses: the agents online when it
+  opened, or, for a round opened before a restart, the agents of the last merged round; a
+  peer is no longer waited for once its status says offline. A peer whose status has not
+  arrived yet (right after a restart) is still waited for, never taken as gone.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class Coordinator:
         self.current: RoundState | None = None
         self.agents: set[str] = set()
         self.online: set[str] = set()
+        self.offline: set[str] = set()  # whose latest status said offline
+        self._last_included: frozenset[str] = frozenset()  # of the last round merged
         self.leading = leading
         # While a restarted gateway replays its ledger the coordinator only folds entries.
         self.replaying = False
@@ -73,7 +79,12 @@ class Coordinator:
         if isinstance(event, Appended):
             return self._on_appended(event)
         if isinstance(event, PeerSeen):
-            (self.online.add if event.online else self.online.discard)(event.node)
+            if event.online:
+                self.online.add(event.node)
+                self.offline.discard(event.node)
+            else:
+                self.online.discard(event.node)
+                self.offline.add(event.node)
             return self._progress(None)
         if isinstance(event, MergeDone) and self._is_closing(event.round):
             assert self.current is not None
@@ -152,7 +163,9 @@ class Coordinator:
             if p["round"] <= self.last_round:
                 return []  # a second open of a round (two leaders a moment apart): the first counts
             self.current = RoundState(p["round"], p["base_model_hash"], p["deadline_ms"])
-            self.current.expected = frozenset(self.online & self.agents)
+            # Replaying, nobody's status is known yet: the ledger says who was active.
+            active = self._last_included if self.replaying else self.online
+            self.current.expected = frozenset(active & self.agents)
             self.last_round = p["round"]
             self._keys_ready = not self.policy.sealed  # each round asks again
         elif ev.kind == "delta_commit" and self._is_open(p["round"]):
@@ -175,7 +188,9 @@ class Coordinator:
         assert cur is not None
         cur.included = tuple(ev.payload["included"])
         cur.closed_at_ms = ev.ts
-        if not cur.included:  # a void round: the model stays, the next round may open
+        if cur.included:
+            self._last_included = frozenset(cur.included)
+        else:  # a void round: the model stays, the next round may open
             self.current = None
             self.finished_rounds += 1
             return self._check_done()
@@ -189,12 +204,13 @@ class Coordinator:
         self.last_final_round = p["round"]
         self.current = None
         self._attested = {a for a in self._attested if a[0] >= p["round"]}
-        return [PublishCheckpoint(p["round"], p["model_hash"])] + self._check_done()
+        done = self._check_done()
+        return [] if self.replaying else [PublishCheckpoint(p["round"], p["model_hash"])] + done
 
     def _check_done(self) -> list[Action]:
         if self.finished_rounds >= self.policy.rounds and not self._done:
             self._done = True
-            return [SwarmDone(self.finished_rounds)]
+            return [] if self.replaying else [SwarmDone(self.finished_rounds)]
         return []
 
     def _is_open(self, rnd: int) -> bool:
@@ -237,8 +253,9 @@ class Coordinator:
         cur = self.current
         assert cur is not None
         committed = set(cur.commits)
-        # Peers that went offline after the round opened are no longer waited for.
-        waiting_for = (cur.expected & self.online) - committed
+        # Peers that went offline (or were revoked) after the round opened are no longer
+        # waited for; one not heard of yet since a restart still is.
+        waiting_for = (cur.expected & self.agents) - self.offline - committed
         all_in = not waiting_for and len(committed) >= self.policy.min_peers
         past_deadline = now_ms is not None and now_ms >= cur.deadline_ms
         if not (all_in or past_deadline):
