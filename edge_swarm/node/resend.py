@@ -14,10 +14,17 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-RESUBMIT_S = 3.0  # a submission not on the ledger after this long: send it again
-MAX_SUBMITS = 5
-REPUBLISH_S = 3.0  # a round of ours not merged after this long: send our delta again
-MAX_REPUBLISH = 5
+# Resends back off (3, 6, 12, 24, then every 30 s) so that they outlast a gateway that is
+# restarting, which can take tens of seconds on a loaded Pi, without flooding a healthy site.
+RESEND_FIRST_S = 3.0
+RESEND_MAX_S = 30.0
+MAX_SUBMITS = 10  # about 3 minutes of trying
+MAX_REPUBLISH = 8  # about 2 minutes
+
+
+def backoff_s(tries: int) -> float:
+    """Seconds to wait after the ``tries``-th send before the next one."""
+    return min(RESEND_FIRST_S * 2 ** max(tries - 1, 0), RESEND_MAX_S)
 
 
 class PendingSubmissions:
@@ -37,7 +44,7 @@ class PendingSubmissions:
     def tick(self, now: float) -> None:
         for tx_id, item in list(self._items.items()):
             payload, sent, tries = item
-            if now - sent < RESUBMIT_S:
+            if now - sent < backoff_s(tries):
                 continue
             if tries >= MAX_SUBMITS:
                 del self._items[tx_id]
@@ -60,7 +67,7 @@ class OwnDelta:
         self._last, self._at, self._times = (rnd, topic, frame), now, 0
 
     def due(self, now: float) -> bool:
-        return self._last is not None and now - self._at > REPUBLISH_S
+        return self._last is not None and now - self._at > backoff_s(self._times + 1)
 
     def republish(self, merged_round: int, now: float, why: str) -> None:
         """Send it again (at most ``MAX_REPUBLISH`` times) if its round is past

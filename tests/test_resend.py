@@ -1,0 +1,59 @@
+"""An agent's bounded re-sends, driven with a clock we pass: they back off, outlast a gateway
+restart, stop once settled, and give up in the end."""
+
+from __future__ import annotations
+
+from edge_swarm.node.resend import (
+    MAX_REPUBLISH,
+    MAX_SUBMITS,
+    OwnDelta,
+    PendingSubmissions,
+    backoff_s,
+)
+
+
+def test_backoff_doubles_to_a_cap() -> None:
+    assert [backoff_s(n) for n in range(1, 8)] == [3, 6, 12, 24, 30, 30, 30]
+
+
+def test_submissions_are_sent_again_with_backoff_until_settled() -> None:
+    sent: list[tuple[float, bytes]] = []
+    now = [0.0]
+    subs = PendingSubmissions(lambda payload: sent.append((now[0], payload)))
+    subs.sent("tx1", b"a", 0.0)
+    for t in range(0, 60):
+        now[0] = float(t)
+        subs.tick(now[0])
+    assert [t for t, _ in sent] == [3.0, 9.0, 21.0, 45.0]
+    subs.settled("tx1")
+    for t in range(60, 400):
+        subs.tick(float(t))
+    assert len(sent) == 4
+
+
+def test_a_submission_outlasts_a_gateway_restart_then_gives_up() -> None:
+    sent: list[float] = []
+    now = [0.0]
+    subs = PendingSubmissions(lambda payload: sent.append(now[0]))
+    subs.sent("tx1", b"a", 0.0)
+    for t in range(0, 1000):
+        now[0] = float(t)
+        subs.tick(now[0])
+    assert len(sent) == MAX_SUBMITS - 1  # the first send was the caller's
+    assert sent[-1] > 120  # still trying two minutes on: a gateway restart fits in that
+
+
+def test_own_delta_is_sent_again_only_while_its_round_is_not_merged() -> None:
+    sent: list[tuple[str, bytes]] = []
+    delta = OwnDelta(lambda topic, frame: sent.append((topic, frame)))
+    assert not delta.due(100.0)  # nothing sent yet
+    delta.sent(4, "t4", b"f4", 0.0)
+    assert not delta.due(2.0) and delta.due(3.5)
+    delta.republish(merged_round=3, now=3.5, why="test")
+    assert sent == [("t4", b"f4")]
+    assert not delta.due(9.0) and delta.due(9.6)  # backs off
+    delta.republish(merged_round=4, now=9.6, why="merged")  # round 4 is merged: nothing
+    assert len(sent) == 1
+    for i in range(20):
+        delta.republish(merged_round=3, now=100.0 + i, why="test")
+    assert len(sent) == MAX_REPUBLISH
