@@ -16,12 +16,13 @@ heights, times in milliseconds, sample counts).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
 from typing import Any
 
-from .errors import EncodeError
+from .errors import DecodeError, EncodeError
 
 MAX_DEPTH = 64
 
@@ -90,15 +91,60 @@ def sha256_hex(data: bytes) -> str:
 # recurses once per level, and while the stack is that deep any finaliser that happens to
 # run (a socket's, a thread's) fails too and is reported as an unraisable error.
 JSON_MAX_DEPTH = 64  # our documents nest a handful of levels; nothing honest comes near this
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, its closing quote optional: an unclosed string runs to the end of the data (where
+# json.loads stops too). Never failing to match keeps the scan linear: a pattern that needs
+# the closing quote is retried from every quote of ``"\\"\\"...`` (minutes for 100 kB).
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKETS = re.compile(rb"[^\[\]{}]")
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
 
 
 def json_too_deep(data: bytes, max_depth: int = JSON_MAX_DEPTH) -> bool:
-    """Whether the brackets outside strings in ``data`` nest deeper than ``max_depth``."""
-    depth = 0
-    for b in _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", data)):
-        depth += 1 if b in b"[{" else -1
-        if depth > max_depth:
-            return True
-    return False
+    """Whether the brackets outside strings in ``data`` nest deeper than ``max_depth``.
+
+    Linear in ``len(data)`` whatever the bytes (the scan runs in C: regular expressions, a
+    translation table and ``itertools.accumulate``)."""
+    brackets = _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", bytes(data)))
+    if len(brackets) <= max_depth:
+        return False
+    steps = memoryview(brackets.translate(_STEPS)).cast("b")
+    return max(itertools.accumulate(steps)) > max_depth
+
+
+def parse_json(data: bytes | bytearray | memoryview | str, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """Parse untrusted JSON: the one decoder for JSON that comes from the network.
+
+    Takes UTF-8 bytes (or a str). Returns the value; raises only `DecodeError` (a ValueError)
+    whatever the input: not bytes or str, not UTF-8, not JSON, nested deeper than
+    ``max_depth`` (checked before parsing, so a ``[[[[...`` of any depth never recurses),
+    ``NaN``/``Infinity`` or a number too large for a float, an integer of more digits than
+    Python converts. Duplicate keys are kept as json.loads keeps them (the last wins); the
+    ledger's entry decoder, which must refuse them, is stricter.
+    """
+    try:
+        if isinstance(data, str):
+            raw = data.encode("utf-8", "surrogatepass")
+            text = data
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+            text = raw.decode("utf-8")  # strict: no other encoding, no lone surrogates
+        else:
+            raise DecodeError(f"JSON must come as bytes or str, not {type(data).__name__}")
+        if json_too_deep(raw, max_depth):
+            raise DecodeError(f"JSON nested deeper than {max_depth} levels")
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError, UnicodeError
+        raise DecodeError(f"not JSON: {exc!r:.200}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise DecodeError(f"number {text:.40} is out of range")
+    return value

@@ -344,10 +344,14 @@ def handle_until(
     handle: Callable[[Message], None],
     predicate: Callable[[], bool],
     timeout: float,
+    on_error: Callable[[Message, Exception], None] | None = None,
 ) -> bool:
     """For a client reading its messages off a queue on its own thread (the observer, the
     operator's fleet client): handle them until ``predicate()`` holds, at most ``timeout``
-    seconds; returns whether it held. ``predicate`` is re-checked at least every 0.2 s."""
+    seconds; returns whether it held. ``predicate`` is re-checked at least every 0.2 s.
+
+    An exception from ``handle`` goes to ``on_error(message, exc)`` and the loop goes on (a
+    bad message must not end the client's wait); without ``on_error`` it propagates."""
     deadline = time.monotonic() + timeout
     while not predicate():
         left = deadline - time.monotonic()
@@ -357,7 +361,12 @@ def handle_until(
             msg = inbox.get(timeout=min(left, 0.2))
         except queue.Empty:
             continue
-        handle(msg)
+        try:
+            handle(msg)
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(msg, exc)
     return True
 
 

@@ -8,8 +8,8 @@ never publishes. It trusts nothing it reads for more than reporting: entries are
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable
@@ -20,9 +20,9 @@ import numpy as np
 
 from edge_swarm.io.mqtt import Message, MqttClient, handle_until
 from edge_swarm.learn.model import ModelSpec, model_hash
+from edge_swarm.node.vitals import RateLimitedLog
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
-    CheckpointError,
     SealedCheckpoint,
     decode_checkpoint,
     is_sealed_checkpoint,
@@ -30,14 +30,31 @@ from edge_swarm.swarm.checkpoint import (
     parse_sealed_checkpoint,
 )
 from edge_swarm.swarm.chunking import Reassembler, parse_chunk
-from edge_swarm.swarm.messages import MessageError, Status, Telemetry
+from edge_swarm.swarm.messages import Status, Telemetry
 from edge_swarm.swarm.topics import TopicError, Topics
 from edge_swarm.trust.epochs import EpochTracker
 from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import Entry
-from ledger_lite.errors import LedgerError
+from ledger_lite.errors import DecodeError
+from ledger_lite.schema import payload_problem
 
 log = logging.getLogger(__name__)
+
+
+def _event_entry(payload: bytes) -> Entry:
+    """An entry from ``ledger/events``, its payload checked against its kind's schema (the
+    fold below reads its fields); raises only DecodeError. Its chain and signature are not
+    checked: the observer reports, it decides nothing."""
+    entry = Entry.from_bytes(payload)
+    problem = payload_problem(entry.kind, entry.payload)
+    if problem is not None:
+        raise DecodeError(f"{entry.kind} payload: {problem}")
+    return entry
+
+
+def _seconds(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else 0.0
 
 
 @dataclass
@@ -63,7 +80,8 @@ class RoundRecord:
 
     @property
     def slowest_train_s(self) -> float:
-        return max((float(c.get("train_s", 0.0)) for c in self.commits.values()), default=0.0)
+        # metrics are free-form (and events unsigned to the observer): numbers only
+        return max((_seconds(c.get("train_s")) for c in self.commits.values()), default=0.0)
 
     @property
     def overhead_s(self) -> float:
@@ -91,6 +109,7 @@ class SwarmObserver:
         self._sealed: list[SealedCheckpoint] = []  # waiting for their epoch's key
         self.pubkeys: dict[str, str] = {}  # from enrolments seen: telemetry is checked
         self.unverified = 0  # status and telemetry messages whose signature did not check
+        self.drops = RateLimitedLog(log)  # bad input and failed handling, counted
         self.swarm = swarm
         self.evaluate = evaluate
         self.on_round = on_round
@@ -132,7 +151,7 @@ class SwarmObserver:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Handle messages until ``predicate()`` holds or ``timeout`` seconds pass."""
-        return handle_until(self._queue, self._handle, predicate, timeout)
+        return handle_until(self._queue, self._handle, predicate, timeout, self._on_error)
 
     def final_round(self) -> int:
         return max((r.round for r in self.rounds.values() if r.model_hash), default=0)
@@ -148,7 +167,7 @@ class SwarmObserver:
             if kind == "delta" and parsed.round is not None:
                 self._record(parsed.round).envelope_bytes += len(msg.payload)
             elif kind == "ledger_events":
-                self._on_entry(Entry.from_dict(json.loads(msg.payload)))
+                self._on_entry(_event_entry(msg.payload))
             elif kind == "model_latest":
                 self._on_checkpoint_bytes(msg.payload)
             elif kind == "model_chunk":
@@ -163,8 +182,16 @@ class SwarmObserver:
                 tm = Telemetry.decode(msg.payload)
                 if self._verified(tm, parsed.node):
                     self.telemetry.setdefault(tm.node, []).append(tm)
-        except (ValueError, LedgerError, CheckpointError, MessageError) as exc:
-            log.warning("observer ignored a message on %s: %s", msg.topic, exc)
+        except ValueError as exc:  # each decoder's one error is a ValueError (DecodeError, ...)
+            self.drops.drop(f"bad {kind}", f"on {msg.topic}: {exc}")
+
+    def _on_error(self, msg: Message, exc: Exception) -> None:
+        """What no decoder expected (handle_until's catch): logged, rate-limited."""
+        try:
+            kind = self.topics.parse(msg.topic).kind
+        except TopicError:
+            kind = "?"
+        self.drops.error(f"a {kind} message", exc, msg.topic)
 
     def _verified(self, msg: Status | Telemetry, topic_node: str | None) -> bool:
         """Signed by the key enrolled for the node the topic names (enrolments seen on the

@@ -1,5 +1,5 @@
 """A device's vitals for telemetry (CPU temperature, free disk, peak memory), and the
-rate-limited log of dropped input that every node keeps."""
+rate-limited log of dropped input and failed handling that every process keeps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import contextlib
 import logging
 import resource
 import shutil
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -44,14 +46,65 @@ def peak_rss_kb() -> int:
 
 
 class RateLimitedLog:
-    """Logs the first few drops of each reason at warning, then every 100th (zeroconf's habit)."""
+    """The log of bad input and failed handling a process keeps (zeroconf's habit): each
+    kind of trouble is told in full a few times, then only counted, so that a flood of one
+    bad message costs a few lines of log, not one per message.
 
-    def __init__(self, logger: logging.Logger) -> None:
+    - ``drop(reason, detail)``: input refused for a known reason (one line each): the first
+      `FIRST_DROPS` of each reason, then every `EVERY_DROP`-th. ``counts`` (by reason) go
+      into the node's telemetry.
+    - ``error(where, exc, detail)``: an exception nobody expected while handling ``where``
+      (a topic kind, a callback): the first `FIRST_ERRORS` of each (where, exception type)
+      with their traceback, then a one-line count at most every `SUMMARY_S` seconds.
+      ``errors`` counts them by (where, exception type).
+    """
+
+    FIRST_DROPS = 3
+    EVERY_DROP = 100
+    FIRST_ERRORS = 3
+    SUMMARY_S = 30.0
+
+    def __init__(self, logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.counts: Counter[str] = Counter()
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self._clock = clock
+        self._told: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (when, count) told
 
     def drop(self, reason: str, detail: str) -> None:
         self.counts[reason] += 1
         n = self.counts[reason]
-        if n <= 3 or n % 100 == 0:
-            self.logger.warning("dropped (%s, #%d): %s", reason, n, detail)
+        if n <= self.FIRST_DROPS or n % self.EVERY_DROP == 0:
+            self.logger.warning("dropped (%s, #%d): %.300s", reason, n, detail)
+
+    def error(self, where: str, exc: BaseException, detail: str = "") -> None:
+        """Log (rate-limited) that handling ``where`` raised ``exc``; ``detail`` says on
+        what (a topic). Never raises."""
+        key = (str(where), type(exc).__name__)
+        self.errors[key] += 1
+        n, now = self.errors[key], self._clock()
+        if n <= self.FIRST_ERRORS:
+            more = " (more of these are only counted)" if n == self.FIRST_ERRORS else ""
+            self.logger.error(
+                "error while handling %s (%s #%d): %.300s%s",
+                key[0],
+                key[1],
+                n,
+                detail,
+                more,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+            self._told[key] = (now, n)
+            return
+        told_at, told_n = self._told[key]
+        if now - told_at >= self.SUMMARY_S:
+            self.logger.error(
+                "error while handling %s: %s %d more times in %.0f s (%d in all), last: %.200r",
+                key[0],
+                key[1],
+                n - told_n,
+                now - told_at,
+                n,
+                exc,
+            )
+            self._told[key] = (now, n)

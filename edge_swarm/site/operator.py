@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Any
 
 from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, Tx, make_genesis, make_tx
+from ledger_lite.canonical import parse_json
+from ledger_lite.errors import DecodeError
+
+log = logging.getLogger(__name__)
 
 ROLES = ("agent", "gateway", "observer", "admin")
 
@@ -46,9 +51,9 @@ class EnrollRequest:
     def from_json(cls, text: str) -> EnrollRequest:
         """Parse a request as ``to_json`` writes it; an OperatorError says what is wrong."""
         try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise OperatorError(f"not an enrolment request (not JSON: {exc})") from None
+            obj = parse_json(text)
+        except DecodeError as exc:
+            raise OperatorError(f"not an enrolment request ({exc})") from None
         if not isinstance(obj, dict):
             raise OperatorError("not an enrolment request (not a JSON object)")
         missing = [repr(k) for k in ("node", "pubkey") if k not in obj]
@@ -137,7 +142,10 @@ def append_to_bootstrap(bootstrap: Path, tx: Tx) -> Entry:
     lines = [ln for ln in bootstrap.read_text().splitlines() if ln.strip()]
     if not lines:
         raise OperatorError(f"{bootstrap} is empty: run `edge-swarm admin init` first")
-    last = Entry.from_dict(json.loads(lines[-1]))
+    try:
+        last = Entry.from_bytes(lines[-1].encode("utf-8"))
+    except DecodeError as exc:
+        raise OperatorError(f"the last line of {bootstrap} is not a ledger entry: {exc}") from None
     entry = tx.chain(last.height + 1, last.hash)
     with bootstrap.open("a") as f:
         f.write(json.dumps(entry.to_dict(), sort_keys=True) + "\n")
@@ -152,10 +160,12 @@ def publish_tx(tx: Tx, host: str, port: int, timeout: float = 15.0) -> Entry:
     import queue
 
     from edge_swarm.io.mqtt import Message, MqttClient
-    from edge_swarm.swarm.messages import Reply, Submission
+    from edge_swarm.node.vitals import RateLimitedLog
+    from edge_swarm.swarm.messages import MessageError, Reply, Submission
     from edge_swarm.swarm.topics import Topics
 
     topics = Topics(tx.swarm)
+    drops = RateLimitedLog(log)
     inbox: queue.Queue[Message] = queue.Queue()
     client = MqttClient(f"{tx.swarm}.operator.{tx.tx_id[:8]}", host, port, on_message=inbox.put)
     client.start()
@@ -174,13 +184,21 @@ def publish_tx(tx: Tx, host: str, port: int, timeout: float = 15.0) -> Entry:
             # Only our two topics count: some brokers (amqtt) also hand a new subscriber
             # retained messages of other topics.
             if msg.topic == topics.ledger_events():
-                entry = Entry.from_dict(json.loads(msg.payload))
+                try:
+                    entry = Entry.from_bytes(msg.payload)
+                except DecodeError as exc:  # someone else's garbage: wait on
+                    drops.drop("bad ledger event", str(exc))
+                    continue
                 if entry.tx_id == tx.tx_id:
                     return entry
             elif msg.topic == topics.ledger_reply(tx.author):
-                reply = Reply.decode(msg.payload)
+                try:
+                    reply = Reply.decode(msg.payload)
+                except MessageError as exc:
+                    drops.drop("bad ledger reply", str(exc))
+                    continue
                 if reply.req == tx.tx_id and reply.refused:
-                    raise OperatorError(f"the ledger refused it: {reply.refused}")
+                    raise OperatorError(f"the ledger refused it: {reply.refused:.300}")
         raise OperatorError(f"the ledger did not show the entry within {timeout:.0f} s")
     finally:
         client.stop()

@@ -25,12 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from edge_swarm.swarm import jsonsafe
 from edge_swarm.swarm.topics import ALL, TopicError, validate_id
 from ledger_lite import SigningKey, Tx, make_tx
 from ledger_lite import verify as verify_signature
-from ledger_lite.canonical import canonical_bytes
-from ledger_lite.errors import LedgerError
+from ledger_lite.canonical import canonical_bytes, parse_json
+from ledger_lite.errors import DecodeError, LedgerError
 
 OPS = ("start", "stop", "pause", "resume", "set", "rollout", "rollback", "logs")
 SETTINGS = ("log_level", "telemetry_every_s")  # what ``set`` may change on a running device
@@ -240,12 +239,14 @@ class Ack:
     @classmethod
     def decode(cls, data: bytes) -> Ack:
         """Parse untrusted bytes; raises only CommandError."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise CommandError(f"an answer is bytes, not {type(data).__name__}")
         if len(data) > MAX_ACK:
             raise CommandError(f"answer of {len(data)} bytes exceeds {MAX_ACK}")
         try:
-            obj = jsonsafe.loads(data)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise CommandError(f"not JSON: {exc!r:.100}") from None
+            obj = parse_json(data)
+        except DecodeError as exc:
+            raise CommandError(str(exc)) from None
         fields = {"id", "node", "status", "detail", "data", "ts_ms", "sig"}
         if not isinstance(obj, dict) or set(obj) != fields:
             raise CommandError(f"an answer is {sorted(fields)}")

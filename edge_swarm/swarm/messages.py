@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
-from edge_swarm.swarm import jsonsafe
 from ledger_lite import canonical_bytes
 from ledger_lite import verify as verify_signature
+from ledger_lite.canonical import parse_json
+from ledger_lite.errors import DecodeError
 
 MAX_JSON = 1024 * 1024  # a query reply carries a page of entries; nothing else comes close
 MAX_PAGE = 500
@@ -46,12 +47,14 @@ class MessageError(ValueError):
 
 
 def _load(data: bytes, max_size: int = MAX_JSON) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray)):
+        raise MessageError(f"a message is bytes, not {type(data).__name__}")
     if len(data) > max_size:
         raise MessageError(f"message of {len(data)} bytes exceeds {max_size}")
     try:
-        obj = jsonsafe.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting recurses
-        raise MessageError(f"not JSON: {exc!r:.200}") from None
+        obj = parse_json(data)  # bounded nesting, UTF-8 only, finite numbers
+    except DecodeError as exc:
+        raise MessageError(str(exc)) from None
     if not isinstance(obj, dict):
         raise MessageError("not a JSON object")
     return obj
