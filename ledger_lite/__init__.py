@@ -31,11 +31,17 @@ answers `inclusion_proof(height, size)` and `consistency_proof(old, new)` for an
 has reached; agents check them with the pure `verify_inclusion` / `verify_consistency`. A
 gateway signs (swarm, size, root, time) as a `TreeHead` and sends a `ProofBundle`; the
 agent runs `check_inclusion(bundle, entry_hash, gateway_key)` (`treehead`).
+
+Anchors (`anchor`): a gateway keeps the head it acknowledged (size, root, signed) in
+``ledger.anchor`` beside its ``ledger.sqlite``; a file that lost acknowledged entries (a
+damaged WAL, a deleted file) is refused on open with `LostEntries`, and ``ledger-lite
+recover`` (`recover`) rebuilds it from another replica's copy.
 """
 
 from __future__ import annotations
 
 from . import errors, keys
+from .anchor import Anchor, anchor_path_for
 from .canonical import canonical_bytes, sha256_hex
 from .entry import (
     DEFAULT_POLICY,
@@ -48,7 +54,7 @@ from .entry import (
     make_genesis,
     make_tx,
 )
-from .errors import CorruptStore, DecodeError, LedgerError, Refused
+from .errors import AnchorError, CorruptStore, DecodeError, LedgerError, LostEntries, Refused
 from .keys import SigningKey
 from .ledger import Ledger
 from .merkle import (
@@ -94,12 +100,15 @@ __all__ = [
     "KINDS",
     "MAX_ENTRY_BYTES",
     "ROLES",
+    "Anchor",
+    "AnchorError",
     "CorruptStore",
     "DecodeError",
     "Entry",
     "Ledger",
     "LedgerError",
     "LedgerState",
+    "LostEntries",
     "Member",
     "MerkleTree",
     "ProofBundle",
@@ -112,6 +121,7 @@ __all__ = [
     "TreeHead",
     "Tx",
     "VerifyReport",
+    "anchor_path_for",
     "canonical_bytes",
     "check_consistency",
     "check_inclusion",

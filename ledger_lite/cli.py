@@ -1,7 +1,18 @@
 """The ``ledger-lite`` command: verify and inspect a ledger file.
 
-    ledger-lite verify PATH       exit 0 "ok: N entries, tip H"; 1 "FAILED at height H: why";
-                                  2 for a missing file or bad usage
+    ledger-lite verify PATH [--tree-head FILE]
+                                  exit 0 "ok: N entries, tip H"; 1 "FAILED at height H: why";
+                                  2 for a missing file or bad usage. With a tree head (an
+                                  anchor file, a signed tree head or a proof bundle, as
+                                  JSON; default: PATH's anchor if there is one) the file
+                                  must also extend it: 1 "FAILED: PATH holds 35 entries but
+                                  the tree head covers 82 …" otherwise
+    ledger-lite recover --from SOURCE --to FILE [--anchor ANCHOR]
+                                  rebuild FILE from another replica's copy (SOURCE, read
+                                  only), verified from genesis and checked against the
+                                  anchor (default: FILE's); the old FILE is moved aside,
+                                  never deleted (`ledger_lite.recover`). Exit 0 recovered
+                                  (or nothing to do), 1 refused, 2 missing file
     ledger-lite show PATH [--kind K] [--round R] [--json] [--limit N]
     ledger-lite proof PATH --height H [--size N] [--json]
     ledger-lite proof PATH --consistency OLD [--size NEW] [--json]
@@ -39,14 +50,22 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .anchor import Anchor, anchor_path_for, mismatch, read_anchor
 from .canonical import canonical_bytes
 from .entry import Entry, is_id, now_ms
 from .errors import CorruptStore, LedgerError
 from .keys import SigningKey
 from .merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from .state import LedgerState
 from .store import SqliteStore
-from .treehead import ProofBundle, check_consistency, check_inclusion, sign_tree_head
-from .verify import verify_file
+from .treehead import (
+    ProofBundle,
+    check_consistency,
+    check_inclusion,
+    sign_tree_head,
+    verify_tree_head,
+)
+from .verify import verify_file_tree
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PAYLOAD_WIDTH = 60
@@ -58,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="re-verify the whole chain from genesis")
     v.add_argument("path")
+    v.add_argument(
+        "--tree-head", metavar="FILE", help="the file must extend this anchor or tree head"
+    )
+    r = sub.add_parser("recover", help="rebuild a damaged ledger file from a replica's copy")
+    r.add_argument("--from", dest="source", required=True, help="a healthy replica's ledger")
+    r.add_argument("--to", dest="target", required=True, help="the ledger file to rebuild")
+    r.add_argument("--anchor", help="its anchor (default: the one beside --to)")
     s = sub.add_parser("show", help="list entries as a table (or JSON lines)")
     s.add_argument("path")
     s.add_argument("--kind", help="only entries of this kind")
@@ -93,18 +119,80 @@ def _add_proof_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--gateway-id", help="the signer's id in the tree head (with --sign)")
 
 
-def _cmd_verify(path: str) -> int:
+def _cmd_verify(path: str, tree_head: str | None) -> int:
+    if tree_head is None and anchor_path_for(path).is_file():
+        tree_head = str(anchor_path_for(path))
+    # The head is read before the file: a running gateway anchors only what it has
+    # committed, so the file read afterwards holds everything the head covers.
+    head = None if tree_head is None else read_anchor(tree_head)  # AnchorError: main says
+    if tree_head is not None and head is None:
+        print(f"ledger-lite: no such tree head file: {tree_head}", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        report = verify_file(path)
+        report, state, tree = verify_file_tree(path)
     except FileNotFoundError:
         print(f"ledger-lite: no such ledger file: {path}", file=sys.stderr)
         return EXIT_USAGE
-    if report.ok:
-        print(f"ok: {report.n_entries} entries, tip {report.tip_hash}")
+    if not report.ok:
+        where = "" if report.first_bad_height is None else f" at height {report.first_bad_height}"
+        print(f"FAILED{where}: {report.reason}")
+        return EXIT_FAILED
+    ok = f"ok: {report.n_entries} entries, tip {report.tip_hash}"
+    if head is None or tree_head is None:
+        print(ok)
         return EXIT_OK
-    where = "" if report.first_bad_height is None else f" at height {report.first_bad_height}"
-    print(f"FAILED{where}: {report.reason}")
-    return EXIT_FAILED
+    lost = mismatch(path, tree, head, tree_head, claim="the tree head covers")
+    signed = _signature_note(head, state)
+    if lost is not None or signed.startswith("FAILED"):
+        print(signed if lost is None else f"FAILED: {lost}")
+        return EXIT_FAILED
+    root = head.root_hex[:16]
+    print(
+        f"{ok}; extends the tree head of {head.tree_size} in {tree_head} (root {root}…, {signed})"
+    )
+    return EXIT_OK
+
+
+def _signature_note(head: Anchor, state: LedgerState | None) -> str:
+    """How the head's signature checks out against its signer's key enrolled in the chain."""
+    signer = head.signer
+    if signer is None or head.head is None:
+        return "unsigned"
+    key = None if state is None else state.public_key(signer)
+    if key is None:
+        return f"signature not checked: {signer} is not enrolled in this chain"
+    if not verify_tree_head(head.head, key):
+        return f"FAILED: the tree head's signature does not verify under {signer}'s enrolled key"
+    return f"signed by {signer}"
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from .recover import recover
+
+    try:
+        done = recover(args.source, args.target, args.anchor)
+    except FileNotFoundError as exc:
+        print(f"ledger-lite recover: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CorruptStore as exc:
+        print(f"FAILED: {args.source} does not verify at height {exc.height}: {exc.reason}")
+        return EXIT_FAILED
+    except LedgerError as exc:
+        print(f"FAILED: {exc}")
+        return EXIT_FAILED
+    covered = (
+        "no anchor to check"
+        if done.anchor is None
+        else (f"covers the {done.anchor.tree_size} acknowledged entries of {done.anchor_path}")
+    )
+    if done.nothing_to_do:
+        print(f"nothing to recover: {args.target} holds all {done.entries} entries ({covered})")
+        return EXIT_OK
+    was = "did not verify" if done.held is None else f"{done.held} verified entries"
+    kept = "" if done.aside is None else f"; the old file ({was}) is kept as {done.aside}"
+    what = f"{done.entries} entries from {args.source}, tip {done.tip}"
+    print(f"recovered {args.target}: {what}; {covered}{kept}")
+    return EXIT_OK
 
 
 def _selected(store: SqliteStore, args: argparse.Namespace) -> Iterator[Entry]:
@@ -353,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "verify":
-            return _cmd_verify(args.path)
+            return _cmd_verify(args.path, args.tree_head)
+        if args.command == "recover":
+            return _cmd_recover(args)
         if args.command == "proof":
             return _cmd_proof(args)
         if args.command == "replica":

@@ -89,3 +89,22 @@ class CorruptStore(LedgerError):
         self.height = height
         self.reason = reason
         super().__init__(f"ledger store corrupt at height {height}: {reason}")
+
+
+class AnchorError(LedgerError):
+    """An anchor or tree-head file that cannot be read or does not parse."""
+
+
+class LostEntries(LedgerError):
+    """A ledger file that holds fewer entries than its anchor says were acknowledged
+    (`.held` < `.acknowledged`), or other ones in their place (`.forked`)."""
+
+    def __init__(self, message: str, held: int, acknowledged: int, forked: bool = False) -> None:
+        self.held = held
+        self.acknowledged = acknowledged
+        self.forked = forked
+        super().__init__(message)
+
+
+class RecoverError(LedgerError):
+    """A recovery refused: the source cannot give back what the target must hold."""

@@ -30,8 +30,12 @@ Durability, restart and catch-up
     worker; a replica that receives one checks that it extends its own chain, validates
     every entry it lacks, and installs them in one transaction. On start the stored chain
     is re-verified (`SqliteStore`): a tampered store raises `CorruptStore`, and the replica
-    does not start. A replica that finds its chain diverging from the cluster's (which
-    only a store written behind its back can cause) stops and says so.
+    does not start. With an `anchor` (`ledger_lite.anchor`: the head this gateway
+    acknowledged), a store that came back shorter than it (a damaged WAL, a deleted file)
+    starts anyway and re-applies what it lost from its Raft journal, the leader's log or a
+    snapshot; it is checked against the anchor once back at its size. A store that differs
+    from the anchor raises `LostEntries`. A replica that finds its chain diverging from the
+    cluster's (which only a store written behind its back can cause) stops and says so.
 
 Limits (mostly pysyncobj's)
     Crash faults only: peers are trusted to follow Raft; see `replica_raft` for the
@@ -54,8 +58,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .anchor import AnchorCheck
 from .entry import Entry
 from .errors import LedgerError
+from .keys import SigningKey
 from .replica_apply import RAFT_INDEX_KEY, ApplyWorker, Item, SnapshotJob
 from .replica_loop import STATUS_PERIOD_S as STATUS_PERIOD_S
 from .replica_loop import RoleCallback, _RaftLoop
@@ -83,7 +89,11 @@ class Replica(_RaftLoop):
     `genesis` is required when `path` holds no ledger yet; when it does, a given genesis
     must be the stored one. Every replica of a cluster starts from the same genesis.
 
-    Raises CorruptStore(height) if the stored chain fails verification, LedgerError for a
+    `anchor` (a path, e.g. ``anchor.anchor_path_for(path)``) keeps the acknowledged head
+    there, signed with `key` as `gateway_id` when given; see the module docstring.
+
+    Raises CorruptStore(height) if the stored chain fails verification, LostEntries if it
+    differs from the anchor, AnchorError for a damaged anchor, LedgerError for a
     missing or different genesis, ValueError for a bad address or timing, OSError if the
     port cannot be bound, ImportError for a `password` without the cryptography package.
 
@@ -111,6 +121,9 @@ class Replica(_RaftLoop):
         password: str | None = None,
         bind_addr: str | None = None,
         autostart: bool = True,
+        anchor: str | os.PathLike[str] | None = None,
+        key: SigningKey | None = None,
+        gateway_id: str | None = None,
     ) -> None:
         _check_addr(self_addr)
         for peer in peers:
@@ -134,15 +147,31 @@ class Replica(_RaftLoop):
         self._is_leader = False
         self._status: dict[str, Any] = {}
         port = self_addr.rsplit(":", 1)[1]
-        self._store = SqliteStore(self.path)
+        check = None if anchor is None else AnchorCheck(self.path, anchor, allow_behind=True)
+        self._store = SqliteStore(self.path, check=check)
         try:
+            state = self._open_state(genesis)
+            anchorer = None
+            if check is not None:
+                anchorer = check.anchorer(state, key=key, gateway_id=gateway_id)
+                if check.behind is not None:
+                    log.warning(
+                        "%s holds %d entries but this gateway acknowledged %d (anchor %s): "
+                        "fetching the lost entries from the Raft journal and the peers",
+                        self.path,
+                        check.behind.held,
+                        check.behind.acknowledged,
+                        check.anchor_path,
+                    )
+                anchorer.write()  # what the store holds beyond the anchor (nothing if behind)
             self._worker = ApplyWorker(
                 self._store,
-                self._open_state(genesis),
+                state,
                 self._dump,
                 f"ledger-apply-{port}",
                 self._resolve,
                 self._fail,
+                anchorer,
             )
             self.on_append: list[AppendCallback] = self._worker.on_append
             self._handed_index = self._worker.durable.index  # Raft loop: last index handed on
@@ -251,6 +280,12 @@ class Replica(_RaftLoop):
         return self._worker.state.swarm
 
     @property
+    def behind_anchor(self) -> int | None:
+        """While the store is below its anchor: the entries the anchor covers; else None."""
+        anchorer = self._worker.anchorer
+        return anchorer.acknowledged if anchorer is not None and anchorer.behind else None
+
+    @property
     def counters(self) -> dict[str, int]:
         """snapshots_written, snapshots_installed, refused (commands this replica refused)."""
         return dict(self._worker.counters)
@@ -285,6 +320,7 @@ class Replica(_RaftLoop):
             "tip": durable.tip,
             "in_flight": in_flight,
             "failed": None if self._failure is None else str(self._failure),
+            "behind_anchor": self.behind_anchor,
             **self._worker.counters,
         }
 

@@ -12,6 +12,13 @@
 - `InstallJob`: install a snapshot received from the leader: check that it extends this
   chain, validate every entry it lacks, append them and its Raft index in one transaction.
 
+With an `Anchorer` (the gateway's acknowledged head, `anchor`), each batch or installed
+snapshot is anchored (one fsynced file) after it is written and before anyone is answered.
+A replica whose store came back shorter than its anchor re-applies the lost entries (from
+its Raft journal, the leader's log or a snapshot) and is checked against the anchor once it
+is back at the anchor's size; an answer for an entry the anchor does not cover yet, or a
+chain that differs from the anchored one, is a fault.
+
 Invariants: `durable` (Raft index, height, tip) describes what the store holds; the state
 may run one batch ahead of it while that batch is being written. Commands at indices up to
 the applied index are skipped (a restart replays the Raft journal from its start). Any
@@ -33,15 +40,15 @@ from typing import Any
 from pysyncobj import SERIALIZER_STATE
 
 from . import errors as E
+from .anchor import Anchorer
 from .entry import TX_FIELDS, Entry
-from .errors import DecodeError, LedgerError, Refused
+from .errors import DecodeError, LedgerError, LostEntries, Refused
 from .replica_snapshot import RaftRecord, SnapshotHeader, iter_entries, write_snapshot
 from .state import LedgerState
-from .store import SqliteStore
+from .store import RAFT_INDEX_KEY, SqliteStore
 
 log = logging.getLogger(__name__)
 
-RAFT_INDEX_KEY = "raft_index"
 RECENT_TX_IDS = 65_536  # tx ids remembered to resolve a retried submission that had landed
 MAX_WORK_BATCH = 64  # Raft loop turns folded into one apply batch (one SQLite transaction)
 
@@ -108,8 +115,10 @@ class ApplyWorker:
         name: str,
         resolve: Resolver,
         on_fault: Callable[[BaseException], None],
+        anchorer: Anchorer | None = None,
     ) -> None:
         self.store = store
+        self.anchorer = anchorer
         self.state = state
         self.dump_path = dump_path
         index = store.get_meta(RAFT_INDEX_KEY) or 0
@@ -231,12 +240,32 @@ class ApplyWorker:
         if self.failure is None:
             if self._applied_index != self.durable.index or entries:
                 self.store.append_many(entries, {RAFT_INDEX_KEY: self._applied_index})
+            self._anchor(entries, any(item.waiters for item, r in batch if isinstance(r, Entry)))
             self.durable = Durable(self._applied_index, self.state.height, self.state.tip)
         self._remember(entries)
         for item, result in batch:
             for waiter in item.waiters:
                 self._resolve(waiter, result)
         self._announce(entries)
+
+    def _anchor(self, entries: list[Entry], answering: bool) -> None:
+        """Anchor durable `entries` before anything about them is said (worker thread).
+        Raises LostEntries for a chain that differs from the anchored one, or for answers
+        due while the store is still below the anchor; OSError if it cannot be written."""
+        anchorer = self.anchorer
+        if anchorer is None or not entries:
+            return
+        anchorer.extend(entries)
+        anchorer.write()
+        if anchorer.behind and answering:
+            raise LostEntries(
+                f"new entries landed at heights this gateway had acknowledged others at "
+                f"(the store holds {anchorer.size}, the anchor {anchorer.acknowledged}): "
+                f"the cluster lost acknowledged entries",
+                anchorer.size,
+                anchorer.acknowledged,
+                forked=True,
+            )
 
     def _remember(self, entries: list[Entry]) -> None:
         for entry in entries:
@@ -292,6 +321,7 @@ class ApplyWorker:
             if s.tip != header.tip:
                 raise DecodeError("snapshot: entries do not end at the header's tip")
             self.store.append_many(new, {RAFT_INDEX_KEY: header.raft_index})
+            self._anchor(new, False)
             self._applied_index = header.raft_index
             self.durable = Durable(header.raft_index, s.height, s.tip)
             self.counters["snapshots_installed"] += 1

@@ -18,7 +18,11 @@ them or none, for one fsync.
 
 One process writes a ledger file at a time; the in-process lock makes a store safe to
 share between threads. Opening re-verifies the whole chain and raises `CorruptStore`
-naming the first bad height.
+naming the first bad height. A `check` given to the constructor (`anchor.AnchorCheck`)
+sees the verified chain before anything is written: an existing file is then verified on a
+read-only connection first, because a writable connection would, on close, fold what
+SQLite kept of a damaged WAL into the main file and delete the WAL, and with it the
+evidence of what was lost.
 """
 
 from __future__ import annotations
@@ -27,22 +31,28 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .entry import GENESIS_PREV, Entry
 from .errors import CorruptStore, DecodeError, LedgerError
+from .merkle import MerkleTree
 from .state import LedgerState
 from .verify import ChainVerifier
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+RAFT_INDEX_KEY = "raft_index"
+"""The meta key under which a Raft replica keeps the last Raft log index it applied."""
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries ("
     "height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
 )
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+
+StoreCheck = Callable[[LedgerState | None, MerkleTree], None]
+"""check(verified state or None, Merkle tree of the entry hashes): raise to refuse."""
 
 
 class SqliteStore:
@@ -54,23 +64,55 @@ class SqliteStore:
     verification, FileNotFoundError for a missing file in verify_only mode, LedgerError
     for a file of a newer format. After opening, `verified_state` is the LedgerState the
     verification folded (None for an empty store); `Ledger` takes it over.
+
+    `check(state, tree)`, if given, is called once the chain has verified and before
+    anything is written (for a missing file: with None and an empty tree, before the file
+    is created); it raises to refuse the file, which is then left exactly as it was.
+    `verified_tree` is then the Merkle tree over the entry hashes (None without `check`).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, verify_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        verify_only: bool = False,
+        check: StoreCheck | None = None,
+    ) -> None:
         self.path = Path(path)
         self.read_only = verify_only
         self._lock = threading.Lock()
-        self._conn = self._connect()
+        self.verified_tree: MerkleTree | None = None
+        exists = self.path.is_file()
+        if check is not None and not verify_only and not exists:
+            self.verified_tree = MerkleTree()
+            check(None, self.verified_tree)  # before the file is created
+            check = None
+        first_ro = check is not None and not verify_only  # an existing file, checked first
+        self._conn = self._connect(read_only=verify_only or first_ro)
         try:
-            self.verified_state: LedgerState | None = self._verify()
+            self.verified_state: LedgerState | None = self._verify(check)
+            if first_ro:
+                self._conn.close()
+                self._conn = self._connect(read_only=False)
+                self._same_tip()
         except BaseException:
             self._conn.close()
             raise
         state = self.verified_state
         self._tip: tuple[int, str] | None = None if state is None else (state.height, state.tip)
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.read_only:
+    def _same_tip(self) -> None:
+        """After checking on a read-only connection: the writable one sees the same tip."""
+        state = self.verified_state
+        row = self._conn.execute(
+            "SELECT height, hash FROM entries ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if row != (None if state is None else (state.height, state.tip)):
+            height = 0 if state is None else state.height
+            raise CorruptStore(height, "the file changed while it was being opened")
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if read_only:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no such ledger file: {self.path}")
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -95,27 +137,46 @@ class SqliteStore:
             raise
         return conn
 
-    def _verify(self) -> LedgerState | None:
-        """Re-verify every stored row; CorruptStore at the first bad one."""
+    def _verify(self, check: StoreCheck | None = None) -> LedgerState | None:
+        """Re-verify every stored row (CorruptStore at the first bad one), then `check`."""
         verifier = ChainVerifier()
+        tree = None if check is None else MerkleTree()
         try:
             for height, stored_hash, body in self._conn.execute(
                 "SELECT height, hash, body FROM entries ORDER BY height"
             ):
                 if not verifier.add_row(height, stored_hash, body):
                     break
+                if tree is not None:  # the stored hash was just checked against the body
+                    tree.append(bytes.fromhex(stored_hash))
         except sqlite3.Error as exc:
-            raise CorruptStore(verifier.next_height, f"unreadable: {exc}") from exc
+            # Checked read-only before the layout is written: a file without it is empty.
+            if check is None or verifier.next_height or not self._no_layout():
+                raise CorruptStore(verifier.next_height, f"unreadable: {exc}") from exc
         if verifier.failed:
             assert verifier.bad_height is not None and verifier.reason is not None
-            log.error(
+            log.debug(  # the caller reports the CorruptStore: once, as one line
                 "ledger %s corrupt at height %d: %s",
                 self.path,
                 verifier.bad_height,
                 verifier.reason,
             )
             raise CorruptStore(verifier.bad_height, verifier.reason)
+        if check is not None and tree is not None:
+            check(verifier.state, tree)
+            self.verified_tree = tree
         return verifier.state
+
+    def _no_layout(self) -> bool:
+        """True for a file whose layout was never written (format 0, no entries table)."""
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            table = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
+            ).fetchone()
+        except sqlite3.Error:
+            return False
+        return version == 0 and table is None
 
     # -- writing -----------------------------------------------------------------------
 

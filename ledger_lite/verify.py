@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .entry import Entry
 from .errors import DecodeError, Refused
+from .merkle import MerkleTree
 from .state import LedgerState
 
 
@@ -119,22 +120,32 @@ def verify_file(path: str | os.PathLike[str]) -> VerifyReport:
     Raises FileNotFoundError if `path` does not exist; any other trouble (not a SQLite
     file, no entries table, a bad row) is reported in the VerifyReport.
     """
+    return verify_file_tree(path)[0]
+
+
+def verify_file_tree(
+    path: str | os.PathLike[str],
+) -> tuple[VerifyReport, LedgerState | None, MerkleTree]:
+    """`verify_file`, plus the state folded from the good prefix and the Merkle tree over
+    its entry hashes (to check the file against a tree head)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such ledger file: {path}")
     verifier = ChainVerifier()
+    tree = MerkleTree()
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
-        return VerifyReport(False, 0, None, f"cannot open as SQLite: {exc}", None)
+        return VerifyReport(False, 0, None, f"cannot open as SQLite: {exc}", None), None, tree
     try:
         rows = conn.execute("SELECT height, hash, body FROM entries ORDER BY height")
         for height, stored_hash, body in rows:
             if not verifier.add_row(height, stored_hash, body):
                 break
+            tree.append(bytes.fromhex(stored_hash))  # checked against the body just now
     except sqlite3.Error as exc:
         if not verifier.failed:
             verifier._fail(verifier.next_height, f"not a readable ledger: {exc}")
     finally:
         conn.close()
-    return verifier.report()
+    return verifier.report(), verifier.state, tree

@@ -54,7 +54,7 @@ def _run_node(args: argparse.Namespace, role: str) -> int:
 
             node = Gateway(cfg)
     except (OSError, ValueError, LedgerError) as exc:
-        print(f"edge-swarm {role}: cannot start: {exc}", file=sys.stderr)
+        print(f"edge-swarm {role}: cannot start: {_why_not(exc, cfg)}", file=sys.stderr)
         return 2
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -69,6 +69,20 @@ def _run_node(args: argparse.Namespace, role: str) -> int:
         print(f"edge-swarm {role}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _why_not(exc: Exception, cfg: Any) -> str:
+    """One line on why a node cannot start. A damaged ledger file gets its path and the way
+    back (a ledger that lost acknowledged entries says both already: LostEntries)."""
+    from ledger_lite.errors import CorruptStore
+
+    if isinstance(exc, CorruptStore) and cfg.ledger_path is not None:
+        path = cfg.ledger_path
+        return (
+            f"{path}: {exc}; recover it with `ledger-lite recover --from COPY --to {path}` "
+            f"(COPY: a healthy replica's ledger file)"
+        )
+    return " ".join(str(exc).split())
 
 
 def _broker(args: argparse.Namespace) -> int:

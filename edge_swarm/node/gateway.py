@@ -41,7 +41,7 @@ from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
 from edge_swarm.trust.keyring import new_epoch
-from ledger_lite import Entry, MerkleTree, Tx, make_tx
+from ledger_lite import Entry, MerkleTree, SigningKey, Tx, make_tx
 from ledger_lite import verify as verify_signature
 from ledger_lite.errors import LedgerError, Refused
 
@@ -50,12 +50,15 @@ log = logging.getLogger(__name__)
 MAX_EARLY_STATUS = 1024  # statuses held for nodes whose enrolment has not arrived yet
 
 
-def open_ledger(cfg: NodeConfig, genesis: Entry | None) -> LedgerBackend:
+def open_ledger(cfg: NodeConfig, genesis: Entry | None, key: SigningKey) -> LedgerBackend:
+    """The gateway's ledger; the head it acknowledges is anchored, signed by ``key``."""
     assert cfg.ledger_path is not None
     cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.raft_self is None:
-        return LocalLedger(cfg.ledger_path, genesis)
-    return ReplicatedLedger(cfg.ledger_path, genesis, cfg.raft_self, cfg.raft_peers)
+        return LocalLedger(cfg.ledger_path, genesis, key=key, gateway_id=cfg.node_id)
+    return ReplicatedLedger(
+        cfg.ledger_path, genesis, cfg.raft_self, cfg.raft_peers, key=key, gateway_id=cfg.node_id
+    )
 
 
 class Gateway(NodeRuntime):
@@ -66,7 +69,7 @@ class Gateway(NodeRuntime):
     def __init__(self, cfg: NodeConfig) -> None:
         super().__init__(cfg)
         bootstrap = read_bootstrap(cfg.bootstrap_path) if cfg.bootstrap_path else []
-        self.ledger = open_ledger(cfg, bootstrap[0] if bootstrap else None)
+        self.ledger = open_ledger(cfg, bootstrap[0] if bootstrap else None, self.key)
         self._bootstrap = bootstrap[1:]
         genesis = self.ledger.entries(0, 1)[0]
         if cfg.genesis_hash is not None and genesis.hash != cfg.genesis_hash:
