@@ -46,11 +46,14 @@ from edge_swarm.site.bundle import (
     systemd_units,
     write_files,
 )
+from edge_swarm.site.bundle_install import install_script
 from edge_swarm.site.demo import DEFAULT_LOCAL, DEFAULT_MERGE, model_spec
 from edge_swarm.site.operator import EnrollRequest, append_to_bootstrap, enroll_tx
 from edge_swarm.site.profiles import (
+    PRIVATE_NETS,
     PROFILE_DIR,
     ProfileError,
+    TimeService,
     load_profile,
     profile_from_dict,
     profile_names,
@@ -330,6 +333,72 @@ def test_a_gateway_bundle_hosts_the_broker(site: SwarmLayout, tmp_path: Path) ->
     assert gateway["MemoryMax"] == "2048M"
     assert "--role gateway" in (tmp_path / "install.sh").read_text()
     subprocess.run(["sh", "-n", str(tmp_path / "install.sh")], check=True, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("role", "table", "message"),
+    [
+        ("agent", {"serve": True}, "time.serve is for a gateway"),
+        ("gateway", {"serve": "yes"}, "time.serve must be true or false"),
+        ("gateway", {"serve": True, "allow": ["the ward"]}, "time.allow must be a list of net"),
+        ("gateway", {"serve": True, "peers": []}, "time.peers is not a known setting"),
+    ],
+)
+def test_a_bad_time_table_is_refused_naming_it(role: str, table: dict, message: str) -> None:
+    raw = tomllib.loads((PROFILE_DIR / "x86-gateway.toml").read_text())
+    raw["role"], raw["time"] = role, table
+    with pytest.raises(ProfileError, match=re.escape(message)):
+        profile_from_dict(raw, "x86-gateway.toml")
+
+
+def _time_step(script: str) -> str:
+    """Step 7 of an install.sh (the time), runnable on its own."""
+    start, end = script.index("# 7. Time"), script.index("# 8. systemd")
+    return 'say() { echo "install.sh: $*" >&2; }\n' + script[start:end]
+
+
+def test_the_gateway_serves_the_time_and_the_devices_take_it(
+    site: SwarmLayout, tmp_path: Path
+) -> None:
+    """A Pi has no hardware clock and a clinic LAN often no internet time: the gateway's
+    chrony serves the site's time; a device bundle points chrony at the gateway. Only where
+    chrony is installed; it never fails an install."""
+    wheel = "edge_swarm-0.1.0-py3-none-any.whl"
+    assert load_profile("x86-gateway").time == TimeService(True, PRIVATE_NETS)
+    assert not load_profile("rpi4").time.serve
+    gateway = install_script(_spec(site, "x86-gateway"), wheel)
+    assert "local stratum 10\nallow 10.0.0.0/8\n" in gateway and "allow 192.168.0.0/16\n" in gateway
+    agent = install_script(_spec(site, "rpi4", broker=("10.0.0.2", 8883)), wheel)
+    assert "server 10.0.0.2 iburst\n" in agent and "local stratum" not in agent
+    for text in (gateway, agent):
+        assert "command -v chronyd" in text and "chrony is not installed" in text
+        assert "systemctl try-restart chrony.service" in text
+        (tmp_path / "install.sh").write_text(text)
+        subprocess.run(["sh", "-n", str(tmp_path / "install.sh")], check=True, timeout=10)
+    # No gateway address (discovery), the broker on the device itself, or no host at all:
+    # no time source is written.
+    for kw in ({}, {"broker": ("127.0.0.1", 1883)}, {"broker": ("gw\nallow all", 1883)}):
+        text = install_script(_spec(site, "rpi4", **kw), wheel)
+        assert "EDGE_SWARM_CHRONY" not in text and "allow all" not in text
+        assert not re.search(r"^(server|allow) ", text, re.M)
+    # Under a root prefix the snippet is staged there, and the step never fails.
+    root = tmp_path / "root"
+    ran = subprocess.run(
+        ["sh", "-euc", f"ROOT={root}\n" + _time_step(agent)],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    conf = (root / "etc" / "chrony" / "conf.d" / "edge-swarm.conf").read_text()
+    assert conf.splitlines()[1:] == ["server 10.0.0.2 iburst"]
+    # A file that cannot be written (here: a directory in its place, which stops root too)
+    # is a warning, not a failed install.
+    bad = tmp_path / "bad"
+    (bad / "etc" / "chrony" / "conf.d" / "edge-swarm.conf").mkdir(parents=True)
+    ran = subprocess.run(
+        ["sh", "-euc", f"ROOT={bad}\n" + _time_step(agent)],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert ran.returncode == 0 and "warning: cannot write" in ran.stderr, ran.stderr
 
 
 def test_a_backbone_travels_with_the_bundle(site: SwarmLayout, tmp_path: Path) -> None:

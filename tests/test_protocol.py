@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge_swarm.swarm import protocol as P
+from edge_swarm.swarm.ledger_clock import LedgerClock
 
 H0, H1, H2 = "0" * 64, "1" * 64, "2" * 64
 S = "5" * 64
@@ -312,9 +315,9 @@ def test_a_restarted_coordinator_waits_for_the_peers_the_ledger_says_were_active
 # ----------------------------------------------------------------------- participant
 
 
-def opened(rnd: int = 1, base: str = H0, deadline: int = 1000) -> P.Appended:
+def opened(rnd: int = 1, base: str = H0, deadline: int = 1000, ts: int = 0) -> P.Appended:
     payload = {"round": rnd, "base_model_hash": base, "deadline_ms": deadline}
-    return P.Appended("round_open", "gw", payload, 0)
+    return P.Appended("round_open", "gw", payload, ts)
 
 
 def closed(rnd: int, included: list[str]) -> P.Appended:
@@ -357,12 +360,17 @@ def test_participant_with_the_wrong_bytes_adopts_the_checkpoint() -> None:
     assert p.handle(P.CheckpointAdopted(1, H1)) == [P.Train(2, H1)]
 
 
-def test_participant_does_not_train_on_another_base_or_past_deadline() -> None:
+def test_participant_does_not_train_on_another_base_or_past_its_window() -> None:
     p = P.Participant("a", H0)
     assert p.handle(opened(base=H1)) == []
+    # A device's clock reads whatever it reads (here: far past the deadline on the
+    # coordinator's clock); the window is measured from when the device saw round_open.
     p = P.Participant("a", H0)
-    p.handle(P.Tick(2000))
-    assert p.handle(opened(deadline=1000)) == []
+    p.handle(P.Tick(2_000_000))
+    assert p.handle(opened(deadline=1000)) == [P.Train(1, H0)]
+    # A round whose budget is spent when it opens (deadline at its own ts) is not trained.
+    p = P.Participant("a", H0)
+    assert p.handle(opened(deadline=0)) == []
 
 
 def test_late_joiner_replays_then_adopts_and_trains() -> None:
@@ -371,7 +379,7 @@ def test_late_joiner_replays_then_adopts_and_trains() -> None:
     history = [opened(1), commit("a", 1), closed(1, ["a"]), final(1, H1), opened(2, H1, 5000)]
     for ev in history:
         assert p.handle(ev) == []
-    assert p.catch_up() == [P.AdoptCheckpoint(1, H1)]
+    assert p.catch_up(0) == [P.AdoptCheckpoint(1, H1)]
     assert p.handle(P.CheckpointAdopted(1, H1)) == [P.Train(2, H1)]
 
 
@@ -406,3 +414,128 @@ def test_a_second_open_of_the_same_round_is_ignored_by_both_machines() -> None:
     assert p.handle(opened()) == [P.Train(1, H0)]
     assert p.handle(P.Appended("round_open", "gw2", again, 5)) == []
     assert p.open is not None and p.open.deadline_ms == 1000
+
+
+# ------------------------------------------------ participant: no wall clock on the device
+
+T0 = 1_700_000_000_000  # the coordinator's (the gateway's) clock, ms
+
+
+def adopting(p: P.Participant) -> None:
+    """Bring ``p`` to: round 1 final with bytes it does not hold, adopting the checkpoint."""
+    p.handle(opened())
+    p.handle(commit("a", 1, "e" * 64))
+    p.handle(P.EnvelopeStored(1, "a", "e" * 64))
+    p.handle(closed(1, ["a"]))
+    p.handle(P.MergeDone(1, H2, S))
+    assert p.handle(final(1, H1)) == [P.AdoptCheckpoint(1, H1)]
+
+
+@pytest.mark.parametrize(
+    ("ledger_at_seen", "window_ms"),
+    [(None, 1000), (T0, 1000), (T0 - 5000, 1000), (T0 + 400, 600), (T0 + 1000, 0)],
+    ids=["no-ledger-clock", "seen-at-once", "clock-behind", "seen-400-ms-late", "seen-too-late"],
+)
+def test_the_window_runs_on_the_monotonic_clock_from_when_round_open_was_seen(
+    ledger_at_seen: int | None, window_ms: int
+) -> None:
+    """Budget = deadline - ts of round_open (1000 ms here), from the monotonic time the
+    device saw it; a device whose ledger clock says it saw the entry late has that much less
+    (never more). The window matters to a device that cannot train at once (adopting)."""
+    seen = 123_456  # the device's monotonic clock: since boot, unrelated to any wall clock
+    last = [(seen + window_ms - 1, True)] if window_ms > 0 else []  # the last ms it may
+    for now, trains in [*last, (seen + window_ms, False)]:
+        p = P.Participant("a", H0)
+        adopting(p)
+        p.handle(P.Tick(seen, ledger_at_seen))
+        assert p.handle(opened(2, H1, deadline=T0 + 1000, ts=T0)) == []  # still adopting
+        p.handle(P.Tick(now))
+        expected = [P.Train(2, H1)] if trains else []
+        assert p.handle(P.CheckpointAdopted(1, H1)) == expected, (now, seen + window_ms)
+
+
+def test_a_round_left_open_by_the_history_starts_its_window_when_catch_up_ends() -> None:
+    history = [opened(1), commit("a", 1), closed(1, ["a"]), final(1, H1)]
+    history.append(opened(2, H1, deadline=T0 + 1000, ts=T0))
+    # However late the device catches up (its clocks read anything), it trains at once...
+    p = P.Participant("late", H1)
+    p.replaying = True
+    for ev in [*history, P.Tick(9_999_999, T0 + 86_400_000)]:
+        assert p.handle(ev) == []  # folded from history: no seen time, no action
+    assert p.catch_up(10_000_000) == [P.Train(2, H1)]
+    # ... and one that must adopt first has the round's budget counted from the catch-up.
+    for adopted_at, trains in ((10_000_999, True), (10_001_000, False)):
+        p = P.Participant("late", H0)
+        p.replaying = True
+        for ev in history:
+            p.handle(ev)
+        assert p.catch_up(10_000_000) == [P.AdoptCheckpoint(1, H1)]
+        p.handle(P.Tick(adopted_at))
+        expected = [P.Train(2, H1)] if trains else []
+        assert p.handle(P.CheckpointAdopted(1, H1)) == expected
+
+
+def test_a_round_seen_live_during_the_sync_waits_for_catch_up() -> None:
+    p = P.Participant("a", H0)
+    p.replaying = True  # the wiring is still copying the ledger when round_open arrives
+    assert p.handle(opened(1, H0, deadline=T0 + 1000, ts=T0)) == []
+    p.handle(P.Tick(50_000))
+    assert p.catch_up(60_000, T0 + 200) == [P.Train(1, H0)]  # 800 ms of window are left
+
+
+@pytest.mark.parametrize(
+    "wall_skew_ms", [10 * 60_000, -86_400_000], ids=["10-min-fast", "1-day-slow"]
+)
+def test_a_device_whose_wall_clock_is_off_trains_and_is_admitted_every_round(
+    wall_skew_ms: int,
+) -> None:
+    """A coordinator and a participant run three rounds; the device's monotonic clock
+    started at boot, its wall clock is off by ``wall_skew_ms``. It trains every round, and
+    what it signs, stamped by its ledger clock, passes the coordinator's skew bound."""
+    c = P.Coordinator(policy(rounds=3, round_deadline_ms=60_000), H0, started_ms=T0)
+    for n in ("a", "b"):
+        c.handle(P.Appended("enroll", "admin", {"node": n, "role": "agent"}, T0))
+        c.handle(P.PeerSeen(n, True))
+    p, clock = P.Participant("a", H0), LedgerClock()
+    t = T0  # the coordinator's clock; the device's clocks derive from it
+    mono = lambda: 4_321 + (t - T0)  # noqa: E731 - booted 4.3 s before the gateway started
+    wall = lambda: t + wall_skew_ms  # noqa: E731
+
+    def to_both(action: P.Action, author: str = "gw", ts: int | None = None) -> tuple[list, list]:
+        """Append ``action`` to the ledger; the device sees the entry 5 ms later. Returns
+        what the coordinator and the participant do then."""
+        nonlocal t
+        assert isinstance(action, P.Append)
+        entry = P.Appended(action.kind, author, action.payload, t if ts is None else ts)
+        from_c = c.handle(entry)
+        t += 5
+        if author == "gw":
+            clock.observe(entry.ts, mono())  # what the agent does for a gateway's entry
+        return from_c, p.handle(entry)
+
+    def from_device(action: P.Append) -> tuple[list, list]:
+        stamp = clock.stamp(mono(), wall())
+        assert c.admit(action.kind, "a", action.payload, stamp, t) is None
+        return to_both(action, "a", stamp)
+
+    for rnd in range(1, 4):
+        t += 1000
+        p.handle(P.Tick(mono(), clock.read(mono())))
+        (op,) = c.handle(P.Tick(t))
+        assert to_both(op)[1] == [P.Train(rnd, p.model_hash)], f"round {rnd} not trained"
+        done = P.TrainingDone(rnd, "e" * 64, 10, {})
+        (sub,) = [a for a in p.handle(done) if isinstance(a, P.Append)]
+        from_device(sub)
+        p.handle(P.EnvelopeStored(rnd, "a", "e" * 64))
+        p.handle(P.EnvelopeStored(rnd, "b", "f" * 64))
+        (close,), _ = to_both(P.Append("delta_commit", commit("b", rnd, "f" * 64).payload), "b")
+        _, (merge,) = to_both(close)
+        assert isinstance(merge, P.Merge)
+        model = str(rnd) * 64
+        (att,) = p.handle(P.MergeDone(rnd, model, S))
+        from_device(att)
+        (fin,), _ = to_both(P.Append("model_attest", attest("b", rnd, model).payload), "b")
+        assert to_both(fin)[1] == [P.Commit(rnd, model)]
+    assert p.trained == {1, 2, 3} and c.finished_rounds == 3
+    skew = clock.skew_ms(mono(), wall())
+    assert skew is not None and abs(skew - wall_skew_ms) <= 5  # the delivery delay

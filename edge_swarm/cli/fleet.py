@@ -10,6 +10,7 @@ and to the ledger) and collects the devices' signed answers.
 from __future__ import annotations
 
 import argparse
+import logging
 import queue
 import secrets
 import sys
@@ -20,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from edge_swarm.io.mqtt import Message, MqttClient, handle_until
+from edge_swarm.node.vitals import RateLimitedLog
 from edge_swarm.swarm.commands import Ack, CommandError, make_command
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
 from edge_swarm.swarm.topics import ALL, TopicError, Topics
 from ledger_lite import Entry, SigningKey, Tx
+from ledger_lite.errors import DecodeError
+from ledger_lite.schema import payload_problem
 
 QUERY_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +69,8 @@ class FleetClient:
         self.devices: dict[str, Device] = {}
         self.acks: dict[str, dict[str, Ack | str]] = {}  # command id -> node -> Ack or a note
         self._reply: Reply | None = None
+        self._reply_entries: list[Entry] = []  # its entries, each parsed and schema-checked
+        self.drops = RateLimitedLog(log)  # what handling a message raised unexpectedly
 
     # -- connection
     def start(self, timeout: float = 15.0) -> None:
@@ -80,7 +88,7 @@ class FleetClient:
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Handle messages until ``predicate()`` holds or ``timeout`` seconds pass."""
-        return handle_until(self._inbox, self._handle, predicate, timeout)
+        return handle_until(self._inbox, self._handle, predicate, timeout, self._on_error)
 
     # -- the ledger's enrolments
     def load_keys(self) -> None:
@@ -97,8 +105,8 @@ class FleetClient:
                 raise RuntimeError("no answer from a gateway to a ledger query: is one running?")
             reply = self._reply
             assert reply is not None
-            for raw in reply.entries:
-                self._fold(Entry.from_dict(raw))
+            for entry in self._reply_entries:
+                self._fold(entry)
             start += len(reply.entries)
             if not reply.entries or start > reply.tip_height:
                 return
@@ -120,7 +128,10 @@ class FleetClient:
             return
         try:
             if parsed.kind == "ledger_reply":
-                self._reply = Reply.decode(msg.payload)
+                reply = Reply.decode(msg.payload)
+                # A reply with one malformed entry is dropped whole (DecodeError below).
+                self._reply_entries = [_checked_entry(raw) for raw in reply.entries]
+                self._reply = reply
             elif parsed.kind == "fleet_status" and msg.payload and parsed.node:
                 st = Status.decode(msg.payload)
                 dev = self.devices.setdefault(parsed.node, Device(parsed.node))
@@ -145,7 +156,10 @@ class FleetClient:
                 if ack.node == parsed.node and key is not None and ack.verify(key):
                     self.acks.setdefault(ack.id, {})[ack.node] = ack
         except (MessageError, CommandError, ValueError):
-            return  # someone else's garbage: not the operator's to act on
+            return  # someone else's garbage (every decoder's error is a ValueError)
+
+    def _on_error(self, msg: Message, exc: Exception) -> None:
+        self.drops.error(msg.topic, exc, msg.topic)
 
     # -- commands
     def send(self, tx: Tx, targets: set[str], timeout: float) -> dict[str, Ack | str]:
@@ -170,6 +184,16 @@ class FleetClient:
             for n, d in self.devices.items()
             if d.verified and d.state in ("online", "paused") and d.role == "agent"
         }
+
+
+def _checked_entry(raw: object) -> Entry:
+    """An entry of a ledger reply, its payload checked against its kind's schema (``_fold``
+    reads its fields); raises only DecodeError."""
+    entry = Entry.from_dict(raw)
+    problem = payload_problem(entry.kind, entry.payload)
+    if problem is not None:
+        raise DecodeError(f"{entry.kind} payload: {problem}")
+    return entry
 
 
 def json_of(tx: Tx) -> bytes:
@@ -285,12 +309,24 @@ def _rows(fleet: FleetClient) -> list[list[object]]:
                 tm.get("accuracy", ""),
                 tm.get("cpu_temp_c", ""),
                 tm.get("disk_free_mib", ""),
+                tm.get("clock_skew_s", ""),
             ]
         )
     return rows
 
 
-COLUMNS = ["device", "role", "state", "round", "RSS MiB", "local acc", "CPU °C", "disk free MiB"]
+# "clock skew s": how far the device's wall clock is from the ledger's (the gateways')
+COLUMNS = [
+    "device",
+    "role",
+    "state",
+    "round",
+    "RSS MiB",
+    "local acc",
+    "CPU °C",
+    "disk free MiB",
+    "clock skew s",
+]
 
 
 def _print_devices(fleet: FleetClient) -> None:

@@ -68,6 +68,7 @@ _TABLES = (
             _C("accuracy", "accuracy", "f3"),
             _C("sent bytes", "bytes_out"),
             _C("CPU °C", "cpu_temp_c", "f1"),
+            _C("clock skew s", "clock_skew_s", "f1"),
         ),
     ),
     _Table(

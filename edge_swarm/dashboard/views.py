@@ -62,6 +62,7 @@ class DeviceRow:
     accuracy: float | None
     bytes_out: int | None
     cpu_temp_c: float | None
+    clock_skew_s: float | None = None  # its wall clock minus the ledger's (the gateways')
 
     @classmethod
     def from_status(cls, node: Any, status: Any) -> DeviceRow:
@@ -80,6 +81,7 @@ class DeviceRow:
             accuracy=_number(s.get("accuracy")),
             bytes_out=None if out is None else int(out),
             cpu_temp_c=_number(s.get("cpu_temp_c")),
+            clock_skew_s=_number(s.get("clock_skew_s")),
         )
 
 

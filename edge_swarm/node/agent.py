@@ -21,7 +21,7 @@ from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
-from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
+from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing, Operation, Outcome
 from edge_swarm.node.model import ModelHolder
@@ -94,7 +94,7 @@ class Agent(NodeRuntime):
             lambda: self.mirror.state.admins if self.mirror.state is not None else None,
             self._answer,
             self._fleet_operations(),
-            now_ms,
+            self.stamp_ms,  # the ledger's time: a command's expiry is not the device's to judge
         )
         self.device = DeviceModel(cfg)  # its backbone features, the model it serves
         self.own_delta = OwnDelta(lambda topic, frame: self.sender.publish(topic, frame, qos=1))
@@ -150,8 +150,8 @@ class Agent(NodeRuntime):
         behind = not self.synced or self.mirror.gap
         if behind and time.monotonic() - self._query_sent > QUERY_RETRY_S:
             self._send_query()  # no reply yet, or a gap in the events: ask (again)
-        if self.machine is not None and self.synced:
-            self._act(self.machine.handle(P.Tick(now)))
+        if self.machine is not None and self.synced:  # on the monotonic clock, not `now`
+            self._act(self.machine.handle(P.Tick(*self.clock.readings())))
         self.submissions.tick(time.monotonic())
         if self.own_delta.due(time.monotonic()):
             self._republish_delta("the round is still not merged")
@@ -160,7 +160,7 @@ class Agent(NodeRuntime):
 
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
         if kind == "ledger_events":
-            self._offer_entries([self._json_entry(msg.payload)])
+            self._offer_entries([self._json_entry(msg.payload)], live=True)
         elif kind == "ledger_reply":
             self._on_reply(msg.payload)
         elif kind == "delta" and rnd is not None and node is not None:
@@ -172,10 +172,10 @@ class Agent(NodeRuntime):
 
     @staticmethod
     def _json_entry(payload: bytes) -> dict[str, Any] | None:
-        import json
+        from ledger_lite.canonical import parse_json  # raises only DecodeError, a ValueError
 
         try:
-            obj = json.loads(payload)
+            obj = parse_json(payload)
         except ValueError:
             return None
         return obj if isinstance(obj, dict) else None
@@ -198,7 +198,7 @@ class Agent(NodeRuntime):
         elif not self.synced:
             self._finish_sync()
 
-    def _offer_entries(self, raws: list[dict[str, Any] | None]) -> None:
+    def _offer_entries(self, raws: list[dict[str, Any] | None], live: bool = False) -> None:
         for raw in raws:
             if raw is None:
                 self.drops.drop("bad ledger event", "not a JSON object")
@@ -209,6 +209,7 @@ class Agent(NodeRuntime):
                 self.drops.drop("bad ledger entry", str(exc))
                 continue
             for entry in applied:
+                self.clock.on_entry(entry, self.mirror.state, live)  # a gateway's time?
                 self._on_entry(entry)
 
     def _on_entry(self, entry: Entry) -> None:
@@ -268,7 +269,7 @@ class Agent(NodeRuntime):
 
     def _public_key(self, node: str) -> str | None:
         state = self.mirror.state
-        if state is None or not state.is_active(node, now_ms()):
+        if state is None or not state.is_active(node, self.stamp_ms()):
             return None
         return state.public_key(node)
 
@@ -277,9 +278,8 @@ class Agent(NodeRuntime):
             log.error("the ledger has no genesis yet; waiting")
             return
         self.synced = True
-        self.machine.replaying = False
         log.info("ledger synced to height %d", self.mirror.next_height - 1)
-        self._act(self.machine.catch_up())
+        self._act(self.machine.catch_up(*self.clock.readings()))
 
     # -- envelopes and checkpoints
     def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
@@ -441,7 +441,8 @@ class Agent(NodeRuntime):
         return P.MergeDone(action.round, cand.model_hash, cand.state_hash)
 
     def _submit(self, action: P.Append) -> None:
-        tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload)
+        ts = self.stamp_ms()  # the ledger's time: the coordinator refuses one far from its own
+        tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, action.payload, ts)
         payload = Submission(tx.to_dict()).encode()
         self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         self.submissions.sent(tx.tx_id, payload, time.monotonic())

@@ -21,6 +21,7 @@ from typing import Any
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.node.config import NodeConfig
+from edge_swarm.node.device_clock import DeviceClock
 from edge_swarm.node.model import Candidate, ModelHolder
 from edge_swarm.node.vitals import RateLimitedLog, device_vitals, peak_rss_kb
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
@@ -63,6 +64,7 @@ def enrolled_gateway_fps(state: LedgerState | None) -> frozenset[str] | None:
 
 
 def now_ms() -> int:
+    """The wall clock in ms: the swarm's clock on a gateway, untrusted on a device."""
     return int(time.time() * 1000)
 
 
@@ -82,6 +84,7 @@ class NodeRuntime:
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
+        self.clock = DeviceClock()  # before the MQTT client: the last will is stamped
         self.key = SigningKey.load(cfg.key_path)
         # Loaded at start so that a key file others can read stops the node right here.
         enc_key = EncryptionKey.load(cfg.enc_key_path) if cfg.enc_key_path is not None else None
@@ -142,6 +145,11 @@ class NodeRuntime:
 
     def on_tick(self, now: int) -> None:
         """Called after every message and at least every ``timing.tick_s``."""
+
+    def stamp_ms(self) -> int:
+        """The timestamp for what this node signs: its ledger clock's (``device_clock``); a
+        gateway, whose clock is the swarm's, never feeds it and stamps its wall clock."""
+        return self.clock.stamp()
 
     # -- the loop
     def genesis_for_adverts(self) -> str | None:
@@ -276,8 +284,8 @@ class NodeRuntime:
     def _run(self, fn: Callable[[], None]) -> None:
         try:
             fn()
-        except Exception:  # a failing callback must not end the process either
-            log.exception("error in %r", fn)
+        except Exception as exc:  # a failing callback must not end the process either
+            self.drops.error("a callback", exc, repr(fn))
 
     def _dispatch(self, msg: Message) -> None:
         try:
@@ -306,8 +314,10 @@ class NodeRuntime:
             kind, msg = TopicKind.MODEL_LATEST, Message(msg.topic, whole, True, msg.qos)
         try:
             self.on_message(kind, parsed.round, parsed.node, msg)
-        except Exception:  # one bad message must never end the process
-            log.exception("error while handling a message on %s", msg.topic)
+        except Exception as exc:  # one bad message must never end the process
+            # Rate-limited per (topic kind, exception type): a flood of one bad message
+            # logs a few tracebacks, then a counted line now and then.
+            self.drops.error(f"a {kind} message", exc, msg.topic)
 
     # -- security: the genesis's mode, key epochs, sealed checkpoints
     def set_security(self, params: dict[str, Any]) -> None:
@@ -409,7 +419,7 @@ class NodeRuntime:
 
     def _status(self, state: str) -> bytes:
         # Signed with the device key (the will too, at connect time: the broker sends it).
-        status = Status(self.cfg.node_id, self.role, state, self.round_seen, now_ms())
+        status = Status(self.cfg.node_id, self.role, state, self.round_seen, self.stamp_ms())
         return status.signed(self.key.sign).encode()
 
     def publish_status(self, state: str, wait: bool | float = False) -> None:
@@ -432,6 +442,7 @@ class NodeRuntime:
         if replayed:
             base["drop:replayed"] = replayed
             base["drops"] += replayed
-        telemetry = Telemetry(self.cfg.node_id, rnd, {**base, **values}, now_ms())
+        values = {**base, **self.clock.telemetry(), **values}
+        telemetry = Telemetry(self.cfg.node_id, rnd, values, self.stamp_ms())
         body = telemetry.signed(self.key.sign).encode()
         self.mqtt.publish(self.topics.fleet_telemetry(self.cfg.node_id), body, qos=1)

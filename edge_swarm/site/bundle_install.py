@@ -10,6 +10,8 @@ hold no spaces. The template's ``@@NAME@@`` placeholders are all filled by ``ins
 
 from __future__ import annotations
 
+import re
+
 from edge_swarm.site.bundle_spec import BundleSpec
 from edge_swarm.site.bundle_units import unit_names
 
@@ -141,7 +143,7 @@ if [ -z "$ROOT" ] && [ "$(id -u)" = 0 ] && [ "$SERVICE_USER" != root ]; then
   chown "$SERVICE_USER:" "$KEY" "$KEY.enc"
 fi
 
-# 7. systemd: staged under a prefix, enabled on a device that runs it.
+@@TIME@@# 8. systemd: staged under a prefix, enabled on a device that runs it.
 booted=no
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   booted=yes
@@ -180,6 +182,64 @@ if [ -z "$(ls -A "$STATE_DIR/data" 2>/dev/null)" ]; then
 starts once it is there"
 fi"""
 
+# Step 7: the site's time, before the node starts (its unit is After=time-sync.target).
+_TIME = """\
+# 7. Time: @@WHAT@@ (a Pi has no hardware clock, a clinic LAN often
+# no internet time). Only where chrony (Debian's) is installed; never a reason to fail.
+CHRONY_CONF=$ROOT/etc/chrony/conf.d/edge-swarm.conf
+if [ -n "$ROOT" ] || command -v chronyd >/dev/null 2>&1 || [ -x /usr/sbin/chronyd ]; then
+  if mkdir -p "${CHRONY_CONF%/*}" 2>/dev/null && cat > "$CHRONY_CONF" <<'EDGE_SWARM_CHRONY'
+@@CONF@@EDGE_SWARM_CHRONY
+  then
+    say "chrony: wrote $CHRONY_CONF (@@WHAT@@)"
+    if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
+      systemctl try-restart chrony.service >/dev/null 2>&1 ||
+        say "warning: chrony did not restart; it reads $CHRONY_CONF when it next starts"
+    fi
+  else
+    say "warning: cannot write $CHRONY_CONF; this device's time is not set up"
+  fi
+else
+  say "chrony is not installed: to @@WHAT@@, install Debian's chrony package and run \\
+this script again (edge-swarm itself does not rely on this device's clock)"
+fi
+"""
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")  # a name or an address, nothing else
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def chrony_conf(spec: BundleSpec) -> tuple[str, str] | None:
+    """(what it does, chrony.conf lines) for the device's time, or None when there is nothing
+    to set up: a gateway whose profile serves time serves it to the profile's networks; an
+    agent takes it from the site's gateway, which its bundle's broker address names."""
+    head = "# Written by edge-swarm's install.sh (profile " + spec.profile.name + ").\n"
+    time = spec.profile.time
+    if spec.role == "gateway":
+        if not time.serve:
+            return None
+        allow = "".join(f"allow {net}\n" for net in time.allow)
+        # Without internet time the gateway's own clock is the site's (stratum 10: any real
+        # source a client also sees wins over it).
+        return "serve the site's time on the LAN", head + "local stratum 10\n" + allow
+    host = spec.broker[0] if spec.broker is not None else None
+    if host is None or host in _LOOPBACK or not _HOST.fullmatch(host):
+        return None  # no gateway address known (discovery): the device keeps its clock
+    return f"take the time from the gateway {host}", head + f"server {host} iburst\n"
+
+
+def time_setup(spec: BundleSpec) -> str:
+    """Step 7 of install.sh for ``spec`` ("" when it has no time to set up)."""
+    conf = chrony_conf(spec)
+    if conf is None and spec.role == "agent":
+        return (
+            'say "time: this bundle names no gateway (--broker): to take the time from it, put '
+            '\\"server GATEWAY iburst\\" in /etc/chrony/conf.d/edge-swarm.conf"\n'
+        )
+    if conf is None:
+        return ""
+    return _TIME.replace("@@WHAT@@", conf[0]).replace("@@CONF@@", conf[1])
+
+
 _GATEWAY_NOTE = """
 say "(a gateway's own enrolment goes into the bootstrap before the site's first start: enroll \\
 --bootstrap, then copy the file to $CONFIG_DIR/swarm/bootstrap.jsonl)\""""
@@ -209,6 +269,7 @@ def install_script(spec: BundleSpec, wheel: str) -> str:
         "ENGINE_CHECK": _ENGINE_CHECK if onnx_elsewhere else "",
         "DATA_NOTE": _DATA_NOTE if agent else "",
         "GATEWAY_NOTE": "" if agent else _GATEWAY_NOTE,
+        "TIME": time_setup(spec),
     }
     text = _INSTALL_SH
     for key, value in values.items():

@@ -31,7 +31,7 @@ from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import STANDARD_TRAINING, LocalTraining, evaluate
 from edge_swarm.node.config import BrokerConfig, RuntimeConfig, Timing
 from edge_swarm.node.observer import RoundRecord, SwarmObserver
-from edge_swarm.site.launch import SwarmProcesses
+from edge_swarm.site.launch import SwarmProcesses, Wrapper
 from edge_swarm.site.provision import OBSERVER_ID, SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
@@ -84,6 +84,8 @@ class RunConfig:
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
+    # (node, how to start it): a command in front of it and extra environment, e.g. faketime
+    wrappers: tuple[tuple[str, Wrapper], ...] = ()
     timeout_s: float = 900.0
 
 
@@ -276,7 +278,7 @@ def run_swarm(
         )
         observer.start()
         procs = SwarmProcesses.from_layout(
-            layout.gateway_configs, layout.agent_configs, cfg.workdir / "logs"
+            layout.gateway_configs, layout.agent_configs, cfg.workdir / "logs", dict(cfg.wrappers)
         )
         t0 = time.monotonic()
         try:

@@ -19,6 +19,16 @@ from typing import IO
 STOP_TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True)
+class Wrapper:
+    """How to start one node differently: a command in front of it and extra environment,
+    e.g. ``Wrapper(("faketime", "-f", "+10m"), (("FAKETIME_DONT_FAKE_MONOTONIC", "1"),))``
+    for a device whose wall clock is ten minutes fast (the clock tests)."""
+
+    prefix: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass
 class NodeProcess:
     """One running node started from its config file; its output goes to a log file."""
@@ -27,13 +37,15 @@ class NodeProcess:
     config: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    wrapper: Wrapper = Wrapper()
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self, role: str, extra_env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(self.wrapper.env), **(extra_env or {})}
         cmd = [sys.executable, "-m", "edge_swarm", role, "--config", str(self.config)]
+        cmd = [*self.wrapper.prefix, *cmd]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -92,10 +104,20 @@ class SwarmProcesses:
 
     @classmethod
     def from_layout(
-        cls, gateway_configs: dict[str, Path], agent_configs: dict[str, Path], logs: Path
+        cls,
+        gateway_configs: dict[str, Path],
+        agent_configs: dict[str, Path],
+        logs: Path,
+        wrappers: dict[str, Wrapper] | None = None,
     ) -> SwarmProcesses:
-        gws = {n: NodeProcess(n, c, logs / f"{n}.log") for n, c in gateway_configs.items()}
-        agents = {n: NodeProcess(n, c, logs / f"{n}.log") for n, c in agent_configs.items()}
+        """Processes for the layout's configs; ``wrappers``: node -> how to start it."""
+        how = wrappers or {}
+
+        def proc(n: str, c: Path) -> NodeProcess:
+            return NodeProcess(n, c, logs / f"{n}.log", wrapper=how.get(n, Wrapper()))
+
+        gws = {n: proc(n, c) for n, c in gateway_configs.items()}
+        agents = {n: proc(n, c) for n, c in agent_configs.items()}
         return cls(gws, agents)
 
     @property

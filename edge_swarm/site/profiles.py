@@ -17,9 +17,10 @@ OS Bookworm; `DeviceProfile.pip_platforms` adds every older manylinux tag of tha
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ _LEGACY = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
 _LEGACY_RE = re.compile(r"(manylinux2014|manylinux2010|manylinux1)_([a-z0-9_]+)")
 _OTHER_TAG = re.compile(r"(?:musllinux_\d+_\d+|linux)_([a-z0-9_]+)")
 _MIN_GLIBC = {"x86_64": 5, "i686": 5, "aarch64": 17, "armv7l": 17, "ppc64le": 17, "s390x": 17}
+# Who may ask a gateway serving time for it, unless its profile says: the private networks.
+PRIVATE_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
 class ProfileError(ValueError):
@@ -74,6 +77,16 @@ class Systemd:
 
 
 @dataclass(frozen=True)
+class TimeService:
+    """``[time]``: whether a gateway serves its clock on the LAN (with Debian's chrony), and
+    to which networks. A Pi has no hardware clock and a clinic LAN often no internet time:
+    the site's devices then take their time from the gateway (``bundle_install``)."""
+
+    serve: bool = False
+    allow: tuple[str, ...] = PRIVATE_NETS
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """One kind of device; built only by `load_profile` / `profile_from_dict` (validated)."""
 
@@ -91,6 +104,7 @@ class DeviceProfile:
     batch_size: int | None = None  # [training]; recorded in the manifest only (see bundle.py)
     # A venv that also sees the system's packages (a Jetson's onnxruntime-gpu from JetPack).
     system_site_packages: bool = False
+    time: TimeService = field(default_factory=TimeService)
 
     @property
     def machine(self) -> str:
@@ -157,7 +171,7 @@ def profile_from_dict(raw: dict[str, Any], source: str) -> DeviceProfile:
         "",
         required=("name", "platform", "python", "role", "extras", "memory_budget_mib"),
         optional=("description", "system_site_packages"),
-        tables=("runtime", "codec", "training", "paths", "systemd"),
+        tables=("runtime", "codec", "training", "paths", "systemd", "time"),
         required_tables=("runtime", "paths", "systemd"),
     )
     name = v.string(raw, "name", _NAME, "a lowercase name like rpi4")
@@ -190,6 +204,7 @@ def profile_from_dict(raw: dict[str, Any], source: str) -> DeviceProfile:
         codec=_codec(v, raw.get("codec")),
         batch_size=_training(v, raw.get("training")),
         system_site_packages=system_site,
+        time=_time(v, raw.get("time"), role),
     )
 
 
@@ -271,6 +286,24 @@ def _codec(v: _Validator, table: Any) -> dict[str, Any] | None:
     if isinstance(topk, bool) or not isinstance(topk, (int, float)) or not 0 < topk <= 1:
         v.fail("codec.topk", "must be a fraction in (0, 1], e.g. 0.1")
     return {"name": name, "topk": float(topk)}
+
+
+def _time(v: _Validator, table: Any, role: str) -> TimeService:
+    if table is None:
+        return TimeService()
+    v.known(table, "time", optional=("serve", "allow"))
+    serve = table.get("serve", False)
+    if not isinstance(serve, bool):
+        v.fail("time.serve", "must be true or false")
+    if serve and role != "gateway":
+        v.fail("time.serve", "is for a gateway: devices take their time from it")
+    allow = v.string_list(table, "allow", None, "networks", where="time", opt=True)
+    for net in allow:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            v.fail("time.allow", f"must be a list of networks like 192.168.0.0/16, got {net!r}")
+    return TimeService(serve, tuple(allow) if "allow" in table else PRIVATE_NETS)
 
 
 def _training(v: _Validator, table: Any) -> int | None:

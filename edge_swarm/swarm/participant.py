@@ -7,6 +7,13 @@ Invariants
 * It merges exactly the envelopes ``round_close`` names, and only from the base it holds.
 * The ledger, not a checkpoint, says which bytes are final: it commits its own merge when
   its hash is the final one, else it adopts the checkpoint of the final hash.
+* No decision depends on the device's wall clock (a Pi boots with the time it last saved).
+  A round's training window is ``deadline_ms - ts`` of its ``round_open`` (both on the
+  coordinator's clock), started on the device's monotonic clock (``Tick.now_ms``) when the
+  entry is folded live, or when ``catch_up`` ends for a round the history left open; a
+  device whose ledger clock (``Tick.ledger_ms``) says it saw the entry late has that much
+  less. The window only matters to a device that cannot train at once (it is adopting a
+  checkpoint): one that can, trains as the entry is folded.
 """
 
 from __future__ import annotations
@@ -55,12 +62,15 @@ class Participant:
         self._closing: dict[int, Merge] = {}
         self._merging: set[int] = set()
         self._adopting: int | None = None
-        self._now = 0
+        self._now = 0  # the device's monotonic clock, ms (the last Tick)
+        self._ledger_now: int | None = None  # its ledger clock at that Tick, once it has one
+        self._window_end: int | None = None  # the open round's, monotonic; None until seen
+        self._open_ts = 0  # the open round's round_open ts (the coordinator's clock)
 
     def handle(self, event: Event) -> list[Action]:
         """Fold one event and return the actions it calls for."""
         if isinstance(event, Tick):
-            self._now = event.now_ms
+            self._now, self._ledger_now = event.now_ms, event.ledger_ms
             return self._maybe_train()
         if isinstance(event, Appended):
             return self._on_appended(event)
@@ -80,9 +90,14 @@ class Participant:
             return self._on_adopted(event)
         return []
 
-    def catch_up(self) -> list[Action]:
-        """After a replay of the ledger: adopt the latest final model if ours is not it."""
+    def catch_up(self, now_ms: int, ledger_ms: int | None = None) -> list[Action]:
+        """After a replay of the ledger: adopt the latest final model if ours is not it.
+        ``now_ms`` and ``ledger_ms`` as in ``Tick``: a round the history left open is seen
+        now, and its training window starts now."""
         self.replaying = False
+        self._now, self._ledger_now = now_ms, ledger_ms
+        if self.open is not None and self._window_end is None:
+            self._start_window()
         if not self.finals:
             return self._maybe_train()
         last = max(self.finals)
@@ -94,11 +109,13 @@ class Participant:
 
     def _on_appended(self, ev: Appended) -> list[Action]:
         p = ev.payload
-        self._now = max(self._now, ev.ts)
         if ev.kind == "round_open":
             if self.open is not None and p["round"] <= self.open.number:
                 return []  # a second open of the same round: the first one counts
             self.open = RoundState(p["round"], p["base_model_hash"], p["deadline_ms"])
+            self._open_ts, self._window_end = ev.ts, None
+            if not self.replaying:  # from history, the entry has no "seen" time: catch_up
+                self._start_window()
             return self._maybe_train()
         if ev.kind == "delta_commit":
             self.commits.setdefault(p["round"], {})[ev.author] = p["envelope_sha256"]
@@ -121,11 +138,21 @@ class Participant:
             return self._maybe_commit(p["round"])
         return []
 
+    def _start_window(self) -> None:
+        """The open round is seen now: its training window ends its budget from now, less
+        the time the ledger clock (when there is one) says has passed since it opened."""
+        assert self.open is not None
+        budget = self.open.deadline_ms - self._open_ts  # both on the coordinator's clock
+        late = 0 if self._ledger_now is None else max(0, self._ledger_now - self._open_ts)
+        self._window_end = self._now + budget - late
+
     def _maybe_train(self) -> list[Action]:
         cur = self.open
         if cur is None or self.replaying or cur.included is not None:
             return []
-        if cur.number in self.trained or self._now >= cur.deadline_ms:
+        if cur.number in self.trained or self._window_end is None:
+            return []
+        if self._now >= self._window_end:
             return []
         if cur.base_hash != self.model_hash or self._adopting is not None:
             return []

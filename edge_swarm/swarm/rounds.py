@@ -12,9 +12,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Tick:
-    """The clock moved; ``now_ms`` is wall time in milliseconds."""
+    """The clock moved. ``now_ms`` is in milliseconds on the machine's own clock: the
+    gateway's wall clock for the ``Coordinator`` (its clock is the swarm's: it stamps the
+    ledger's round entries), the device's monotonic clock for a ``Participant``, which never
+    reads a wall clock. ``ledger_ms``, for a participant only: its ledger clock's reading at
+    that moment (``swarm.ledger_clock``), None while it has none."""
 
     now_ms: int
+    ledger_ms: int | None = None
 
 
 @dataclass(frozen=True)

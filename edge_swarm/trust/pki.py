@@ -53,7 +53,11 @@ CA_DAYS = 3650
 CERT_DAYS = 825
 """Validity of server and client certificates, in days (the longest browsers accept)."""
 
-_BACKDATE = _dt.timedelta(minutes=5)  # tolerate devices whose clocks run a little behind
+# Every certificate is valid from 2000-01-01, not from when it was issued: a Raspberry Pi has
+# no hardware clock, and on a LAN without internet time it boots with the time it last saved
+# (weeks or years behind after a power cut or a fresh image). A TLS check against such a
+# clock must not refuse the site's broker; the validity that matters ends at not_valid_after.
+_NOT_BEFORE = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 class PkiError(ValueError):
@@ -107,7 +111,7 @@ def make_ca(swarm: str, days: int = CA_DAYS) -> CertPair:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(_NOT_BEFORE)
         .not_valid_after(now + _dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -190,7 +194,7 @@ def _issue(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(_NOT_BEFORE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

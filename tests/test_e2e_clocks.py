@@ -1,0 +1,171 @@
+"""End to end: devices whose wall clocks are wrong still train in every round.
+
+A Raspberry Pi has no hardware clock; on a clinic LAN without internet time it boots with
+the time it last saved. Here two of four agent processes run under libfaketime
+(``FAKETIME_DONT_FAKE_MONOTONIC=1``: only the wall clock moves): one 10 minutes fast, one a
+day slow. The site is the locked-down one (Mosquitto with TLS from the swarm's CA), so the
+slow device also checks the broker's certificate against a clock from yesterday.
+
+Needs ``faketime`` (Debian's package) and ``mosquitto``: skipped with a message where
+either is absent, unless ``EDGE_SWARM_REQUIRE_FAKETIME=1`` / ``EDGE_SWARM_REQUIRE_MOSQUITTO=1``
+(CI, ``.ci/run``), where that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edge_swarm.io.broker import find_mosquitto, free_port
+from edge_swarm.node.config import load_config
+from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site.demo import RunConfig
+from edge_swarm.site.launch import SwarmProcesses, Wrapper
+
+from .waiting import run_settled
+
+pytestmark = pytest.mark.network
+
+REQUIRE_FAKETIME_ENV = "EDGE_SWARM_REQUIRE_FAKETIME"
+FAST, SLOW = "agent-02", "agent-03"
+SKEW_S = {FAST: 600.0, SLOW: -86_400.0}  # the device's wall clock minus the gateway's
+FAKE = {FAST: "+10m", SLOW: "-1d"}  # the same, as faketime's offsets
+TOLERANCE_S = 5.0  # what process start-up and delivery add to a measured skew
+LISTEN_S = 12.0  # fleet ls listens this long: telemetry (every 10 s) is not retained
+
+
+def need_tools() -> str:
+    if find_mosquitto() is None:
+        if os.environ.get("EDGE_SWARM_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail("EDGE_SWARM_REQUIRE_MOSQUITTO=1 but the mosquitto binary is missing")
+        pytest.skip("mosquitto binary not found (apt-get install mosquitto)")
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        if os.environ.get(REQUIRE_FAKETIME_ENV) == "1":
+            pytest.fail(f"{REQUIRE_FAKETIME_ENV}=1 but the faketime binary is missing")
+        pytest.skip(
+            "faketime not found (apt-get install faketime; .ci/run installs it): "
+            f"set {REQUIRE_FAKETIME_ENV}=1 to make this a failure"
+        )
+    return faketime
+
+
+def skewed(faketime: str, offset: str) -> Wrapper:
+    # Only the wall clock moves: a device's monotonic clock is right whatever its time says.
+    return Wrapper((faketime, "-f", offset), (("FAKETIME_DONT_FAKE_MONOTONIC", "1"),))
+
+
+def table_column(text: str, node: str, header: str) -> str:
+    """The cell of ``node``'s row under ``header`` in a table printed by ``print_table``
+    (rich's box-drawn table, or the plain one when rich is absent)."""
+    lines = text.replace("┃", "│").splitlines()  # rich draws the header's rules heavy
+    if any("│" in line for line in lines):
+        rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if "│" in line]
+        head = next(r for r in rows if header in r)
+        row = next(r for r in rows if r and r[0] == node)
+        return row[head.index(header)]
+    head_line = next(line for line in lines if header in line)
+    start = head_line.index(header)
+    row_line = next(line for line in lines if line.split() and line.split()[0] == node)
+    return row_line[start:].split()[0] if row_line[start:].strip() else ""
+
+
+def fleet_ls(cfg: RunConfig, procs: SwarmProcesses, obs: SwarmObserver) -> str:
+    """``edge-swarm fleet ls`` as an operator runs it against the site's broker."""
+    broker = load_config(procs.agents[FAST].config).broker
+    assert broker.tls_ca is not None
+    cmd = [sys.executable, "-m", "edge_swarm", "fleet", "ls"]
+    cmd += ["--broker", f"{broker.host}:{broker.port}", "--swarm", cfg.swarm]
+    cmd += ["--tls-ca", str(broker.tls_ca), "--username", "operator"]
+    cmd += ["--password-file", str(cfg.workdir / "secrets" / "operator.password")]
+    cmd += ["--listen", str(LISTEN_S)]
+    out = cfg.workdir / "fleet-ls.txt"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            # The observer keeps handling the site's messages while the operator listens.
+            obs.wait_for(lambda: proc.poll() is not None, LISTEN_S + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    text = out.read_text()
+    assert proc.returncode == 0, text
+    return text
+
+
+def dashboard(port: int) -> tuple[str, dict]:
+    """The gateway's dashboard page and its ``/api/state``."""
+    url = f"http://127.0.0.1:{port}/"
+    with urllib.request.urlopen(url, timeout=10) as page:
+        html = page.read().decode()
+    with urllib.request.urlopen(url + "api/state", timeout=10) as api:
+        return html, json.loads(api.read())
+
+
+def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> None:
+    faketime = need_tools()
+    port = free_port()
+    cfg = RunConfig(
+        workdir=tmp_path,
+        n_agents=4,
+        rounds=4,
+        broker="mosquitto-tls",
+        round_deadline_s=20.0,  # a device left out would cost the round this long
+        attest_timeout_s=10.0,
+        start_grace_s=20.0,
+        timeout_s=150.0,
+        wrappers=tuple((n, skewed(faketime, FAKE[n])) for n in (FAST, SLOW)),
+        dashboard_port=port,
+    )
+    seen: dict[str, str] = {}
+
+    def skew_reported(obs: SwarmObserver, node: str) -> bool:
+        return any("clock_skew_s" in t.values for t in obs.telemetry.get(node, []))
+
+    def operator_looks(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        reported = obs.wait_for(lambda: all(skew_reported(obs, n) for n in SKEW_S), 60)
+        assert reported, {n: procs.agents[n].tail(8) for n in SKEW_S}
+        seen["fleet ls"] = fleet_ls(cfg, procs, obs)
+        seen["dashboard"] = dashboard(port)
+
+    result = run_settled(cfg, operator_looks)
+
+    # Both skewed devices committed and were included in every round: none waited out.
+    assert [r.round for r in result.rounds] == [1, 2, 3, 4]
+    for r in result.rounds:
+        assert {FAST, SLOW} <= set(r.commits), (r.round, sorted(r.commits))
+        assert {FAST, SLOW} <= set(r.included), (r.round, r.included, r.close_reason)
+        assert r.close_reason == "all expected peers committed", r.close_reason
+    # Their telemetry says how far off their wall clocks are; the others' are right.
+    for node in result.layout.agent_configs:
+        skew = result.telemetry_of(node).get("clock_skew_s")
+        assert skew is not None and abs(skew - SKEW_S.get(node, 0.0)) <= TOLERANCE_S, (node, skew)
+    # ... and so does the operator's table.
+    table = seen["fleet ls"]
+    for node, want in SKEW_S.items():
+        cell = table_column(table, node, "clock skew s")
+        assert cell and abs(float(cell) - want) <= TOLERANCE_S, (node, cell, table)
+    # ... and the dashboard's device table.
+    html, state = seen["dashboard"]
+    assert ">clock skew s<" in html, html[:2000]
+    devices = {d["id"]: d for d in state["devices"]}
+    for node, want in SKEW_S.items():
+        assert abs(devices[node]["clock_skew_s"] - want) <= TOLERANCE_S, devices[node]
+        assert f"{devices[node]['clock_skew_s']:.1f}" in html
+    # Each skewed device said so once in its log, and no submission of theirs was refused.
+    for node in SKEW_S:
+        log = (tmp_path / "logs" / f"{node}.log").read_text()
+        assert log.count("this device's clock is") == 1, log[-3000:]
+        assert "refused our submission" not in log, log[-3000:]
+    included = {n: sum(n in r.included for r in result.rounds) for n in SKEW_S}
+    print(
+        "rounds included, skew s:", {n: (included[n], devices[n]["clock_skew_s"]) for n in SKEW_S}
+    )
