@@ -536,6 +536,22 @@ def test_a_device_whose_wall_clock_is_off_trains_and_is_admitted_every_round(
         from_device(att)
         (fin,), _ = to_both(P.Append("model_attest", attest("b", rnd, model).payload), "b")
         assert to_both(fin)[1] == [P.Commit(rnd, model)]
-    assert p.trained == {1, 2, 3} and c.finished_rounds == 3
+    assert p.model_round == 3 and c.finished_rounds == 3  # trained in each: asserted above
     skew = clock.skew_ms(mono(), wall())
     assert skew is not None and abs(skew - wall_skew_ms) <= 5  # the delivery delay
+
+
+def test_a_participant_that_committed_before_a_restart_never_trains_that_round_again() -> None:
+    """Its delta is on the ledger already: a second one would be refused, and its bytes
+    would not be the ones the commit names (the wiring sends the kept delta instead)."""
+    p = P.Participant("a", H0)
+    p.replaying = True
+    for ev in (opened(1, deadline=60_000), commit("a", 1, "e" * 64)):
+        assert p.handle(ev) == []
+    assert p.catch_up(0) == []  # the round is open, on our base, but we committed
+    assert p.handle(P.Tick(10)) == []
+    p.handle(commit("b", 1, "f" * 64))
+    p.handle(P.EnvelopeStored(1, "a", "e" * 64))  # the kept delta, back from disk
+    p.handle(P.EnvelopeStored(1, "b", "f" * 64))
+    (merge,) = p.handle(closed(1, ["a", "b"]))
+    assert merge.included == (("a", "e" * 64), ("b", "f" * 64))

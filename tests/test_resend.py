@@ -57,3 +57,14 @@ def test_own_delta_is_sent_again_only_while_its_round_is_not_merged() -> None:
     for i in range(20):
         delta.republish(merged_round=3, now=100.0 + i, why="test")
     assert len(sent) == MAX_REPUBLISH
+
+
+def test_the_kept_delta_survives_a_restart_and_a_damaged_one_is_ignored(tmp_path) -> None:
+    path = tmp_path / "delta.bin"
+    first = OwnDelta(lambda topic, frame: None, path)
+    assert first.kept() is None
+    first.keep(7, b"frame bytes")
+    assert OwnDelta(lambda topic, frame: None, path).kept() == (7, b"frame bytes")
+    path.write_bytes(b"junk")
+    assert OwnDelta(lambda topic, frame: None, path).kept() is None
+    assert OwnDelta(lambda topic, frame: None).kept() is None  # nowhere to keep it

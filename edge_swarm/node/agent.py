@@ -21,16 +21,17 @@ from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
+from edge_swarm.node.agent_ops import agent_operations
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
-from edge_swarm.node.fleet import FleetControl, LogRing, Operation, Outcome
+from edge_swarm.node.fleet import FleetControl, LogRing
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.resend import OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
-from edge_swarm.swarm.commands import Ack, Command
+from edge_swarm.swarm.commands import Ack
 from edge_swarm.swarm.feedback import ErrorFeedback
 from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
@@ -43,6 +44,7 @@ from ledger_lite import Entry, make_tx
 log = logging.getLogger(__name__)
 
 RESIDUAL_FILE = "residual.bin"  # error feedback's residual, kept across restarts
+KEPT_DELTA_FILE = "delta.bin"  # our last envelope, kept until its round is merged
 QUERY_RETRY_S = 2.0
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
@@ -93,11 +95,14 @@ class Agent(NodeRuntime):
             cfg.swarm,
             lambda: self.mirror.state.admins if self.mirror.state is not None else None,
             self._answer,
-            self._fleet_operations(),
+            agent_operations(self),
             self.stamp_ms,  # the ledger's time: a command's expiry is not the device's to judge
         )
         self.device = DeviceModel(cfg)  # its backbone features, the model it serves
-        self.own_delta = OwnDelta(lambda topic, frame: self.sender.publish(topic, frame, qos=1))
+        self.own_delta = OwnDelta(
+            lambda topic, frame: self.sender.publish(topic, frame, qos=1),
+            cfg.state_dir / KEPT_DELTA_FILE,
+        )
 
     # -- set-up and ledger sync
     def setup(self) -> None:
@@ -280,6 +285,23 @@ class Agent(NodeRuntime):
         self.synced = True
         log.info("ledger synced to height %d", self.mirror.next_height - 1)
         self._act(self.machine.catch_up(*self.clock.readings()))
+        self._resume_own_delta()
+
+    def _resume_own_delta(self) -> None:
+        """After a restart: if the ledger holds our commit of a round not merged yet, the
+        delta kept on disk (the bytes that commit names) goes to our inbox and the swarm."""
+        kept = self.own_delta.kept()
+        if kept is None or self.machine is None or self.holder is None:
+            return
+        rnd, frame = kept
+        ours = self.machine.commits.get(rnd, {}).get(self.cfg.node_id)
+        if rnd <= self.holder.round or ours != hashlib.sha256(frame).hexdigest():
+            return
+        log.info("round %d: our committed delta, kept on disk, is sent again", rnd)
+        topic = self.topics.delta(rnd, self.cfg.node_id)
+        self.own_delta.sent(rnd, topic, frame, time.monotonic())
+        self.sender.publish(topic, frame, qos=1)
+        self._on_envelope(frame, rnd, self.cfg.node_id)
 
     # -- envelopes and checkpoints
     def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
@@ -327,7 +349,7 @@ class Agent(NodeRuntime):
         log.info("adopted checkpoint of round %d (%s)", ck.round, ck.model_hash[:12])
         self.adopting = None
         self._serve(ck.round)
-        if ck.round == max(self.machine.finals):
+        if ck.round == max(self.machine.finals) and ck.round not in self.machine.attested:
             # Say on the ledger which bytes we hold now, as an agent that merged does: the
             # record then shows every node on the final model, however it got there.
             attest = {"round": ck.round, "model_hash": ck.model_hash, "state_hash": ck.state_hash}
@@ -410,6 +432,13 @@ class Agent(NodeRuntime):
         )
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.feedback.save(self.cfg.state_dir / RESIDUAL_FILE)
+        try:
+            self.own_delta.keep(action.round, frame)  # before it is committed: see resend.py
+        except OSError as exc:
+            log.warning(
+                "round %d: cannot keep our delta (%s); sitting this round out", action.round, exc
+            )
+            return None
         sha = hashlib.sha256(frame).hexdigest()
         assert self.inbox is not None
         self.inbox.offer(frame, action.round, self.cfg.node_id)  # our own, without the echo
@@ -446,44 +475,6 @@ class Agent(NodeRuntime):
         payload = Submission(tx.to_dict()).encode()
         self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         self.submissions.sent(tx.tx_id, payload, time.monotonic())
-
-    # -- fleet control (fleet.py): what an operator can ask of this device
-    def _fleet_operations(self) -> dict[str, Operation]:
-        return {
-            "pause": lambda c: self._set_state("paused"),
-            "resume": lambda c: self._set_state("online"),
-            "start": lambda c: self._set_state("online"),  # a running device: train again
-            "stop": self._op_stop,
-            "set": self._op_set,
-            "rollout": self._op_serve_round,
-            "rollback": self._op_serve_round,
-            "logs": lambda c: ("done", "", {"lines": self.log_ring.tail(c.args.get("lines", 100))}),
-        }
-
-    def _set_state(self, state: str) -> Outcome:
-        if self.state == state:
-            return "done", f"already {state}", {}
-        self.state = state
-        self.publish_status(state)
-        return "done", state, {}
-
-    def _op_stop(self, command: Command) -> Outcome:
-        self.call_soon(self.stop)  # after the answer is out
-        return "done", "stopping", {}
-
-    def _op_set(self, command: Command) -> Outcome:
-        name, value = command.args["name"], command.args["value"]
-        if name == "log_level":
-            logging.getLogger().setLevel(value)
-        else:
-            self.telemetry_every_s = float(value)
-        return "done", f"{name} = {value}", {}
-
-    def _op_serve_round(self, command: Command) -> Outcome:
-        if self.device.server is None:
-            return "failed", "this device does not serve models ([runtime] serve = false)", {}
-        status, detail = self.device.server.serve_round(int(command.args["round"]))
-        return status, detail, {}
 
     def _answer(self, ack: Ack) -> None:
         self.mqtt.publish(

@@ -5,12 +5,20 @@ Both are needed because an acknowledgement from a broker is not delivery: a gate
 leading before it forwards a submission, and a broker can acknowledge a delta and go away
 before forwarding it. Copies are harmless: the ledger refuses a replayed transaction, and
 receivers keep envelopes by sha256.
+
+The delta is also kept on disk before its commit is submitted: after a power cut the ledger
+may hold our commit while the envelope behind it died with the broker and our memory, and
+only these exact bytes (their sha256 is on the ledger) let the round be merged.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
+from pathlib import Path
+
+from ledger_lite.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +28,8 @@ RESEND_FIRST_S = 3.0
 RESEND_MAX_S = 30.0
 MAX_SUBMITS = 10  # about 3 minutes of trying
 MAX_REPUBLISH = 8  # about 2 minutes
+_MAGIC = b"ESOD"  # the kept delta: magic, round (u32 big-endian), the envelope frame
+MAX_KEPT_BYTES = 64 * 1024 * 1024
 
 
 def backoff_s(tries: int) -> float:
@@ -57,11 +67,36 @@ class PendingSubmissions:
 class OwnDelta:
     """This agent's latest envelope, sent again while its round is not merged here."""
 
-    def __init__(self, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(self, publish: Callable[[str, bytes], None], path: Path | None = None) -> None:
         self._publish = publish
+        self._path = path
         self._last: tuple[int, str, bytes] | None = None  # (round, topic, frame)
         self._at = 0.0
         self._times = 0
+
+    def keep(self, rnd: int, frame: bytes) -> None:
+        """Put the delta on disk (atomically), before its commit is submitted. Raises
+        OSError if it cannot be written: the caller must then not commit it."""
+        if self._path is not None:
+            write_atomic(self._path, _MAGIC + struct.pack(">I", rnd) + frame)
+
+    def kept(self) -> tuple[int, bytes] | None:
+        """The delta kept on disk by an earlier run (round, frame), or None (none, or
+        unreadable: logged, and the round goes on without it)."""
+        if self._path is None:
+            return None
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read(MAX_KEPT_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read the kept delta %s: %s", self._path, exc)
+            return None
+        if len(data) < 8 or len(data) > MAX_KEPT_BYTES or data[:4] != _MAGIC:
+            log.warning("ignoring a damaged kept delta %s", self._path)
+            return None
+        return struct.unpack(">I", data[4:8])[0], data[8:]
 
     def sent(self, rnd: int, topic: str, frame: bytes, now: float) -> None:
         self._last, self._at, self._times = (rnd, topic, frame), now, 0

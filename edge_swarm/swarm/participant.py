@@ -56,6 +56,7 @@ class Participant:
         self.merged: dict[int, str] = {}
         self.finals: dict[int, str] = {}
         self.trained: set[int] = set()
+        self.attested: set[int] = set()  # rounds our attestation is on the ledger for
         # While the wiring replays the ledger's history the machine only folds it; the
         # wiring calls ``catch_up`` at the end to act on where the history left off.
         self.replaying = False
@@ -120,6 +121,8 @@ class Participant:
         if ev.kind == "delta_commit":
             self.commits.setdefault(p["round"], {})[ev.author] = p["envelope_sha256"]
             self.samples.setdefault(p["round"], {})[ev.author] = p["n_samples"]
+            if ev.author == self.node:  # committed before a restart: never a second delta
+                self.trained.add(p["round"])
         elif ev.kind == "round_close":
             rnd = p["round"]
             if self.open is not None and self.open.number == rnd:
@@ -133,6 +136,8 @@ class Participant:
                     tuple((n, samples.get(n, 0)) for n in p["included"]),
                 )
                 return self._maybe_merge(rnd)
+        elif ev.kind == "model_attest" and ev.author == self.node:
+            self.attested.add(p["round"])
         elif ev.kind == "model_final":
             self.finals[p["round"]] = p["model_hash"]
             return self._maybe_commit(p["round"])
@@ -208,3 +213,5 @@ class Participant:
         for table in (self.commits, self.samples, self.stored, self.merged):
             for old in [r for r in table if r < rnd]:
                 del table[old]
+        self.trained = {r for r in self.trained if r >= rnd}
+        self.attested = {r for r in self.attested if r >= rnd}
