@@ -343,3 +343,22 @@ def test_resend_topic_kind() -> None:
             t.parse(bad)
     with pytest.raises(TopicError):
         t.resend_filter("a/b")
+
+
+def test_delta_requests_round_trip_and_refuse_anything_else() -> None:
+    from edge_swarm.swarm.chunk_resend import (
+        encode_delta_request,
+        is_delta_request,
+        parse_delta_request,
+    )
+
+    sha = "ab" * 32
+    data = encode_delta_request(sha)
+    assert is_delta_request(data) and parse_delta_request(data) == sha
+    for bad in (b"", b"[]", b'{"sha256":"x","want":"delta"}', b'{"sha256":' + b"[" * 300, b"\xff"):
+        with pytest.raises(ChunkError):
+            parse_delta_request(bad)
+    with pytest.raises(ValueError):
+        encode_delta_request("nope")
+    chunk_request = encode_resend_request(b"\0" * 32, [1], "t")
+    assert not is_delta_request(chunk_request)

@@ -68,3 +68,19 @@ def test_the_kept_delta_survives_a_restart_and_a_damaged_one_is_ignored(tmp_path
     path.write_bytes(b"junk")
     assert OwnDelta(lambda topic, frame: None, path).kept() is None
     assert OwnDelta(lambda topic, frame: None).kept() is None  # nowhere to keep it
+
+
+def test_a_gateway_asking_for_a_delta_gets_exactly_the_committed_bytes(tmp_path) -> None:
+    import hashlib
+
+    sent: list[tuple[str, bytes]] = []
+    delta = OwnDelta(lambda t, f: sent.append((t, f)), tmp_path / "d.bin", lambda r: f"r{r}")
+    delta.keep(5, b"round five")
+    sha = hashlib.sha256(b"round five").hexdigest()
+    assert not delta.answer(5, "0" * 64, 0.0)  # not the bytes the commit names: nothing
+    assert not delta.answer(4, sha, 0.0)  # not that round
+    assert delta.answer(5, sha, 0.0)  # from disk (a restarted agent holds nothing in memory)
+    assert sent == [("r5", b"round five")]
+    assert not delta.answer(5, sha, 1.0)  # at most once per few seconds
+    delta.sent(5, "t5", b"round five", 2.0)
+    assert delta.answer(5, sha, 10.0) and sent[-1] == ("r5", b"round five")

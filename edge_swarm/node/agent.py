@@ -102,6 +102,7 @@ class Agent(NodeRuntime):
         self.own_delta = OwnDelta(
             lambda topic, frame: self.sender.publish(topic, frame, qos=1),
             cfg.state_dir / KEPT_DELTA_FILE,
+            lambda rnd: self.topics.delta(rnd, cfg.node_id),
         )
 
     # -- set-up and ledger sync
@@ -144,6 +145,9 @@ class Agent(NodeRuntime):
     def _republish_delta(self, why: str) -> None:
         merged = self.holder.round if self.holder is not None else 0
         self.own_delta.republish(merged, time.monotonic(), why)
+
+    def on_delta_request(self, rnd: int, sha256: str) -> None:
+        self.own_delta.answer(rnd, sha256, time.monotonic())
 
     def _send_query(self) -> None:
         self._query_id = secrets.token_hex(8)

@@ -34,6 +34,7 @@ from edge_swarm.swarm.checkpoint import (
     parse_sealed_checkpoint,
     seal_checkpoint,
 )
+from edge_swarm.swarm.chunk_resend import is_delta_request, parse_delta_request
 from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
 from edge_swarm.swarm.inbox import Accepted, EnvelopeInbox, RoundView
 from edge_swarm.swarm.messages import Status, Telemetry
@@ -145,6 +146,10 @@ class NodeRuntime:
 
     def on_tick(self, now: int) -> None:
         """Called after every message and at least every ``timing.tick_s``."""
+
+    def on_delta_request(self, rnd: int, sha256: str) -> None:
+        """A gateway asks for our whole envelope of round ``rnd`` with this sha256 again
+        (agents answer)."""
 
     def stamp_ms(self) -> int:
         """The timestamp for what this node signs: its ledger clock's (``device_clock``); a
@@ -295,7 +300,16 @@ class NodeRuntime:
             return
         kind = parsed.kind
         if kind == TopicKind.RESEND:
-            self.sender.on_resend_request(msg.payload)
+            if is_delta_request(msg.payload):
+                try:
+                    sha = parse_delta_request(msg.payload)
+                except ChunkError as exc:
+                    self.drops.drop("bad delta request", str(exc))
+                    return
+                if parsed.round is not None:
+                    self.on_delta_request(parsed.round, sha)
+            else:
+                self.sender.on_resend_request(msg.payload)
             return
         if kind == TopicKind.DELTA:
             whole = self.receiver.feed(msg.topic, msg.payload, time.monotonic())

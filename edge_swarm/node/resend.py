@@ -13,6 +13,7 @@ only these exact bytes (their sha256 is on the ledger) let the round be merged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 from collections.abc import Callable
@@ -67,12 +68,19 @@ class PendingSubmissions:
 class OwnDelta:
     """This agent's latest envelope, sent again while its round is not merged here."""
 
-    def __init__(self, publish: Callable[[str, bytes], None], path: Path | None = None) -> None:
+    def __init__(
+        self,
+        publish: Callable[[str, bytes], None],
+        path: Path | None = None,
+        topic_of: Callable[[int], str] = str,
+    ) -> None:
         self._publish = publish
         self._path = path
+        self._topic_of = topic_of  # a round's delta topic (for a delta kept on disk)
         self._last: tuple[int, str, bytes] | None = None  # (round, topic, frame)
         self._at = 0.0
         self._times = 0
+        self._answered_at = float("-inf")
 
     def keep(self, rnd: int, frame: bytes) -> None:
         """Put the delta on disk (atomically), before its commit is submitted. Raises
@@ -114,3 +122,21 @@ class OwnDelta:
         self._at = now
         self._publish(last[1], last[2])
         log.info("round %d: published our delta again (%s)", last[0], why)
+
+    def answer(self, rnd: int, sha256: str, now: float) -> bool:
+        """A gateway that missed our envelope of ``rnd`` asks for it by the sha256 our commit
+        names: send it again if we hold those bytes (in memory or kept on disk), at most once
+        per ``RESEND_FIRST_S``. Returns whether it was sent."""
+        if now - self._answered_at < RESEND_FIRST_S:
+            return False
+        last = self._last
+        frame = last[2] if last is not None and last[0] == rnd else None
+        if frame is None:
+            kept = self.kept()
+            frame = kept[1] if kept is not None and kept[0] == rnd else None
+        if frame is None or hashlib.sha256(frame).hexdigest() != sha256:
+            return False
+        self._answered_at = now
+        self._publish(self._topic_of(rnd), frame)
+        log.info("round %d: sent our delta again, as a gateway asked", rnd)
+        return True

@@ -5,6 +5,11 @@ sender with ``encode_resend_request``: UTF-8 JSON ``{"id": hex, "missing": [ints
 str}`` with sorted keys, at most MAX_MISSING_PER_REQUEST indices and MAX_REQUEST_BYTES bytes.
 The sender reads it with ``parse_resend_request`` and rebuilds each chunk (``chunk_at``).
 
+On the same topic a gateway that missed a whole envelope (it was down when it was published)
+asks for it by the sha256 the ledger's commit names: ``{"sha256": hex, "want": "delta"}``
+(``encode_delta_request`` / ``parse_delta_request``); the node sends exactly those bytes again
+if it still holds them.
+
 Invariants
 ----------
 - ``parse_resend_request`` takes untrusted input and raises only ``ChunkError``.
@@ -26,6 +31,7 @@ MAX_REQUEST_BYTES = 16 * 1024
 """Largest resend request accepted, in bytes (1024 indices of 10 digits fit with room)."""
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
+_DELTA_REQUEST_PREFIX = b'{"sha256":'  # how a delta request starts (sorted keys)
 
 
 @dataclass(frozen=True)
@@ -84,3 +90,33 @@ def parse_resend_request(data: object) -> ResendRequest:
     if len(set(missing)) != len(missing):
         raise ChunkError("repeated chunk index in resend request")
     return ResendRequest(bytes.fromhex(hex_id), tuple(missing), topic)
+
+
+def encode_delta_request(sha256: str) -> bytes:
+    """Ask a node for its whole envelope with this sha256 (ValueError if not 64 hex)."""
+    if _HEX_ID.fullmatch(sha256) is None:
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    return json.dumps(
+        {"sha256": sha256, "want": "delta"}, sort_keys=True, separators=(",", ":")
+    ).encode()
+
+
+def is_delta_request(data: object) -> bool:
+    """Whether a message on a resend topic asks for a whole envelope (cheap; not a parse)."""
+    return isinstance(data, (bytes, bytearray)) and bytes(data[:10]) == _DELTA_REQUEST_PREFIX
+
+
+def parse_delta_request(data: object) -> str:
+    """The sha256 a delta request names; raise only ChunkError on anything else."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > 256:
+        raise ChunkError("delta request is not bytes of at most 256")
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ChunkError(f"delta request is not JSON: {exc}") from None
+    sha = obj.get("sha256") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or obj.get("want") != "delta" or not isinstance(sha, str):
+        raise ChunkError("not a delta request")
+    if _HEX_ID.fullmatch(sha) is None:
+        raise ChunkError("delta request sha256 is not 64 lowercase hex digits")
+    return sha
