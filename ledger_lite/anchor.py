@@ -327,7 +327,9 @@ class Anchorer:
     is behind the anchor (`behind`, a Raft replica catching up), `write` writes nothing;
     once the store reaches the anchor's size it checks the root there (LostEntries if the
     chain differs) and goes on. `key` and `gateway_id` (both or neither) sign each anchor.
-    Raises OSError if the file cannot be written (nothing may be acknowledged then).
+    Raises OSError if the file cannot be written (nothing may be acknowledged then); on a
+    full disk (ENOSPC) that leaves the old anchor whole and in force and no temporary file
+    behind, and a later `write` covers everything extended meanwhile.
     """
 
     def __init__(
@@ -401,6 +403,8 @@ class Anchorer:
             anchor = make_anchor(
                 self._tree, size, tip, self._swarm, self._clock(), self._key, self._gateway_id
             )
+            # Through a temporary file and a rename: a write that fails (a full disk) or a
+            # crash leaves the old anchor whole, and the old one stays in force here too.
             write_atomic(self.path, anchor.encode())
             self.anchor = anchor
             return size

@@ -23,12 +23,22 @@ sees the verified chain before anything is written: an existing file is then ver
 read-only connection first, because a writable connection would, on close, fold what
 SQLite kept of a damaged WAL into the main file and delete the WAL, and with it the
 evidence of what was lost.
+
+A full disk: a write that SQLite cannot make (``SQLITE_FULL``, ENOSPC) raises `NoSpace`,
+a `LedgerError`, with the transaction rolled back, so the file holds every entry or none of
+it; the caller may try again once space is freed. The WAL does not grow without bound: a
+writable connection checkpoints it every `WAL_AUTOCHECKPOINT_PAGES` pages, and SQLite then
+cuts the file back to `WAL_SIZE_LIMIT` when it starts the log over (without that limit the
+file stays at its largest size for good, however large a long reader let it grow); closing
+the last connection folds it in and removes it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,6 +60,51 @@ _SCHEMA = (
     "height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
 )
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+WAL_AUTOCHECKPOINT_PAGES = 1000  # checkpoint the WAL every ~4 MiB (SQLite's default, kept)
+WAL_SIZE_LIMIT = 1024 * 1024  # bytes the WAL file is cut back to when the log starts over
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class NoSpace(LedgerError):
+    """Not enough free disk space to write: `free` bytes free under `directory`, `need`
+    wanted (0 when the file system itself said it is full)."""
+
+    def __init__(self, directory: Path, free: int, need: int, detail: str = "") -> None:
+        self.directory = directory
+        self.free = free
+        self.need = need
+        wanted = f", {_mib(need)} needed" if need else ""
+        why = f": {detail}" if detail else ""
+        super().__init__(f"no space left in {directory} ({_mib(free)} free{wanted}){why}")
+
+
+def _mib(n: int) -> str:
+    return "unknown" if n < 0 else f"{n / 2**20:.1f} MiB"
+
+
+def free_bytes(directory: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer may still use on the file system of `directory` (or
+    of its nearest existing parent); -1 if that cannot be told."""
+    path = Path(directory)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return -1
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or the writer's quota) is full."""
+    if isinstance(exc, NoSpace):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in NO_SPACE_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+        return code == sqlite3.SQLITE_FULL if code is not None else "is full" in str(exc)
+    return False
+
 
 StoreCheck = Callable[[LedgerState | None, MerkleTree], None]
 """check(verified state or None, Merkle tree of the entry hashes): raise to refuse."""
@@ -122,6 +177,8 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > FORMAT_VERSION:
                 raise LedgerError(f"{self.path}: ledger format {version} is newer than this code")
@@ -132,6 +189,8 @@ class SqliteStore:
         except BaseException as exc:
             if conn is not None:
                 conn.close()
+            if isinstance(exc, sqlite3.Error) and is_no_space(exc):
+                raise self._no_space(f"cannot open {self.path.name}: {exc}") from exc
             if isinstance(exc, sqlite3.Error):
                 raise LedgerError(f"{self.path}: not a usable ledger file: {exc}") from exc
             raise
@@ -195,7 +254,8 @@ class SqliteStore:
         Either every entry and every meta value is durable when this returns, or (on an
         exception) none of them is and the store is unchanged. Linkage is checked as in
         `append`, entry by entry; an empty `entries` with `meta` just sets the values.
-        Raises LedgerError on a read-only store, a linkage mismatch or a failed write.
+        Raises LedgerError on a read-only store, a linkage mismatch or a failed write, and
+        its subclass NoSpace when the write failed because the disk is full.
         """
         if self.read_only:
             raise LedgerError("store opened verify_only: read-only")
@@ -220,11 +280,25 @@ class SqliteStore:
                     )
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                self._rollback()
+                if is_no_space(exc):
+                    raise self._no_space(f"append at height {height}: {exc}") from exc
                 raise LedgerError(f"append at height {height} failed: {exc}") from exc
             if rows:
                 self._tip = (height, prev)
+
+    def _rollback(self) -> None:
+        """Undo a failed transaction (SQLite may have rolled it back already: a full disk
+        during COMMIT does). Frames a failed commit left in the WAL have no commit record:
+        readers never see them and the next transaction writes over them."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # the failed write is what the caller hears of
+                log.debug("rollback after a failed append: %s", exc)
+
+    def _no_space(self, detail: str) -> NoSpace:
+        return NoSpace(self.path.parent, free_bytes(self.path.parent), 0, detail)
 
     def get_meta(self, key: str) -> int | None:
         """The meta value stored under `key`, or None (never set, or no meta table)."""

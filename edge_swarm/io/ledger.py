@@ -14,6 +14,13 @@ that lost acknowledged entries (a damaged WAL after an unclean stop, a deleted f
 refused on open with `LostEntries` naming both heights; a lone gateway's file is then
 recovered from a copy with ``ledger-lite recover``, while a Raft replica fetches what it
 lost from its peers by itself.
+
+A full disk stops appends, never the gateway: `submit` answers `NoSpace` (naming the
+bytes free and needed) when less than ``min_free_bytes`` is free beside the ledger file, or
+when SQLite finds the disk full, with nothing appended; the coordinator tries again later
+and goes on once space is freed. An anchor that cannot be written for lack of space holds
+its entries back (unacknowledged, the old anchor in force) and is tried again every
+`ANCHOR_RETRY_S` until it is written.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from typing import Any, Protocol
 
 from ledger_lite import Entry, Ledger, LedgerState, SigningKey, Tx
 from ledger_lite.anchor import anchor_path_for
-from ledger_lite.errors import LedgerError, Refused
+from ledger_lite.errors import LedgerError
+from ledger_lite.store import NoSpace, free_bytes, is_no_space
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,16 @@ def read_bootstrap(path: Path) -> list[Entry]:
 
 
 _STOP = object()
+ANCHOR_RETRY_S = 1.0  # how often an anchor that found the disk full is tried again
+
+
+def check_space(directory: Path, min_free_bytes: int) -> None:
+    """Raise NoSpace if less than `min_free_bytes` is free under `directory`."""
+    if min_free_bytes <= 0:
+        return
+    free = free_bytes(directory)
+    if 0 <= free < min_free_bytes:
+        raise NoSpace(directory, free, min_free_bytes, "the ledger keeps that much free")
 
 
 class LocalLedger:
@@ -74,6 +92,7 @@ class LocalLedger:
     submissions costs one anchor write, not one per entry. `key` and `gateway_id` (both or
     neither) sign each anchor as a tree head. Raises LostEntries if the file lost entries
     its anchor records (or is missing beside an anchor), AnchorError for a damaged anchor.
+    `min_free_bytes`: the disk space kept free beside the file (see the module header).
     """
 
     def __init__(
@@ -83,7 +102,10 @@ class LocalLedger:
         *,
         key: SigningKey | None = None,
         gateway_id: str | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
+        self.min_free_bytes = min_free_bytes
+        self._dir = path.parent
         anchor = anchor_path_for(path)
         signer: dict[str, Any] = {"anchor": anchor, "key": key, "gateway_id": gateway_id}
         if path.exists() or anchor.exists():
@@ -97,6 +119,7 @@ class LocalLedger:
         self._submit_lock = threading.Lock()  # appended and queued in one step: height order
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._failure: BaseException | None = None
+        self._anchor_full = False  # the last anchor write found the disk full
         self._closed = False
         self._acker = threading.Thread(target=self._acknowledge, name="ledger-ack")
         self._acker.daemon = True
@@ -110,18 +133,25 @@ class LocalLedger:
                 refusal = LedgerError(f"the ledger is {why}")
             else:
                 try:
+                    check_space(self._dir, self.min_free_bytes)
                     self._queue.put((self.ledger.submit(tx), callback))
                     return
-                except Refused as exc:
+                except LedgerError as exc:  # Refused, NoSpace, a failed write: nothing appended
                     refusal = exc
         callback(None, refusal)
 
     def _acknowledge(self) -> None:
         """Anchor what was appended, then announce and answer it (the ``ledger-ack``
-        thread, in height order)."""
+        thread, in height order). An anchor the disk has no room for holds its entries
+        back and is tried again every `ANCHOR_RETRY_S`; any other failure to write it
+        stops the ledger (nothing more is acknowledged)."""
+        waiting: list[tuple[Entry, SubmitCallback]] = []  # appended, not anchored yet
         stop = False
         while not stop:
-            batch = [self._queue.get()]
+            try:
+                batch = [self._queue.get(timeout=ANCHOR_RETRY_S if waiting else None)]
+            except queue.Empty:
+                batch = []
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -129,19 +159,48 @@ class LocalLedger:
                     break
             if _STOP in batch:
                 batch, stop = batch[: batch.index(_STOP)], True
-            if batch and self._failure is None:
-                try:
-                    self.ledger.sync_anchor()
-                except (OSError, LedgerError) as exc:
-                    log.critical("cannot write the ledger anchor; acknowledging nothing: %s", exc)
-                    self._failure = exc
-            for entry, callback in batch:
+            waiting += batch
+            if waiting and self._failure is None and not self._anchored(len(waiting), stop):
+                continue  # no room for the anchor yet: the entries wait for it
+            for entry, callback in waiting:
                 if self._failure is not None:
                     _call(callback, None, LedgerError(f"not acknowledged: {self._failure}"))
                     continue
                 for announce in list(self.on_append):
                     _call(announce, entry)
                 _call(callback, entry, None)
+            waiting = []
+
+    def _anchored(self, n: int, stopping: bool) -> bool:
+        """Write the anchor over the `n` entries waiting for it. False if the disk has no
+        room for it (said once until it is written); True once it is written, or once it
+        failed for good (`_failure` is set: then so is stopping on a full disk, and the
+        next start anchors what the file holds)."""
+        try:
+            self.ledger.sync_anchor()
+        except (OSError, LedgerError) as exc:
+            if is_no_space(exc) and not stopping:
+                if not self._anchor_full:
+                    self._anchor_full = True
+                    log.warning(
+                        "no space for the ledger anchor in %s (%.1f MiB free): %d appended "
+                        "entries wait for it; trying again every %g s",
+                        self._dir,
+                        free_bytes(self._dir) / 2**20,
+                        n,
+                        ANCHOR_RETRY_S,
+                    )
+                return False
+            if is_no_space(exc):
+                log.warning("stopping with %d entries not anchored yet: %s", n, exc)
+            else:
+                log.critical("cannot write the ledger anchor; acknowledging nothing: %s", exc)
+            self._failure = exc
+            return True
+        if self._anchor_full:
+            self._anchor_full = False
+            log.info("the ledger anchor is written again: %d entries acknowledged", n)
+        return True
 
     def entries(self, from_height: int = 0, limit: int | None = None) -> list[Entry]:
         """Acknowledged entries only (an appended entry shows once the anchor covers it)."""
@@ -196,9 +255,12 @@ class ReplicatedLedger:
         *,
         key: SigningKey | None = None,
         gateway_id: str | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         from ledger_lite.replica import Replica
 
+        self.min_free_bytes = min_free_bytes
+        self._dir = path.parent
         # Not started until the gateway has read the chain and registered its callbacks, so
         # that no entry applied or election won meanwhile goes unseen. A store behind its
         # anchor is let through: the replica fetches the lost entries from its peers (and
@@ -217,6 +279,13 @@ class ReplicatedLedger:
         self.on_role: list[Callable[[bool], None]] = self.replica.on_role
 
     def submit(self, tx: Tx, callback: SubmitCallback) -> None:
+        """As `LocalLedger.submit`; the free space checked is this replica's (the leader's).
+        A follower whose disk is full fails to apply, as the replica says."""
+        try:
+            check_space(self._dir, self.min_free_bytes)
+        except NoSpace as exc:
+            callback(None, exc)
+            return
         self.replica.submit(tx, callback)
 
     def entries(self, from_height: int = 0, limit: int | None = None) -> list[Entry]:

@@ -28,6 +28,18 @@ from ledger_lite.files import OpenToOthersError, read_private
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" would let "\n" in
 _ADDR = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+DEFAULT_MIN_FREE_MB = 8.0  # [gateway] min_free_mb: disk kept free beside the ledger
+DEFAULT_KEEP_EXPORTS = 5  # [gateway] keep_exports: rounds of model files kept in exports/
+_GATEWAY_KEYS = (
+    "ledger",
+    "bootstrap",
+    "raft",
+    "peers",
+    "backbone",
+    "dashboard",
+    "min_free_mb",
+    "keep_exports",
+)
 
 
 class ConfigError(ValueError):
@@ -197,6 +209,11 @@ class NodeConfig:
     backbone_dir: Path | None = None
     # A gateway's read-only dashboard, "host:port" (e.g. "0.0.0.0:8080"); off when None.
     dashboard: str | None = None
+    # A gateway appends to its ledger only while this much disk is free beside it (MiB);
+    # the checkpoint and the model exports are written only if they leave it free.
+    min_free_mb: float = DEFAULT_MIN_FREE_MB
+    # The rounds whose model files a gateway keeps in exports/ (latest.* always stay).
+    keep_exports: int = DEFAULT_KEEP_EXPORTS
     # Tests and benchmarks only: this agent poisons its deltas (learn/poison.py).
     attack: dict[str, Any] | None = None
 
@@ -224,6 +241,18 @@ class NodeConfig:
             raise ConfigError("gateway.peers needs gateway.raft, this gateway's own address")
         if self.codec_override is not None and not isinstance(self.codec_override, dict):
             raise ConfigError('agent.codec must be a table, e.g. { name = "int8" }')
+        free = self.min_free_mb
+        if isinstance(free, bool) or not isinstance(free, (int, float)) or not free >= 0:
+            raise ConfigError(f"gateway.min_free_mb: {free!r} is not a number of MiB >= 0")
+        if not _is_int(self.keep_exports) or self.keep_exports < 1:
+            raise ConfigError(
+                f"gateway.keep_exports: {self.keep_exports!r} must be an integer >= 1"
+            )
+
+    @property
+    def min_free_bytes(self) -> int:
+        """``min_free_mb`` in bytes."""
+        return int(self.min_free_mb * 2**20)
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -254,7 +283,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     _known(broker, "broker", tuple(f.name for f in fields(BrokerConfig)))
     _known(timing, "timing", tuple(f.name for f in fields(Timing)))
     _known(agent, "agent", ("data", "codec", "backbone", "attack"))
-    _known(gateway, "gateway", ("ledger", "bootstrap", "raft", "peers", "backbone", "dashboard"))
+    _known(gateway, "gateway", _GATEWAY_KEYS)
     _known(runtime, "runtime", tuple(f.name for f in fields(RuntimeConfig)))
     providers = runtime.get("providers", [])
     if not isinstance(providers, list):
@@ -307,6 +336,8 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             discovery=DiscoveryConfig(enabled, find_broker, tuple(interfaces)),
             runtime=RuntimeConfig(**{**runtime, "providers": tuple(providers)}),
             dashboard=gateway.get("dashboard"),
+            min_free_mb=gateway.get("min_free_mb", DEFAULT_MIN_FREE_MB),
+            keep_exports=gateway.get("keep_exports", DEFAULT_KEEP_EXPORTS),
             attack=agent.get("attack"),
             backbone_dir=path_of(agent, "backbone", "agent")
             or path_of(gateway, "backbone", "gateway"),
@@ -411,6 +442,10 @@ def dump_config(cfg: NodeConfig) -> str:
         if cfg.raft_self is not None:
             lines.append(f"raft = {_q(cfg.raft_self)}")
             lines.append("peers = [" + ", ".join(_q(p) for p in cfg.raft_peers) + "]")
+        if cfg.min_free_mb != DEFAULT_MIN_FREE_MB:
+            lines.append(f"min_free_mb = {cfg.min_free_mb!r}")
+        if cfg.keep_exports != DEFAULT_KEEP_EXPORTS:
+            lines.append(f"keep_exports = {cfg.keep_exports}")
     r = cfg.runtime
     if r != RuntimeConfig():
         lines += ["", "[runtime]", f"engine = {_q(r.engine)}"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +27,12 @@ from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
+from edge_swarm.node.devices import DeviceBook
+from edge_swarm.node.disk import ledger_full, ledger_ok, save_file
 from edge_swarm.node.exports import RoundExporter
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.queries import entries_reply, proof_reply
+from edge_swarm.node.resend import RESEND_FIRST_S, backoff_s
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -37,27 +40,29 @@ from edge_swarm.swarm.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
+from edge_swarm.swarm.chunk_resend import encode_delta_request
 from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
-from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
+from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
 from edge_swarm.trust.keyring import new_epoch
 from ledger_lite import Entry, MerkleTree, SigningKey, Tx, make_tx
 from ledger_lite import verify as verify_signature
 from ledger_lite.errors import LedgerError, Refused
+from ledger_lite.store import NoSpace
 
 log = logging.getLogger(__name__)
-
-MAX_EARLY_STATUS = 1024  # statuses held for nodes whose enrolment has not arrived yet
 
 
 def open_ledger(cfg: NodeConfig, genesis: Entry | None, key: SigningKey) -> LedgerBackend:
     """The gateway's ledger; the head it acknowledges is anchored, signed by ``key``."""
     assert cfg.ledger_path is not None
     cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    path, gw = cfg.ledger_path, cfg.node_id
+    free = cfg.min_free_bytes  # appends stop while less than this is free beside the file
     if cfg.raft_self is None:
-        return LocalLedger(cfg.ledger_path, genesis, key=key, gateway_id=cfg.node_id)
+        return LocalLedger(path, genesis, key=key, gateway_id=gw, min_free_bytes=free)
     return ReplicatedLedger(
-        cfg.ledger_path, genesis, cfg.raft_self, cfg.raft_peers, key=key, gateway_id=cfg.node_id
+        path, genesis, cfg.raft_self, cfg.raft_peers, key=key, gateway_id=gw, min_free_bytes=free
     )
 
 
@@ -82,17 +87,20 @@ class Gateway(NodeRuntime):
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
         # The global model as .onnx/.tflite/.npz after every model_final (model_export.py).
         self.exporter = RoundExporter(
-            cfg.state_dir / "exports", cfg.backbone_dir, params.get("backbone")
+            cfg.state_dir / "exports",
+            cfg.backbone_dir,
+            params.get("backbone"),
+            keep=cfg.keep_exports,
+            min_free_bytes=cfg.min_free_bytes,
         )
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.ledger.state)
-        self._early_status: dict[str, bytes] = {}  # statuses of nodes not enrolled here yet
-        # node -> {role, state, round, telemetry numbers}: what the dashboard shows
-        self.device_view: dict[str, dict[str, Any]] = {}
+        self.devices = DeviceBook(self._public_key, self.drops)  # statuses and telemetry
         self.dashboard: Any = None  # dashboard.DashboardServer when [gateway] dashboard is set
         self.coordinator = P.Coordinator(
             P.RoundPolicy.from_params(params), self.holder.hash, now_ms(), leading=False
         )
         self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
+        self._ask_at, self._asks = 0.0, 0  # when to ask agents for deltas we never got
         self.last_final: dict[str, Any] | None = None
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
         self.tree = MerkleTree()
@@ -157,7 +165,7 @@ class Gateway(NodeRuntime):
         host, _, port = str(self.cfg.dashboard).rpartition(":")
         source = DashboardSource(
             self.ledger.entries,
-            lambda: {n: dict(v) for n, v in list(self.device_view.items())},
+            lambda: {n: dict(v) for n, v in list(self.devices.view.items())},
             entries_from=self.ledger.entries,
         )
         try:
@@ -228,7 +236,7 @@ class Gateway(NodeRuntime):
         elif kind == "fleet_status" and node is not None:
             self._on_status(node, msg.payload)
         elif kind == "fleet_telemetry" and node is not None:
-            self._on_telemetry(node, msg.payload)
+            self.devices.telemetry(node, msg.payload)
         elif kind == "model_latest":
             self._on_checkpoint(msg.payload)
         elif not self.leading:
@@ -240,6 +248,20 @@ class Gateway(NodeRuntime):
 
     def on_tick(self, now: int) -> None:
         self._act(self.coordinator.handle(P.Tick(now)))
+        if self.pending_merge is not None and time.monotonic() >= self._ask_at:
+            self._ask_for_missing_deltas(self.pending_merge)
+
+    def _ask_for_missing_deltas(self, action: P.Merge) -> None:
+        """A merge still waiting for envelopes this gateway never got (it was down when they
+        were published): ask each node for exactly the bytes its commit names, backing off.
+        An agent keeps its last delta until it trains again, which it cannot do before this
+        round ends, so a restarted gateway can always merge the round it closed."""
+        self._asks += 1
+        self._ask_at = time.monotonic() + backoff_s(self._asks)
+        for node, sha in action.included:
+            if not self.inbox.has(action.round, node, sha):
+                request = encode_delta_request(sha)
+                self.mqtt.publish(self.topics.resend(action.round, node), request, qos=1)
 
     def _on_checkpoint(self, payload: bytes) -> None:
         try:
@@ -251,45 +273,9 @@ class Gateway(NodeRuntime):
             self._save_checkpoint(encode_checkpoint(ck))
 
     def _on_status(self, node: str, payload: bytes) -> None:
-        if not payload:
-            return  # a cleared retained status
-        try:
-            status = Status.decode(payload)
-        except MessageError as exc:
-            self.drops.drop("bad status", str(exc))
-            return
-        if status.node != node or status.role != "agent":
-            return
-        # Signed by the device's enrolled key: a rogue client cannot mark a device offline.
-        # No freshness check: the last will is signed at connect time, before the "online"
-        # it must override; replaying a device's own old status is what the broker's ACL
-        # (only the device writes its status topic) stops.
-        key = self._public_key(node)
-        if key is None:
-            # Retained statuses can arrive before the enrolments reach this replica: keep
-            # the newest per node (bounded) and check it once the node is enrolled.
-            if node in self._early_status or len(self._early_status) < MAX_EARLY_STATUS:
-                self._early_status[node] = payload
-            return
-        if not status.verify(key):
-            self.drops.drop("bad status signature", node)
-            return
-        device = self.device_view.setdefault(node, {"role": status.role})
-        device.update(state=status.state, round=status.round)
-        self._act(self.coordinator.handle(P.PeerSeen(node, status.state == "online")))
-
-    def _on_telemetry(self, node: str, payload: bytes) -> None:
-        """Keep each device's latest verified numbers (for the dashboard)."""
-        try:
-            tm = Telemetry.decode(payload)
-        except MessageError:
-            return
-        key = self._public_key(node)
-        if tm.node != node or key is None or not tm.verify(key):
-            self.drops.drop("bad telemetry signature", node)
-            return
-        if node in self.device_view or len(self.device_view) < MAX_EARLY_STATUS:
-            self.device_view.setdefault(node, {"role": "agent"}).update(tm.values)
+        online = self.devices.status(node, payload)
+        if online is not None:
+            self._act(self.coordinator.handle(P.PeerSeen(node, online)))
 
     def _on_submission(self, payload: bytes) -> None:
         try:
@@ -317,6 +303,9 @@ class Gateway(NodeRuntime):
     def _refuse(self, tx: Tx, error: LedgerError) -> None:
         if isinstance(error, Refused) and error.reason == "replay":
             return  # a resubmission of what is already in: nothing to tell
+        if isinstance(error, NoSpace):  # not final: the sender's resend lands once space is back
+            ledger_full(error, f"{tx.author}'s {tx.kind}")
+            return
         self.drops.drop("refused submission", f"{tx.kind} from {tx.author}: {error}")
         try:
             topic = self.topics.ledger_reply(tx.author)
@@ -358,7 +347,7 @@ class Gateway(NodeRuntime):
         if entry.kind == "key_epoch" and live and self.leading and self.holder.round > 0:
             self._publish_checkpoint()  # so that new recipients can read the model
         elif entry.kind == "enroll":
-            held = self._early_status.pop(p["node"], None)
+            held = self.devices.enrolled(p["node"])
             if held is not None:
                 self.call_soon(lambda: self._on_status(p["node"], held))
         elif entry.kind == "model_final":
@@ -383,6 +372,8 @@ class Gateway(NodeRuntime):
                 self.ledger.submit(tx, self._own_result(action.kind))
             elif isinstance(action, P.Merge):
                 self.pending_merge = action  # merged as soon as its envelopes are all in
+                # Those on their way get a moment before anyone is asked to send them again.
+                self._ask_at, self._asks = time.monotonic() + RESEND_FIRST_S, 0
                 self._retry_merge()
             elif isinstance(action, P.EnsureKeys) and self.leading:
                 self._ensure_keys()
@@ -417,14 +408,22 @@ class Gateway(NodeRuntime):
 
     def _own_result(self, kind: str) -> Callable[[Entry | None, LedgerError | None], None]:
         """The ledger's answer to an entry of this gateway's: a refusal lets the coordinator
-        try again (on the loop thread; the answer may come on the replica's)."""
+        try again (on the loop thread; the answer may come on the replica's). A full disk
+        is told in one line for as long as it lasts, and its end in another (`node.disk`);
+        other refusals are rate-limited."""
+        assert self.cfg.ledger_path is not None
+        directory = self.cfg.ledger_path.parent
 
         def result(entry: Entry | None, error: LedgerError | None) -> None:
             if error is None:
+                ledger_ok(directory)
                 return
 
             def failed() -> None:
-                log.error("the ledger refused the coordinator's %s: %s", kind, error)
+                if isinstance(error, NoSpace):
+                    ledger_full(error, f"the coordinator's {kind}")
+                else:
+                    self.drops.drop("refused own entry", f"the coordinator's {kind}: {error}")
                 self._act(self.coordinator.handle(P.AppendFailed(kind)))
 
             self.call_soon(failed)
@@ -473,10 +472,11 @@ class Gateway(NodeRuntime):
         self._save_checkpoint(data)  # on this device's own disk, in the clear
 
     def _save_checkpoint(self, data: bytes) -> None:
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.checkpoint_path)  # a crash leaves the old or the new file, whole
+        """Keep it on disk (fsynced, renamed into place: a crash or a full disk leaves the
+        old file whole). Only if it leaves ``[gateway] min_free_mb`` free for the ledger;
+        else the old file stays, said once (`node.disk`), and the next one tries again."""
+        waits = "checkpoint.bin keeps an older round (a restart takes the retained one)"
+        save_file(self.checkpoint_path, data, self.cfg.min_free_bytes, "checkpoint", waits)
 
     def _public_key(self, node: str) -> str | None:
         state = self.ledger.state
