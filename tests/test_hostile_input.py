@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 
 from edge_swarm.cli.fleet import _checked_entry
 from edge_swarm.io.mqtt import Message, handle_until
-from edge_swarm.node.agent import Agent
 from edge_swarm.node.base import NodeRuntime
 from edge_swarm.node.observer import SwarmObserver, _event_entry
 from edge_swarm.node.vitals import RateLimitedLog
 from edge_swarm.site.operator import EnrollRequest, OperatorError
 from edge_swarm.swarm.commands import Ack, CommandError
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Status, Submission, Telemetry
+from edge_swarm.swarm.mirror import event_entry
 from edge_swarm.swarm.topics import Topics
 from ledger_lite import Entry, SigningKey, Tx, make_tx
 from ledger_lite.canonical import JSON_MAX_DEPTH, json_too_deep, parse_json
@@ -45,7 +45,7 @@ def _enroll_request(data: bytes) -> EnrollRequest:
 
 def _json_entry(data: bytes) -> dict[str, Any]:
     """The agent's reading of ``ledger/events``: None for garbage, never an exception."""
-    obj = Agent._json_entry(data)
+    obj = event_entry(data)
     if obj is None:
         raise LookupError("refused")  # stands for "dropped" below
     assert isinstance(obj, dict)
@@ -259,7 +259,7 @@ def test_genuine_messages_still_decode() -> None:
     entry = tx.chain(1, "0" * 64)
     assert Submission.decode(Submission(tx.to_dict()).encode()).tx == tx.to_dict()
     assert Entry.from_bytes(entry.canonical()) == entry
-    assert Agent._json_entry(entry.canonical()) == entry.to_dict()
+    assert event_entry(entry.canonical()) == entry.to_dict()
     status = Status("a", "agent", "online", 3, 5).signed(key.sign)
     assert Status.decode(status.encode()).verify(key.public_hex)
     tm = Telemetry("a", 3, {"bytes_out": 10, "acc": 0.5}, 7).signed(key.sign)

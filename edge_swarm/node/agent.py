@@ -36,7 +36,7 @@ from edge_swarm.swarm.feedback import ErrorFeedback
 from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
-from edge_swarm.swarm.mirror import LedgerMirror, MirrorError
+from edge_swarm.swarm.mirror import LedgerMirror, MirrorError, event_entry
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.swarm.topics import ALL
 from ledger_lite import Entry, make_tx
@@ -169,7 +169,7 @@ class Agent(NodeRuntime):
 
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
         if kind == "ledger_events":
-            self._offer_entries([self._json_entry(msg.payload)], live=True)
+            self._offer_entries([event_entry(msg.payload)], live=True)
         elif kind == "ledger_reply":
             self._on_reply(msg.payload)
         elif kind == "delta" and rnd is not None and node is not None:
@@ -178,16 +178,6 @@ class Agent(NodeRuntime):
             self._on_checkpoint(msg.payload)
         elif kind == "fleet_cmd":
             self.fleet.on_message(msg.payload)
-
-    @staticmethod
-    def _json_entry(payload: bytes) -> dict[str, Any] | None:
-        from ledger_lite.canonical import parse_json  # raises only DecodeError, a ValueError
-
-        try:
-            obj = parse_json(payload)
-        except ValueError:
-            return None
-        return obj if isinstance(obj, dict) else None
 
     def _on_reply(self, payload: bytes) -> None:
         try:
@@ -201,6 +191,10 @@ class Agent(NodeRuntime):
             return
         if reply.req != self._query_id:
             return
+        ours = self.mirror.next_height - 1
+        if reply.tip_height < ours:  # we verified more than it holds: it lost entries
+            why = f"its ledger ends at {reply.tip_height}, ours at {ours} (ledger-lite recover)"
+            self.drops.drop("gateway behind us", why)  # a warning, and counted in telemetry
         self._offer_entries(reply.entries)
         if self.mirror.next_height <= reply.tip_height:
             self._send_query()  # another page

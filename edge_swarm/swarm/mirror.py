@@ -12,9 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from ledger_lite import Entry, LedgerState
+from ledger_lite.canonical import parse_json
 from ledger_lite.errors import LedgerError
 
 MAX_AHEAD = 4096  # entries buffered beyond a gap; past it the farthest are dropped
+
+
+def event_entry(payload: bytes) -> dict[str, Any] | None:
+    """A ``ledger/events`` message as the JSON object ``LedgerMirror.offer`` takes, or None
+    if it is not one (any bytes from the network: never raises)."""
+    try:
+        obj = parse_json(payload)
+    except ValueError:  # parse_json raises only DecodeError, a ValueError
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class MirrorError(Exception):
