@@ -46,26 +46,34 @@ class NodeProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(self.wrapper.env), **(extra_env or {})}
         cmd = [sys.executable, "-m", "edge_swarm", role, "--config", str(self.config)]
         cmd = [*self.wrapper.prefix, *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # A session (and process group) of its own: a wrapper such as faketime forks the node
+        # and waits, so signals go to the whole group, or the node would outlive its wrapper.
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the node and whatever wraps it (its process group)."""
+        if self.proc is not None and self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
     def freeze(self) -> None:
         """SIGSTOP: the node hangs with its connection open, as a wedged device does."""
-        if self.proc is not None and self.alive:
-            self.proc.send_signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
         """SIGCONT: a frozen node carries on where it stopped."""
-        if self.proc is not None and self.alive:
-            self.proc.send_signal(signal.SIGCONT)
+        self.signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no clean disconnect; the broker sends the node's last will."""
         if self.proc is not None and self.alive:
-            self.proc.kill()
+            self.signal(signal.SIGKILL)
             self.proc.wait(timeout=STOP_TIMEOUT_S)
         self._close_log()
 
@@ -74,12 +82,12 @@ class NodeProcess:
         if self.proc is None:
             return None
         if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.send_signal(signal.SIGCONT)  # a frozen (SIGSTOPped) node must see it too
+            self.signal(signal.SIGTERM)
+            self.signal(signal.SIGCONT)  # a frozen (SIGSTOPped) node must see it too
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL)
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
         self._close_log()
         return self.proc.returncode
@@ -135,6 +143,14 @@ class SwarmProcesses:
             p.stop()
         for gw in self.gateways.values():
             gw.stop()
+
+    def kill(self) -> None:
+        """SIGKILL every node, as a power cut does: all are signalled before any is reaped,
+        so that no node sees another one go first. Each can be started again."""
+        for p in self.all:
+            p.signal(signal.SIGKILL)
+        for p in self.all:
+            p.kill()
 
     @property
     def all(self) -> list[NodeProcess]:
