@@ -12,7 +12,8 @@ How it works
 - ``MosquittoBroker`` writes a minimal configuration (listener on 127.0.0.1, anonymous,
   no persistence, log to stderr) into a work directory and runs ``mosquitto -c`` on it;
   ``start()`` returns once the port accepts TCP connections.
-- Both can be stopped and started again on the same port (tests restart brokers).
+- Both can be stopped and started again on the same port (tests restart brokers);
+  ``MosquittoBroker.kill()`` ends the process with SIGKILL instead (a power cut).
 - ``run_embedded_broker`` blocks until SIGINT/SIGTERM: the future ``edge-swarm broker``.
 
 No sleeps: waits are bounded and event- or port-driven.
@@ -455,6 +456,16 @@ class MosquittoBroker:
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate(proc, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL mosquitto, as a power cut would: no goodbye to its clients, and (with
+        ``persistence false``) its retained messages and sessions are gone. The port is
+        kept, so ``start()`` brings a fresh broker back on it."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop, and remove the work directory if this object made it."""
