@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.io.broker import find_mosquitto, free_port
+from edge_swarm.io.broker import find_mosquitto
 from edge_swarm.node.config import load_config
 from edge_swarm.node.observer import SwarmObserver
 from edge_swarm.site.demo import RunConfig
 from edge_swarm.site.launch import SwarmProcesses, Wrapper
 
-from .waiting import run_settled
+from .waiting import dashboard_url, run_settled
 
 pytestmark = pytest.mark.network
 
@@ -101,9 +101,8 @@ def fleet_ls(cfg: RunConfig, procs: SwarmProcesses, obs: SwarmObserver) -> str:
     return text
 
 
-def dashboard(port: int) -> tuple[str, dict]:
-    """The gateway's dashboard page and its ``/api/state``."""
-    url = f"http://127.0.0.1:{port}/"
+def dashboard(url: str) -> tuple[str, dict]:
+    """The gateway's dashboard page and its ``/api/state`` (``url`` ends with /)."""
     with urllib.request.urlopen(url, timeout=10) as page:
         html = page.read().decode()
     with urllib.request.urlopen(url + "api/state", timeout=10) as api:
@@ -112,7 +111,6 @@ def dashboard(port: int) -> tuple[str, dict]:
 
 def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> None:
     faketime = need_tools()
-    port = free_port()
     cfg = RunConfig(
         workdir=tmp_path,
         n_agents=4,
@@ -123,7 +121,7 @@ def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> 
         start_grace_s=20.0,
         timeout_s=150.0,
         wrappers=tuple((n, skewed(faketime, FAKE[n])) for n in (FAST, SLOW)),
-        dashboard_port=port,
+        dashboard_port=0,  # the gateway picks a free one and logs it
     )
     seen: dict[str, str] = {}
 
@@ -134,7 +132,7 @@ def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> 
         reported = obs.wait_for(lambda: all(skew_reported(obs, n) for n in SKEW_S), 60)
         assert reported, {n: procs.agents[n].tail(8) for n in SKEW_S}
         seen["fleet ls"] = fleet_ls(cfg, procs, obs)
-        seen["dashboard"] = dashboard(port)
+        seen["dashboard"] = dashboard(dashboard_url(procs))
 
     result = run_settled(cfg, operator_looks)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_swarm.io.broker import free_port
 from edge_swarm.node.observer import SwarmObserver
 from edge_swarm.site.demo import run_swarm
 from edge_swarm.site.launch import SwarmProcesses
 
 from .test_dashboard import chromium, find_chromium, png_size_and_pixels
 from .test_e2e import small
+from .waiting import dashboard_url
 
 pytestmark = pytest.mark.network
 
@@ -32,12 +32,11 @@ def weighted_accuracy(entries: list, rnd: int) -> float:
 
 def test_the_dashboard_shows_the_running_swarm(tmp_path: Path) -> None:
     binary = find_chromium()
-    port = free_port()
-    cfg = small(tmp_path, "embedded", rounds=40, dashboard_port=port)
-    url = f"http://127.0.0.1:{port}/"
+    cfg = small(tmp_path, "embedded", rounds=40, dashboard_port=0)  # the gateway picks one
     seen: dict[str, object] = {}
 
     def look(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        url = dashboard_url(procs)
         assert obs.wait_for(lambda: obs.final_round() >= 3, timeout=60)
         # The gateway heard every agent's status and telemetry by now (sent every round).
         shot = tmp_path / "dashboard.png"

@@ -124,12 +124,15 @@ def ledger_entries(path: Path) -> list[Entry]:
         return store.load()
 
 
+ROUND_KINDS = frozenset({"round_open", "delta_commit", "round_close", "model_final"})
+
+
 def round_facts(entries: list[Entry]) -> dict[int, RoundFacts]:
     facts: dict[int, RoundFacts] = {}
     for e in entries:
-        rnd = e.payload.get("round") if isinstance(e.payload, dict) else None
-        if not isinstance(rnd, int):
+        if e.kind not in ROUND_KINDS:
             continue
+        rnd = e.payload["round"]
         f = facts.setdefault(rnd, RoundFacts(rnd))
         if e.kind == "round_open":
             f.opens += 1

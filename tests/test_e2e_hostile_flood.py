@@ -23,14 +23,13 @@ from typing import Any
 
 import pytest
 
-from edge_swarm.io.broker import free_port
 from edge_swarm.io.mqtt import MqttClient
 from edge_swarm.node.observer import SwarmObserver
 from edge_swarm.site.demo import RunConfig, RunResult
 from edge_swarm.site.launch import SwarmProcesses
 
 from .test_e2e import finals, small
-from .waiting import run_settled
+from .waiting import dashboard_url, run_settled
 
 pytestmark = pytest.mark.network
 
@@ -93,7 +92,7 @@ def test_a_flood_of_garbage_on_every_topic_changes_nothing_and_logs_few_tracebac
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    cfg = small(tmp_path / "flood", "embedded", n_agents=3, rounds=3, dashboard_port=free_port())
+    cfg = small(tmp_path / "flood", "embedded", n_agents=3, rounds=3, dashboard_port=0)
     clean = run_settled(small(tmp_path / "clean", "embedded", n_agents=3, rounds=3))
     sent: list[int] = []
     watchers: list[SwarmObserver] = []
@@ -119,7 +118,7 @@ def test_a_flood_of_garbage_on_every_topic_changes_nothing_and_logs_few_tracebac
         finally:
             client.stop()
         # The gateway's dashboard still answers, and shows the ledger the swarm has.
-        url = f"http://127.0.0.1:{cfg.dashboard_port}"
+        url = dashboard_url(procs).rstrip("/")
         with urllib.request.urlopen(f"{url}/api/state", timeout=30) as res:
             assert res.status == 200
             state["api"] = json.loads(res.read())

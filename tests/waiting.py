@@ -183,3 +183,21 @@ def run_settled(
         settle(cfg, procs, obs, attesters=attesters, timeout=timeout)
 
     return run_swarm(cfg, during=scenario)
+
+
+def dashboard_url(procs: SwarmProcesses, timeout: float = 60.0) -> str:
+    """The URL gateway-1's dashboard serves on, from its log line ``dashboard on URL``. Runs
+    give it port 0 (``RunConfig(dashboard_port=0)``): a port picked ahead by the test could
+    be taken by another socket before the gateway binds it (seen: a flood test's dashboard
+    request went to whatever had taken the port, and timed out)."""
+    import re
+
+    found = re.compile(r"dashboard on (http://\S+/)")
+
+    def url() -> str | None:
+        with contextlib.suppress(OSError):
+            m = found.search(procs.gateway.log_path.read_text(errors="replace"))
+            return m.group(1) if m else None
+        return None
+
+    return wait_until(url, timeout, "the gateway's dashboard line in its log")
