@@ -35,12 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_swarm.io.ports import free_port, free_ports
+
 __all__ = [
     "BrokerStartError",
     "EmbeddedBroker",
     "MosquittoBroker",
     "find_mosquitto",
     "free_port",
+    "free_ports",
     "port_open",
     "run_embedded_broker",
 ]
@@ -65,31 +68,6 @@ quiet client could be dropped."""
 
 class BrokerStartError(RuntimeError):
     """A broker did not come up (port taken, binary missing, crashed at start)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on ``host`` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports free on ``host`` a moment ago.
-
-    All sockets stay bound until every port is picked: closed one at a time, the OS may
-    hand out the same port twice (it did, and two Raft replicas then fought for it).
-    """
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
