@@ -289,6 +289,8 @@ class Gateway(NodeRuntime):
         if key is None or not verify_signature(key, tx.signing_bytes(), bytes.fromhex(tx.sig)):
             self._refuse(tx, Refused("bad_signature", "unknown author or bad signature"))
             return
+        if tx.tx_id in self.ledger.state.seen:
+            return  # a re-send of what the ledger has: not "out of round", nothing to tell
         reason = self.coordinator.admit(tx.kind, tx.author, tx.payload, tx.ts, now_ms())
         if reason is not None:
             self._refuse(tx, Refused("out_of_round", reason))
