@@ -9,13 +9,13 @@ refused. ``LogRing`` keeps the device's last log lines for the ``logs`` command.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_swarm.swarm.commands import REPLAYED, Ack, Command, judge
+from ledger_lite.canonical import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class FleetControl:
     def on_message(self, payload: bytes) -> None:
         """A command from ``fleet/cmd``: a transaction as JSON."""
         try:
-            raw = json.loads(payload)
-        except (ValueError, RecursionError):
+            raw = parse_json(payload)
+        except ValueError:  # parse_json raises only DecodeError, a ValueError
             log.warning("fleet: dropped a command that is not JSON")
             return
         self._take(raw, from_ledger=False)

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.swarm import jsonsafe
 from edge_swarm.swarm.topics import TopicError, validate_id
+from ledger_lite.canonical import parse_json
 
 MAGIC = b"ESCK"
 VERSION = 1
@@ -110,7 +110,7 @@ def decode_checkpoint(data: bytes, max_size: int = MAX_CHECKPOINT) -> Checkpoint
     if hlen > MAX_HEADER or _PREFIX.size + hlen > len(data):
         raise CheckpointError("bad checkpoint header length")
     try:
-        header = jsonsafe.loads(data[_PREFIX.size : _PREFIX.size + hlen])
+        header = parse_json(data[_PREFIX.size : _PREFIX.size + hlen])
         n_params, state_len = int(header["n_params"]), int(header["state_len"])
         fields = (
             str(header["swarm"]),
@@ -119,8 +119,8 @@ def decode_checkpoint(data: bytes, max_size: int = MAX_CHECKPOINT) -> Checkpoint
             str(header["model_hash"]),
             str(header["state_hash"]),
         )
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
-        # OverflowError: int() of an infinite number; RecursionError: deeply nested JSON
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        # parse_json raises only DecodeError (a ValueError); OverflowError: int() of an inf
         raise CheckpointError(f"bad checkpoint header: {exc!r:.200}") from None
     body = data[_PREFIX.size + hlen :]
     if n_params < 0 or state_len < 0 or len(body) != 4 * (n_params + state_len):

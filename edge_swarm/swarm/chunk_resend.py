@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from edge_swarm.swarm.chunk_frames import MAX_COUNT, ChunkError
+from ledger_lite.canonical import canonical_bytes, parse_json
 
 MAX_MISSING_PER_REQUEST = 1024
 """Most chunk indices one resend request names; the rest are asked for the next time."""
@@ -72,8 +73,8 @@ def parse_resend_request(data: object) -> ResendRequest:
     if len(data) > MAX_REQUEST_BYTES:
         raise ChunkError(f"resend request of {len(data)} bytes is too large")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        obj = parse_json(data)
+    except ValueError as exc:  # parse_json raises only DecodeError, a ValueError
         raise ChunkError(f"resend request is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ChunkError("resend request is not a JSON object")
@@ -96,9 +97,7 @@ def encode_delta_request(sha256: str) -> bytes:
     """Ask a node for its whole envelope with this sha256 (ValueError if not 64 hex)."""
     if _HEX_ID.fullmatch(sha256) is None:
         raise ValueError("sha256 must be 64 lowercase hex digits")
-    return json.dumps(
-        {"sha256": sha256, "want": "delta"}, sort_keys=True, separators=(",", ":")
-    ).encode()
+    return canonical_bytes({"sha256": sha256, "want": "delta"})
 
 
 def is_delta_request(data: object) -> bool:
@@ -111,8 +110,8 @@ def parse_delta_request(data: object) -> str:
     if not isinstance(data, (bytes, bytearray)) or len(data) > 256:
         raise ChunkError("delta request is not bytes of at most 256")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        obj = parse_json(data)
+    except ValueError as exc:
         raise ChunkError(f"delta request is not JSON: {exc}") from None
     sha = obj.get("sha256") if isinstance(obj, dict) else None
     if not isinstance(obj, dict) or obj.get("want") != "delta" or not isinstance(sha, str):
