@@ -66,7 +66,6 @@ from tests.test_e2e_faults import (  # noqa: E402
     PowerCut,
     RoundFacts,
     agent_logs,
-    caught_mosquitto,
     kill_gateway,
     ledger_entries,
     ledger_problem,
@@ -275,24 +274,24 @@ def gateway_kill(kill: GatewayKill, rounds: int) -> Scenario:
     return scenario
 
 
-def site_power_cut(brokers: list[Any]) -> Scenario:
+def site_power_cut() -> Scenario:
     def scenario(procs: SwarmProcesses, obs: SwarmObserver) -> Fault:
         cut = PowerCut(FAULT_ROUND, commits=1)
-        power_cut(procs, obs, brokers[0], cut)
+        power_cut(procs, obs, cut)
         return Fault("power cut", cut.cut_ms, cut.restored_ms, cut.phase, cut.held)
 
     return scenario
 
 
-def broker_kill(brokers: list[Any]) -> Scenario:
+def broker_kill() -> Scenario:
     def scenario(procs: SwarmProcesses, obs: SwarmObserver) -> Fault:
         _wait_step(obs, FAULT_ROUND, "commit 1")
         phase = phase_of(obs)
-        brokers[0].kill()
+        procs.broker.kill()
         fault_ms = now_ms()
         held = {gw: read_anchor(anchor_path_for(p)) for gw, p in ledger_paths(procs).items()}
         pause(obs, DOWNTIME_S)  # the broker is down
-        brokers[0].start()
+        procs.broker.start()
         return Fault("broker", fault_ms, now_ms(), phase, held)
 
     return scenario
@@ -538,16 +537,14 @@ def bench(
         rows.append(_row(f"gateway kill x{trials}", shape, results, False))
     if "power" in only:
         assert twin is not None
-        with caught_mosquitto() as brokers:
-            cfg = replace(std, workdir=root / "power")
-            run = _timed("power cut", lambda: run_case(cfg, site_power_cut(brokers)))
+        cfg = replace(std, workdir=root / "power")
+        run = _timed("power cut", lambda: run_case(cfg, site_power_cut()))
         runs["power"] = [compare(run, twin)]
         rows.append(_row("power cut", shape, runs["power"], False))
     if "broker" in only:
         assert twin is not None
-        with caught_mosquitto() as brokers:
-            cfg = replace(std, workdir=root / "broker")
-            run = _timed("broker kill", lambda: run_case(cfg, broker_kill(brokers)))
+        cfg = replace(std, workdir=root / "broker")
+        run = _timed("broker kill", lambda: run_case(cfg, broker_kill()))
         runs["broker"] = [compare(run, twin)]
         rows.append(_row("broker kill", shape, runs["broker"], True))
     if "link" in only:

@@ -20,21 +20,18 @@ The fault injectors and the readings of the record here are also what the benchm
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
-import edge_swarm.io.broker as broker_module
-from edge_swarm.io.broker import MosquittoBroker, find_mosquitto
+from edge_swarm.io.broker import find_mosquitto
 from edge_swarm.node.observer import SwarmObserver
 from edge_swarm.site.demo import RunConfig
 from edge_swarm.site.launch import SwarmProcesses
@@ -79,22 +76,6 @@ def pause(obs: SwarmObserver, seconds: float) -> None:
     """Let `seconds` pass while the observer keeps reading: the length of a fault, or the
     random moment one strikes at. It waits for nothing: nothing is meant to happen."""
     obs.wait_for(lambda: False, seconds)
-
-
-@contextlib.contextmanager
-def caught_mosquitto() -> Iterator[list[MosquittoBroker]]:
-    """The Mosquitto brokers `run_swarm` starts, caught as they are made, so that a fault can
-    kill one and start it again on its port. The broker is the real binary; the patch only
-    hands the object over (``demo.start_broker`` looks the class up when it runs)."""
-    made: list[MosquittoBroker] = []
-
-    class Caught(MosquittoBroker):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    with mock.patch.object(broker_module, "MosquittoBroker", Caught):
-        yield made
 
 
 # --------------------------------------------------------------------------- the record
@@ -395,7 +376,6 @@ class PowerCut:
 def power_cut(
     procs: SwarmProcesses,
     obs: SwarmObserver,
-    broker: MosquittoBroker,
     cut: PowerCut,
     downtime: float = DOWNTIME_S,
     timeout: float = 120.0,
@@ -411,12 +391,12 @@ def power_cut(
     if not obs.wait_for(lambda: _opened(obs, cut.round) and due(), timeout):
         raise AssertionError(f"round {cut.round} did not open within {timeout} s")
     cut.phase = phase_of(obs)
-    broker.kill()  # first: from here on no message moves, so no node sees another go
+    procs.broker.kill()  # first: from here on no message moves, so no node sees another go
     procs.kill()
     cut.cut_ms = now_ms()
     cut.held = {gw: read_anchor(anchor_path_for(p)) for gw, p in ledger_paths(procs).items()}
     pause(obs, downtime)  # the site is dark
-    broker.start()
+    procs.broker.start()
     procs.start()
     cut.restored_ms = now_ms()
 
@@ -540,8 +520,7 @@ def test_power_cut_of_the_whole_site_mid_round_continues_from_the_open_round(
     need_mosquitto()
     cfg = small(tmp_path, hidden=BIG)  # rounds of seconds: the cut lands in an open round
     cut = PowerCut(round=3, commits=1)
-    with caught_mosquitto() as brokers:
-        problems = run_with_fault(cfg, lambda procs, obs: power_cut(procs, obs, brokers[0], cut))
+    problems = run_with_fault(cfg, lambda procs, obs: power_cut(procs, obs, cut))
     path = gateway_ledger(cfg)
     held = ledger_problem(path, cut.held.get("gateway-1"))
     if held is not None:

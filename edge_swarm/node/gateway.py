@@ -101,7 +101,6 @@ class Gateway(NodeRuntime):
         )
         self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
         self._ask_at, self._asks = 0.0, 0  # when to ask agents for deltas we never got
-        self.last_final: dict[str, Any] | None = None
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
         self.tree = MerkleTree()
         self.folded = -1
@@ -117,8 +116,8 @@ class Gateway(NodeRuntime):
         self.coordinator.replaying = True
         for entry in self.ledger.entries(0):
             self._fold(entry, live=False)
-        if self.last_final is not None:
-            self._restore_checkpoint(self.last_final)
+        if self.coordinator.last_final_round > 0:
+            self._restore_checkpoint(self.coordinator.last_final_round)
         log.info(
             "ledger at height %d; %d rounds done", self.folded, self.coordinator.finished_rounds
         )
@@ -129,17 +128,16 @@ class Gateway(NodeRuntime):
         """Whether this gateway is the coordinating one (the Raft leader, or the only one)."""
         return self.coordinator.leading
 
-    def _restore_checkpoint(self, final: dict[str, Any]) -> None:
+    def _restore_checkpoint(self, rnd: int) -> None:
         try:
             self._adopt(decode_checkpoint(self.checkpoint_path.read_bytes()))
         except (OSError, CheckpointError) as exc:
-            log.warning(
-                "no saved checkpoint of round %d (%s); taking the retained one", final["round"], exc
-            )
+            log.warning("no saved checkpoint of round %d (%s); taking the retained one", rnd, exc)
 
     def _adopt(self, ck: Checkpoint) -> bool:
-        final = self.last_final
-        if final is None or ck.round != final["round"] or ck.model_hash != final["model_hash"]:
+        # The ledger (folded by the coordinator), not the checkpoint, says which bytes are final.
+        final = self.coordinator.last_final_round
+        if final == 0 or ck.round != final or ck.model_hash != self.coordinator.model_hash:
             return False
         if self.holder.round >= ck.round or not self.holder.adopt(ck):
             return False
@@ -352,8 +350,6 @@ class Gateway(NodeRuntime):
             held = self.devices.enrolled(p["node"])
             if held is not None:
                 self.call_soon(lambda: self._on_status(p["node"], held))
-        elif entry.kind == "model_final":
-            self.last_final = p
         actions = self.coordinator.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
         if not live:
             return

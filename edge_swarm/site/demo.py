@@ -122,6 +122,8 @@ class SiteBroker:
 
     config: BrokerConfig
     passwords: dict[str, Path] = field(default_factory=dict)
+    # The running broker (EmbeddedBroker or MosquittoBroker): fault tests kill and restart it.
+    server: Any = field(default=None, compare=False, repr=False)
 
     def client_options(self, user: str) -> dict[str, Any]:
         """MqttClient keyword arguments for ``user`` (TLS and login when locked down)."""
@@ -191,7 +193,8 @@ def start_broker(cfg: RunConfig, workdir: Path) -> Iterator[SiteBroker]:
         raise ValueError(f"unknown broker {kind!r}: embedded, mosquitto or mosquitto-tls")
     broker.start()
     try:
-        yield site or SiteBroker(BrokerConfig(host="127.0.0.1", port=broker.port))
+        site = site or SiteBroker(BrokerConfig(host="127.0.0.1", port=broker.port))
+        yield replace(site, server=broker)
     finally:
         broker.stop()
 
@@ -280,6 +283,7 @@ def run_swarm(
         procs = SwarmProcesses.from_layout(
             layout.gateway_configs, layout.agent_configs, cfg.workdir / "logs", dict(cfg.wrappers)
         )
+        procs.broker = site.server
         t0 = time.monotonic()
         try:
             procs.start(list(cfg.start_agents) if cfg.start_agents is not None else None)

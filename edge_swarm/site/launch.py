@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 STOP_TIMEOUT_S = 10.0
 
@@ -109,6 +109,7 @@ class SwarmProcesses:
 
     gateways: dict[str, NodeProcess]
     agents: dict[str, NodeProcess]
+    broker: Any = None  # the broker the run started, when it started one (fault tests)
 
     @classmethod
     def from_layout(
