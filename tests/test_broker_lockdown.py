@@ -288,17 +288,26 @@ def test_plain_mqtt_to_the_tls_listener_never_connects(site: Site) -> None:
         (T.delta(3, "a2"), False),  # another agent's delta: the must-show case
         (T.fleet_status("a2"), True),  # another device's (retained) status
         (T.model_latest(), True),  # a forged checkpoint
+        (T.model_offer(3, "a2"), False),  # a model offered in another agent's name
         (T.ledger_events(), False),  # a forged ledger event
         (T.ledger_reply("a2"), False),  # a forged reply to another agent
         (T.fleet_cmd("all"), False),  # a command to the whole fleet
     ],
-    ids=["other-delta", "other-status", "model", "ledger-events", "other-reply", "fleet-cmd"],
+    ids=[
+        "other-delta",
+        "other-status",
+        "model",
+        "other-model-offer",
+        "ledger-events",
+        "other-reply",
+        "fleet-cmd",
+    ],
 )
 def test_an_agent_publishing_outside_its_topics_is_dropped_by_the_broker(
     site: Site, topic: str, retain: bool
 ) -> None:
     gw_inbox, op_inbox, a2_inbox = Inbox(), Inbox(), Inbox()
-    site.connected("gw", gw_inbox, T.delta_filter())
+    site.connected("gw", gw_inbox, T.delta_filter(), T.model_offer_filter())
     site.connected("operator", op_inbox, f"{T.root}#")  # reads everything of the swarm
     site.connected("a2", a2_inbox, T.delta_filter(), T.ledger_reply("a2"), T.fleet_cmd("all"))
     a1 = site.connected("a1")
@@ -453,6 +462,7 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
     blocks = {b.splitlines()[1]: b.splitlines()[2:] for b in text.split("\n\n")[1:] if b}
     assert blocks["user n1"] == [
         "topic write es/v1/s/round/+/delta/n1",
+        "topic write es/v1/s/round/+/model/n1",
         "topic write es/v1/s/round/+/resend/+",
         "topic write es/v1/s/ledger/submit",
         "topic write es/v1/s/ledger/query",
@@ -470,6 +480,10 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
     gw = blocks["user g"]
     assert "topic write es/v1/s/ledger/events" in gw and "topic write es/v1/s/model/#" in gw
     assert "topic read es/v1/s/ledger/submit" in gw and "topic write es/v1/s/fleet/cmd/+" not in gw
+    # Only gateways read the models nodes send when asked; each node sends only as itself.
+    assert "topic read es/v1/s/round/+/model/+" in gw
+    assert "topic write es/v1/s/round/+/model/g" in gw
+    assert not any("model/+" in line for line in blocks["user n1"])
     assert blocks["user op"][0] == "topic write es/v1/s/fleet/cmd/+"
     assert not any(line.startswith("pattern") for line in text.splitlines())
     # No topic line before the first user: anonymous clients get nothing.

@@ -362,3 +362,42 @@ def test_delta_requests_round_trip_and_refuse_anything_else() -> None:
         encode_delta_request("nope")
     chunk_request = encode_resend_request(b"\0" * 32, [1], "t")
     assert not is_delta_request(chunk_request)
+
+
+def test_model_requests_round_trip_and_are_told_apart_from_delta_requests() -> None:
+    from edge_swarm.swarm.chunk_resend import (
+        encode_delta_request,
+        encode_model_request,
+        is_delta_request,
+        is_model_request,
+        parse_delta_request,
+        parse_model_request,
+    )
+
+    h = "cd" * 32
+    data = encode_model_request(h)
+    assert is_model_request(data) and not is_delta_request(data)
+    assert parse_model_request(data) == h
+    with pytest.raises(ChunkError):
+        parse_delta_request(data)  # a model request is not a delta request, and back
+    with pytest.raises(ChunkError):
+        parse_model_request(encode_delta_request(h))
+    for bad in (
+        b'{"model_hash":"' + b"c" * 64 + b'","want":"delta"}',
+        b'{"model_hash":"' + b"C" * 64 + b'","want":"model"}',
+        b'{"model_hash":' + b"[" * 300,
+        b'{"model_hash":"' + b"c" * 400 + b'"}',
+    ):
+        with pytest.raises(ChunkError):
+            parse_model_request(bad)
+    with pytest.raises(ValueError):
+        encode_model_request("nope")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_model_request_parser_raises_only_chunk_error(data: bytes) -> None:
+    from edge_swarm.swarm.chunk_resend import parse_model_request
+
+    with contextlib.suppress(ChunkError):
+        assert len(parse_model_request(b'{"model_hash":' + data)) == 64

@@ -466,26 +466,6 @@ def run_with_fault(
     return problems
 
 
-# Intermittent, so not strict: most draws pass, and a strict xfail would turn the suite red
-# on every pass. Remove the mark once a restarted gateway can always get the final model.
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "a gateway SIGKILLed and restarted 5 s later can end up never holding a round's final "
-        "model. (1) Killed while a round is open or just closed: the deltas it had died with "
-        "its memory and the agents' re-sends fell into its downtime; once the round closes "
-        "(or the re-published tip shows them the close) the agents merge at once and their "
-        "majority's model_final is appended before the gateway has those deltas back (agents "
-        "stop re-sending a merged delta; the gateway asks 3 s after its restart). (2) Killed "
-        "between appending a model_final and saving that round's checkpoint: it restarts on "
-        "the previous round's checkpoint.bin without a word. Either way every later round "
-        "logs 'round N: the final model ... is not this gateway's own merge; waiting for the "
-        "retained checkpoint', which only a gateway publishes: no checkpoint or export after "
-        "that round, and the run never sees the last round's model ('the swarm did not "
-        "finish'). The ledger stays whole: every round final with every agent, verified "
-        "against its anchor."
-    ),
-)
 def test_gateway_sigkill_at_random_moments_loses_no_commit_and_stalls_no_round(
     tmp_path: Path,
 ) -> None:
@@ -532,3 +512,35 @@ def test_power_cut_of_the_whole_site_mid_round_continues_from_the_open_round(
         f"round {cut.round} was not open at the cut ({cut.phase}): {f}"
     )
     assert not problems, f"{cut}:\n" + "\n".join(problems)
+
+
+def test_a_gateway_that_lost_the_final_model_gets_it_back_from_an_agent(tmp_path: Path) -> None:
+    """The gateway and the broker go down together after a round is final, and the gateway's
+    checkpoint.bin is lost: no retained checkpoint is left anywhere (the broker keeps none
+    across a restart), only the agents hold the model. The restarted gateway asks one of
+    the round's attesters for it, takes it (the ledger's hash vouches for the bytes),
+    publishes it retained again, and the swarm finishes."""
+    need_mosquitto()
+    cfg = small(tmp_path)
+    lost_round = 0
+
+    def during(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        nonlocal lost_round
+        assert obs.wait_for(lambda: obs.final_round() >= 2, 120.0), "round 2 never finished"
+        procs.broker.kill()  # first: the gateway sees nothing more before it dies
+        procs.gateway.kill()
+        lost_round = obs.final_round()
+        state_dir = gateway_ledger(cfg).parent
+        (state_dir / "checkpoint.bin").unlink()
+        pause(obs, 1.0)  # the site is down
+        procs.broker.start()
+        procs.gateway.start("gateway")
+
+    problems = run_with_fault(cfg, during)
+    assert not problems, f"lost round {lost_round}:\n" + "\n".join(problems)
+    gw_log = (cfg.workdir / "logs" / "gateway-1.log").read_text(errors="replace")
+    asked = re.findall(r"round (\d+): asking (agent-\d+) for the final model", gw_log)
+    assert asked, "the restarted gateway never asked an agent for the model"
+    sent = "sent our copy of the final model"
+    assert any(sent in text for text in agent_logs(cfg).values()), "no agent sent its model"
+    assert f"holding the final model of round {asked[0][0]}" in gw_log

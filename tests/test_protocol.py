@@ -134,6 +134,12 @@ def test_final_needs_a_strict_majority_of_included() -> None:
     (publish,) = append(c, final, 20)
     assert publish == P.PublishCheckpoint(1, H1)
     assert c.model_hash == H1
+    # Who holds the final model, for a gateway that lost it: its attesters, then whoever
+    # attests the same bytes later (an agent that adopted the checkpoint), never other bytes.
+    assert c.final_holders == ("a", "b", "d")
+    c.handle(attest("e", 1, H1))
+    c.handle(attest("f", 1, H2))
+    assert c.final_holders == ("a", "b", "d", "e")
 
 
 def test_attest_timeout_falls_back_to_own_merge() -> None:

@@ -42,6 +42,8 @@ def test_round_trip(swarm: str, r: int, node: str) -> None:
     t = Topics(swarm)
     cases = {
         t.delta(r, node): ParsedTopic(TopicKind.DELTA, r, node),
+        t.resend(r, node): ParsedTopic(TopicKind.RESEND, r, node),
+        t.model_offer(r, node): ParsedTopic(TopicKind.MODEL_OFFER, r, node),
         t.model_latest(): ParsedTopic(TopicKind.MODEL_LATEST),
         t.ledger_submit(): ParsedTopic(TopicKind.LEDGER_SUBMIT),
         t.ledger_events(): ParsedTopic(TopicKind.LEDGER_EVENTS),

@@ -39,7 +39,7 @@ from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
 from edge_swarm.swarm.mirror import LedgerMirror, MirrorError, event_entry
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.swarm.topics import ALL
-from ledger_lite import Entry, make_tx
+from ledger_lite import Entry, LedgerState, make_tx
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,10 @@ class Agent(NodeRuntime):
                 self.mqtt.unsubscribe(topic)
 
     def gateway_fps(self) -> frozenset[str] | None:
-        return enrolled_gateway_fps(self.mirror.state if self.synced else None)
+        return enrolled_gateway_fps(self.ledger_state())
+
+    def ledger_state(self) -> LedgerState | None:
+        return self.mirror.state if self.synced else None
 
     def on_reconnected(self) -> None:
         self._send_query()  # ledger events published while we were away are not replayed

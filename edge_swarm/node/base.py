@@ -23,18 +23,20 @@ from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.device_clock import DeviceClock
 from edge_swarm.node.model import Candidate, ModelHolder
+from edge_swarm.node.model_share import ModelAnswers
 from edge_swarm.node.vitals import RateLimitedLog, device_vitals, peak_rss_kb
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
     CheckpointError,
     decode_checkpoint,
+    encode_checkpoint,
     is_sealed_checkpoint,
     open_checkpoint,
     parse_sealed_checkpoint,
     seal_checkpoint,
 )
-from edge_swarm.swarm.chunk_resend import is_delta_request, parse_delta_request
+from edge_swarm.swarm.chunk_resend import is_whole_request, parse_whole_request
 from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
 from edge_swarm.swarm.inbox import Accepted, EnvelopeInbox, RoundView
 from edge_swarm.swarm.messages import Status, Telemetry
@@ -100,6 +102,7 @@ class NodeRuntime:
         self.round_seen = 0
         self.inbox: EnvelopeInbox | None = None  # made once the genesis is known
         self.holder: ModelHolder | None = None
+        self.model_answers = ModelAnswers()
         self.state = "online"  # or "paused" by a fleet command; "offline" is the last will
         self.mqtt = MqttClient(
             client_id=f"{cfg.swarm}.{cfg.node_id}",
@@ -150,6 +153,10 @@ class NodeRuntime:
     def on_delta_request(self, rnd: int, sha256: str) -> None:
         """A gateway asks for our whole envelope of round ``rnd`` with this sha256 again
         (agents answer)."""
+
+    def ledger_state(self) -> LedgerState | None:
+        """The ledger state this node has folded (None before it has one)."""
+        return None
 
     def stamp_ms(self) -> int:
         """The timestamp for what this node signs: its ledger clock's (``device_clock``); a
@@ -299,19 +306,21 @@ class NodeRuntime:
             self.drops.drop("bad topic", msg.topic)
             return
         kind = parsed.kind
-        if kind == TopicKind.RESEND:
-            if is_delta_request(msg.payload):
-                try:
-                    sha = parse_delta_request(msg.payload)
-                except ChunkError as exc:
-                    self.drops.drop("bad delta request", str(exc))
-                    return
-                if parsed.round is not None:
-                    self.on_delta_request(parsed.round, sha)
+        if kind == TopicKind.RESEND and parsed.round is not None:
+            if not is_whole_request(msg.payload):
+                self.sender.on_resend_request(msg.payload)  # chunks of a message
+                return
+            try:
+                want, digest = parse_whole_request(msg.payload)
+            except ChunkError as exc:
+                self.drops.drop("bad resend request", str(exc))
+                return
+            if want == "model":
+                self.send_model(parsed.round, digest)
             else:
-                self.sender.on_resend_request(msg.payload)
+                self.on_delta_request(parsed.round, digest)
             return
-        if kind == TopicKind.DELTA:
+        if kind in (TopicKind.DELTA, TopicKind.MODEL_OFFER):
             whole = self.receiver.feed(msg.topic, msg.payload, time.monotonic())
             if whole is None:
                 return  # a chunk of a message still incomplete (or a dropped one)
@@ -417,6 +426,23 @@ class NodeRuntime:
         if sealing is None:
             return None
         return seal_checkpoint(data, ck.swarm, ck.round, sealing[0], sealing[1])
+
+    def send_model(self, rnd: int, model_hash: str) -> None:
+        """A gateway asks for the final model of round ``rnd`` (``node/model_share.py``):
+        send it on ``round/{rnd}/model/{us}`` if we hold exactly that one, sealed in a sealed
+        swarm as the retained checkpoint is."""
+        holder, state = self.holder, self.ledger_state()
+        if holder is None or state is None:
+            return
+        now = time.monotonic()
+        if not self.model_answers.should_send(rnd, model_hash, holder.round, holder.hash, now):
+            return
+        ck = holder.checkpoint(self.cfg.swarm)
+        wire = self.wire_checkpoint(ck, encode_checkpoint(ck), state)
+        if wire is None:
+            return
+        self.sender.publish(self.topics.model_offer(rnd, self.cfg.node_id), wire, qos=1)
+        log.info("round %d: sent our copy of the final model %s, as asked", rnd, model_hash[:12])
 
     # -- outputs
     def publish_checkpoint(self, data: bytes) -> None:

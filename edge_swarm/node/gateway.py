@@ -30,7 +30,9 @@ from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.devices import DeviceBook
 from edge_swarm.node.disk import ledger_full, ledger_ok, save_file
 from edge_swarm.node.exports import RoundExporter
+from edge_swarm.node.intake import Intake
 from edge_swarm.node.model import ModelHolder
+from edge_swarm.node.model_share import ModelAsks
 from edge_swarm.node.queries import entries_reply, proof_reply
 from edge_swarm.node.resend import RESEND_FIRST_S, backoff_s
 from edge_swarm.swarm import protocol as P
@@ -40,17 +42,18 @@ from edge_swarm.swarm.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
-from edge_swarm.swarm.chunk_resend import encode_delta_request
+from edge_swarm.swarm.chunk_resend import encode_delta_request, encode_model_request
 from edge_swarm.swarm.inbox import Dropped
 from edge_swarm.swarm.merge import MergeRule
-from edge_swarm.swarm.messages import MessageError, Query, Reply, Submission
+from edge_swarm.swarm.messages import MessageError, Query
 from edge_swarm.trust.keyring import new_epoch
-from ledger_lite import Entry, MerkleTree, SigningKey, Tx, make_tx
-from ledger_lite import verify as verify_signature
-from ledger_lite.errors import LedgerError, Refused
+from ledger_lite import Entry, LedgerState, MerkleTree, SigningKey, make_tx
+from ledger_lite.errors import LedgerError
 from ledger_lite.store import NoSpace
 
 log = logging.getLogger(__name__)
+
+RETAINED_WAIT_S = 3.0  # how long the retained checkpoint may take before nodes are asked
 
 
 def open_ledger(cfg: NodeConfig, genesis: Entry | None, key: SigningKey) -> LedgerBackend:
@@ -102,6 +105,16 @@ class Gateway(NodeRuntime):
         self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
         self._ask_at, self._asks = 0.0, 0  # when to ask agents for deltas we never got
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
+        self.model_asks = ModelAsks(cfg.node_id, self._ask_for_model)
+        self.intake = Intake(
+            self.ledger,
+            self.coordinator,
+            self.topics,
+            lambda topic, body: self.mqtt.publish(topic, body, qos=1),
+            self.call_soon,
+            self.drops,
+            now_ms,
+        )
         self.tree = MerkleTree()
         self.folded = -1
         # Registered before the replay, so nothing applied meanwhile is missed; the height
@@ -116,8 +129,18 @@ class Gateway(NodeRuntime):
         self.coordinator.replaying = True
         for entry in self.ledger.entries(0):
             self._fold(entry, live=False)
-        if self.coordinator.last_final_round > 0:
-            self._restore_checkpoint(self.coordinator.last_final_round)
+        final = self.coordinator.last_final_round
+        if final > 0:
+            self._restore_checkpoint(final)
+        if self.holder.round < final:
+            log.warning(
+                "the ledger's last final round is %d but this gateway's model is of round %d; "
+                "taking the retained checkpoint, or asking the nodes that hold it",
+                final,
+                self.holder.round,
+            )
+            # The retained checkpoint arrives on subscribing, if the broker holds it.
+            self.model_asks.want(final, time.monotonic(), RETAINED_WAIT_S)
         log.info(
             "ledger at height %d; %d rounds done", self.folded, self.coordinator.finished_rounds
         )
@@ -142,6 +165,7 @@ class Gateway(NodeRuntime):
         if self.holder.round >= ck.round or not self.holder.adopt(ck):
             return False
         log.info("holding the final model of round %d", ck.round)
+        self.model_asks.held()
         self.exporter.export(self.holder.spec, self.holder.params, ck.round)
         return True
 
@@ -150,6 +174,9 @@ class Gateway(NodeRuntime):
 
     def gateway_fps(self) -> frozenset[str] | None:
         return enrolled_gateway_fps(self.ledger.state)
+
+    def ledger_state(self) -> LedgerState:
+        return self.ledger.state
 
     def on_reconnected(self) -> None:
         # A broker that moved or restarted lost the retained checkpoint: publish it again.
@@ -183,6 +210,7 @@ class Gateway(NodeRuntime):
             t.fleet_telemetry_filter(),
             t.model_latest(),
             t.model_chunk_filter(),
+            t.model_offer_filter(),
         ):
             self.mqtt.subscribe(topic, qos=1)
         self.ledger.start()
@@ -219,8 +247,8 @@ class Gateway(NodeRuntime):
         tip = self.ledger.entries(self.folded, 1)
         if tip:
             self.mqtt.publish(self.topics.ledger_events(), tip[0].canonical(), qos=1)
-        if self.holder.round > 0:
-            self._publish_checkpoint()
+        if 0 < self.holder.round == self.coordinator.last_final_round:
+            self._publish_checkpoint()  # never an older one over the old leader's newer one
 
     # -- inputs
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
@@ -235,12 +263,12 @@ class Gateway(NodeRuntime):
             self._on_status(node, msg.payload)
         elif kind == "fleet_telemetry" and node is not None:
             self.devices.telemetry(node, msg.payload)
-        elif kind == "model_latest":
-            self._on_checkpoint(msg.payload)
+        elif kind in ("model_latest", "model_offer"):
+            self._on_checkpoint(msg.payload, offered=kind == "model_offer")
         elif not self.leading:
             return  # submissions and queries are the coordinator's to answer
         elif kind == "ledger_submit":
-            self._on_submission(msg.payload)
+            self.intake.take(msg.payload)
         elif kind == "ledger_query":
             self._on_query(msg.payload)
 
@@ -248,6 +276,8 @@ class Gateway(NodeRuntime):
         self._act(self.coordinator.handle(P.Tick(now)))
         if self.pending_merge is not None and time.monotonic() >= self._ask_at:
             self._ask_for_missing_deltas(self.pending_merge)
+        c = self.coordinator
+        self.model_asks.tick(c.last_final_round, c.model_hash, c.final_holders, time.monotonic())
 
     def _ask_for_missing_deltas(self, action: P.Merge) -> None:
         """A merge still waiting for envelopes this gateway never got (it was down when they
@@ -261,57 +291,30 @@ class Gateway(NodeRuntime):
                 request = encode_delta_request(sha)
                 self.mqtt.publish(self.topics.resend(action.round, node), request, qos=1)
 
-    def _on_checkpoint(self, payload: bytes) -> None:
+    def _ask_for_model(self, rnd: int, node: str, model_hash: str) -> None:
+        self.mqtt.publish(self.topics.resend(rnd, node), encode_model_request(model_hash), qos=1)
+
+    def _on_checkpoint(self, payload: bytes, offered: bool = False) -> None:
+        """The retained checkpoint, or (``offered``) a node's copy we asked for: adopt it
+        if the ledger says it is the last final model; a coordinator publishes an offered
+        one retained, for the agents that need it too."""
         try:
             ck = self.open_checkpoint(payload)
         except CheckpointError as exc:
             self.drops.drop("bad checkpoint", str(exc))
             return
-        if ck is not None and ck.swarm == self.cfg.swarm and self._adopt(ck):
+        if ck is None or ck.swarm != self.cfg.swarm or not self._adopt(ck):
+            return
+        if offered and self.leading:
+            self._publish_checkpoint()
+        else:
             self._save_checkpoint(encode_checkpoint(ck))
+        self._retry_merge()  # a round closed meanwhile can be merged on it now
 
     def _on_status(self, node: str, payload: bytes) -> None:
         online = self.devices.status(node, payload)
         if online is not None:
             self._act(self.coordinator.handle(P.PeerSeen(node, online)))
-
-    def _on_submission(self, payload: bytes) -> None:
-        try:
-            tx = Tx.from_dict(Submission.decode(payload).tx)
-        except (MessageError, LedgerError) as exc:
-            self.drops.drop("bad submission", str(exc))
-            return
-        # Authenticate before anything about the round is looked at (or told to the sender);
-        # every replica checks again when it applies the entry.
-        key = self.ledger.state.public_key(tx.author)
-        if key is None or not verify_signature(key, tx.signing_bytes(), bytes.fromhex(tx.sig)):
-            self._refuse(tx, Refused("bad_signature", "unknown author or bad signature"))
-            return
-        if tx.tx_id in self.ledger.state.seen:
-            return  # a re-send of what the ledger has: not "out of round", nothing to tell
-        reason = self.coordinator.admit(tx.kind, tx.author, tx.payload, tx.ts, now_ms())
-        if reason is not None:
-            self._refuse(tx, Refused("out_of_round", reason))
-            return
-
-        def result(entry: Entry | None, error: LedgerError | None) -> None:
-            if error is not None:
-                self.call_soon(lambda: self._refuse(tx, error))
-
-        self.ledger.submit(tx, result)
-
-    def _refuse(self, tx: Tx, error: LedgerError) -> None:
-        if isinstance(error, Refused) and error.reason == "replay":
-            return  # a resubmission of what is already in: nothing to tell
-        if isinstance(error, NoSpace):  # not final: the sender's resend lands once space is back
-            ledger_full(error, f"{tx.author}'s {tx.kind}")
-            return
-        self.drops.drop("refused submission", f"{tx.kind} from {tx.author}: {error}")
-        try:
-            topic = self.topics.ledger_reply(tx.author)
-        except ValueError:
-            return
-        self.mqtt.publish(topic, Reply(req=tx.tx_id, refused=str(error)).encode(), qos=1)
 
     def _on_query(self, payload: bytes) -> None:
         try:
@@ -435,6 +438,8 @@ class Gateway(NodeRuntime):
         if action.round in self.holder.candidates or self.holder.round >= action.round:
             self.pending_merge = None
             return
+        if self.holder.round < self.coordinator.last_final_round:
+            return  # a merge on an older model would be wrong: the last final one first
         try:
             cand = self.merge_round(action)
         except KeyError:
@@ -449,10 +454,14 @@ class Gateway(NodeRuntime):
         if cand is None or cand.model_hash != action.model_hash:
             log.warning(
                 "round %d: the final model %s is not this gateway's own merge; "
-                "waiting for the retained checkpoint",
+                "getting it from the swarm",
                 action.round,
                 action.model_hash[:12],
             )
+            # A coordinator asks at once (no other gateway publishes it); a follower first
+            # gives its coordinator the time to publish the retained checkpoint.
+            wait = 0.0 if self.leading else RETAINED_WAIT_S
+            self.model_asks.want(action.round, time.monotonic(), wait)
             return
         self.holder.commit(action.round)
         self._publish_checkpoint()

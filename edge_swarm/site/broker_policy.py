@@ -7,19 +7,23 @@ The ACL (topic root ``es/v1/{swarm}/``)
 ==========  =====================================================  =========================
 role        may publish                                            may read
 ==========  =====================================================  =========================
-agent       round/+/delta/{id}, round/+/resend/+, ledger/submit,   round/+/delta/+,
-            ledger/query, fleet/status/{id},                       round/+/resend/{id},
-            fleet/telemetry/{id}                                   model/#, ledger/events,
+agent       round/+/delta/{id}, round/+/model/{id},                round/+/delta/+,
+            round/+/resend/+, ledger/submit, ledger/query,         round/+/resend/{id},
+            fleet/status/{id}, fleet/telemetry/{id}                model/#, ledger/events,
                                                                    ledger/reply/{id},
                                                                    fleet/cmd/{id}, fleet/cmd/all
 gateway     ledger/events, ledger/reply/+, model/#,                as an agent, minus other
-            round/+/resend/+, fleet/status/{id},                   nodes' resend requests, plus
-            fleet/telemetry/{id}                                   ledger/submit, ledger/query,
+            round/+/model/{id}, round/+/resend/+,                  nodes' resend requests, plus
+            fleet/status/{id}, fleet/telemetry/{id}                round/+/model/+,
+                                                                   ledger/submit, ledger/query,
                                                                    fleet/status/+,
                                                                    fleet/telemetry/+
 operator    fleet/cmd/+, ledger/submit, ledger/query               everything under the root,
                                                                    and $SYS/#
 ==========  =====================================================  =========================
+
+``round/+/model/{id}`` carries a node's copy of a final model that a gateway asked for (a
+gateway that lost it while down gets it back from the swarm); only gateways read it.
 
 Every rule is written out in the user's own block: Mosquitto's ``pattern`` lines (``%u``,
 ``%c``) apply to *every* user, so they cannot tell an agent from a gateway.
@@ -65,6 +69,7 @@ def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
     if role == "agent":
         write = [
             f"{t.root}round/+/delta/{user}",
+            f"{t.root}round/+/model/{user}",
             t.resend_filter(),
             t.ledger_submit(),
             t.ledger_query(),
@@ -76,12 +81,14 @@ def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
             t.ledger_events(),
             f"{t.root}ledger/reply/+",
             model,
+            f"{t.root}round/+/model/{user}",
             t.resend_filter(),
             *own_status,
         ]
         read = [
             t.delta_filter(),
             t.resend_filter(user),
+            t.model_offer_filter(),
             model,
             t.ledger_submit(),
             t.ledger_query(),

@@ -8,7 +8,10 @@ The sender reads it with ``parse_resend_request`` and rebuilds each chunk (``chu
 On the same topic a gateway that missed a whole envelope (it was down when it was published)
 asks for it by the sha256 the ledger's commit names: ``{"sha256": hex, "want": "delta"}``
 (``encode_delta_request`` / ``parse_delta_request``); the node sends exactly those bytes again
-if it still holds them.
+if it still holds them. A gateway whose model is older than the ledger's last final round
+asks a node that attested it for that model by the hash the ledger names:
+``{"model_hash": hex, "want": "model"}`` (``encode_model_request`` / ``parse_model_request``);
+the node answers on ``round/{r}/model/{node}`` if it holds exactly that model.
 
 Invariants
 ----------
@@ -33,6 +36,8 @@ MAX_REQUEST_BYTES = 16 * 1024
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _DELTA_REQUEST_PREFIX = b'{"sha256":'  # how a delta request starts (sorted keys)
+_MODEL_REQUEST_PREFIX = b'{"model_hash":'  # how a model request starts (sorted keys)
+_WHOLE_REQUEST_BYTES = 256  # a delta or model request is one short JSON object
 
 
 @dataclass(frozen=True)
@@ -107,15 +112,49 @@ def is_delta_request(data: object) -> bool:
 
 def parse_delta_request(data: object) -> str:
     """The sha256 a delta request names; raise only ChunkError on anything else."""
-    if not isinstance(data, (bytes, bytearray)) or len(data) > 256:
-        raise ChunkError("delta request is not bytes of at most 256")
+    return _parse_whole_request(data, "delta", "sha256")
+
+
+def encode_model_request(model_hash: str) -> bytes:
+    """Ask a node for the final model with this hash (ValueError if not 64 hex)."""
+    if _HEX_ID.fullmatch(model_hash) is None:
+        raise ValueError("model_hash must be 64 lowercase hex digits")
+    return canonical_bytes({"model_hash": model_hash, "want": "model"})
+
+
+def is_model_request(data: object) -> bool:
+    """Whether a message on a resend topic asks for a final model (cheap; not a parse)."""
+    n = len(_MODEL_REQUEST_PREFIX)
+    return isinstance(data, (bytes, bytearray)) and bytes(data[:n]) == _MODEL_REQUEST_PREFIX
+
+
+def parse_model_request(data: object) -> str:
+    """The model hash a model request names; raise only ChunkError on anything else."""
+    return _parse_whole_request(data, "model", "model_hash")
+
+
+def _parse_whole_request(data: object, want: str, field: str) -> str:
+    if not isinstance(data, (bytes, bytearray)) or len(data) > _WHOLE_REQUEST_BYTES:
+        raise ChunkError(f"{want} request is not bytes of at most {_WHOLE_REQUEST_BYTES}")
     try:
         obj = parse_json(data)
     except ValueError as exc:
-        raise ChunkError(f"delta request is not JSON: {exc}") from None
-    sha = obj.get("sha256") if isinstance(obj, dict) else None
-    if not isinstance(obj, dict) or obj.get("want") != "delta" or not isinstance(sha, str):
-        raise ChunkError("not a delta request")
-    if _HEX_ID.fullmatch(sha) is None:
-        raise ChunkError("delta request sha256 is not 64 lowercase hex digits")
-    return sha
+        raise ChunkError(f"{want} request is not JSON: {exc}") from None
+    value = obj.get(field) if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or obj.get("want") != want or not isinstance(value, str):
+        raise ChunkError(f"not a {want} request")
+    if _HEX_ID.fullmatch(value) is None:
+        raise ChunkError(f"{want} request {field} is not 64 lowercase hex digits")
+    return value
+
+
+def is_whole_request(data: object) -> bool:
+    """Whether a message on a resend topic asks for a whole delta or model, not chunks."""
+    return is_delta_request(data) or is_model_request(data)
+
+
+def parse_whole_request(data: object) -> tuple[str, str]:
+    """``("delta", sha256)`` or ``("model", model_hash)``; raise only ChunkError."""
+    if is_model_request(data):
+        return "model", parse_model_request(data)
+    return "delta", parse_delta_request(data)

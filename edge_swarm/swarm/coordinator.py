@@ -58,6 +58,9 @@ class Coordinator:
         self.finished_rounds = 0
         self.last_round = 0
         self.last_final_round = 0
+        # Who said on the ledger they hold the last final model: whom a gateway that lost
+        # it asks for it (the attesters its model_final names, then later attestations).
+        self.final_holders: tuple[str, ...] = ()
         self.current: RoundState | None = None
         self.agents: set[str] = set()
         self.online: set[str] = set()
@@ -176,6 +179,8 @@ class Coordinator:
             return self._on_close(ev)
         elif ev.kind == "model_attest":
             self._attested.add((p["round"], ev.author))
+            if p["round"] == self.last_final_round and p["model_hash"] == self.model_hash:
+                self.final_holders = tuple(dict.fromkeys((*self.final_holders, ev.author)))
             if self._is_closing(p["round"]):
                 assert self.current is not None
                 self.current.attests[ev.author] = (p["model_hash"], p["state_hash"])
@@ -202,6 +207,7 @@ class Coordinator:
         self.model_hash = p["model_hash"]
         self.finished_rounds += 1
         self.last_final_round = p["round"]
+        self.final_holders = tuple(a for a in p.get("attesters", ()) if isinstance(a, str))
         self.current = None
         self._attested = {a for a in self._attested if a[0] >= p["round"]}
         done = self._check_done()

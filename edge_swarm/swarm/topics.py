@@ -6,7 +6,10 @@ Every topic of a swarm lives under one root, ``es/v1/{swarm}/``::
 
     round/{r}/delta/{node}      a node's signed delta envelope for round r
     round/{r}/resend/{node}     requests to ``node`` to publish chunks of its round-r
-                                messages again (see ``swarm/chunking.py``)
+                                messages again (see ``swarm/chunking.py``), its whole
+                                delta, or the final model of round r it holds
+    round/{r}/model/{node}      ``node``'s copy of round r's final model, sent when a
+                                gateway asked for it (``swarm/chunk_resend.py``)
     model/latest                the latest agreed checkpoint (retained)
     ledger/submit               transactions sent to the gateways
     ledger/events               entries appended to the ledger
@@ -68,6 +71,7 @@ class TopicKind:
     RESEND = "resend"
     MODEL_LATEST = "model_latest"
     MODEL_CHUNK = "model_chunk"
+    MODEL_OFFER = "model_offer"
     LEDGER_SUBMIT = "ledger_submit"
     LEDGER_EVENTS = "ledger_events"
     LEDGER_QUERY = "ledger_query"
@@ -134,6 +138,7 @@ _WITH_ID: dict[tuple[str, str], str] = {
 _PER_ROUND: dict[str, str] = {
     "delta": TopicKind.DELTA,
     "resend": TopicKind.RESEND,
+    "model": TopicKind.MODEL_OFFER,
 }
 
 
@@ -167,6 +172,14 @@ class Topics:
         """A filter matching resend requests of every round: to ``node``, or to every node."""
         target = "+" if node is None else validate_id(node, "node id")
         return f"{self.root}round/+/resend/{target}"
+
+    def model_offer(self, r: int, node: str) -> str:
+        """Where ``node`` sends its copy of round ``r``'s final model when asked for it."""
+        return f"{self.root}round/{validate_round(r)}/model/{validate_id(node, 'node id')}"
+
+    def model_offer_filter(self) -> str:
+        """A subscription filter matching every node's model offers of every round."""
+        return f"{self.root}round/+/model/+"
 
     def model_latest(self) -> str:
         """The retained topic of the latest agreed checkpoint."""
