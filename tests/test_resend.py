@@ -84,3 +84,27 @@ def test_a_gateway_asking_for_a_delta_gets_exactly_the_committed_bytes(tmp_path)
     assert not delta.answer(5, sha, 1.0)  # at most once per few seconds
     delta.sent(5, "t5", b"round five", 2.0)
     assert delta.answer(5, sha, 10.0) and sent[-1] == ("r5", b"round five")
+
+
+def test_a_reply_to_any_outstanding_query_is_taken_and_retries_back_off() -> None:
+    from edge_swarm.node.resend import MAX_OUTSTANDING_QUERIES, LedgerQueries
+
+    q = LedgerQueries()
+    q.sent("a", now=0.0)
+    assert not q.due(1.9) and q.due(2.1)
+    q.sent("b", now=2.1)  # the gateway is slow: a retry, whose wait doubles
+    assert not q.due(5.9) and q.due(6.2)
+    q.sent("c", now=6.2)
+    # The livelock seen at 100 agents: the reply to the first query arrives after two
+    # retries. It is taken (before, only the newest id was), and the backoff starts over.
+    assert q.answered("a")
+    assert not q.answered("b")  # answered queries and older ones are closed
+    assert not q.answered("zzz")
+    q.sent("d", now=7.0)
+    assert q.due(9.1)
+    # Waits stop growing at 30 s, and only the newest few ids are remembered.
+    for i in range(20):
+        q.sent(f"x{i}", now=10.0 + i)
+    assert not q.due(10.0 + 19 + 29.9) and q.due(10.0 + 19 + 30.1)
+    assert not q.answered("x0")
+    assert q.answered(f"x{20 - MAX_OUTSTANDING_QUERIES}")

@@ -26,7 +26,7 @@ from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing
 from edge_swarm.node.model import ModelHolder
-from edge_swarm.node.resend import OwnDelta, PendingSubmissions
+from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 RESIDUAL_FILE = "residual.bin"  # error feedback's residual, kept across restarts
 KEPT_DELTA_FILE = "delta.bin"  # our last envelope, kept until its round is merged
-QUERY_RETRY_S = 2.0
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
@@ -71,8 +70,7 @@ class Agent(NodeRuntime):
         self.mirror = LedgerMirror(cfg.genesis_hash)
         self._sealed_checkpoint: bytes | None = None  # one we hold no key for yet
         self.synced = False
-        self._query_id = ""
-        self._query_sent = 0.0
+        self.queries = LedgerQueries()
         self.machine: P.Participant | None = None
         self.local: LocalTraining | None = None
         self.init_seed = 0
@@ -153,14 +151,14 @@ class Agent(NodeRuntime):
         self.own_delta.answer(rnd, sha256, time.monotonic())
 
     def _send_query(self) -> None:
-        self._query_id = secrets.token_hex(8)
-        self._query_sent = time.monotonic()
-        q = Query(self.cfg.node_id, self._query_id, start=self.mirror.next_height)
+        query_id = secrets.token_hex(8)
+        self.queries.sent(query_id, time.monotonic())
+        q = Query(self.cfg.node_id, query_id, start=self.mirror.next_height)
         self.mqtt.publish(self.topics.ledger_query(), q.encode(), qos=1)
 
     def on_tick(self, now: int) -> None:
         behind = not self.synced or self.mirror.gap
-        if behind and time.monotonic() - self._query_sent > QUERY_RETRY_S:
+        if behind and self.queries.due(time.monotonic()):
             self._send_query()  # no reply yet, or a gap in the events: ask (again)
         if self.machine is not None and self.synced:  # on the monotonic clock, not `now`
             self._act(self.machine.handle(P.Tick(*self.clock.readings())))
@@ -192,7 +190,7 @@ class Agent(NodeRuntime):
             self.submissions.settled(reply.req)
             log.warning("the ledger refused our submission %s: %s", reply.req[:12], reply.refused)
             return
-        if reply.req != self._query_id:
+        if not self.queries.answered(reply.req):
             return
         ours = self.mirror.next_height - 1
         if reply.tip_height < ours:  # we verified more than it holds: it lost entries

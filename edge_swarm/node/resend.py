@@ -1,5 +1,6 @@
-"""What an agent sends again, bounded: submissions the ledger has not shown yet, and its own
-delta of a round that is not merged yet. Times are ``time.monotonic()`` seconds, passed in.
+"""What an agent sends again, bounded: submissions the ledger has not shown yet, its own
+delta of a round that is not merged yet, and its ledger queries. Times are
+``time.monotonic()`` seconds, passed in.
 
 Both are needed because an acknowledgement from a broker is not delivery: a gateway can stop
 leading before it forwards a submission, and a broker can acknowledge a delta and go away
@@ -31,6 +32,8 @@ MAX_SUBMITS = 10  # about 3 minutes of trying
 MAX_REPUBLISH = 8  # about 2 minutes
 _MAGIC = b"ESOD"  # the kept delta: magic, round (u32 big-endian), the envelope frame
 MAX_KEPT_BYTES = 64 * 1024 * 1024
+QUERY_RETRY_S = 2.0  # a ledger query unanswered this long is sent again, backing off
+MAX_OUTSTANDING_QUERIES = 8
 
 
 def backoff_s(tries: int) -> float:
@@ -139,4 +142,39 @@ class OwnDelta:
         self._answered_at = now
         self._publish(self._topic_of(rnd), frame)
         log.info("round %d: sent our delta again, as a gateway asked", rnd)
+        return True
+
+
+class LedgerQueries:
+    """The ids of this agent's unanswered ledger queries, and when to ask again.
+
+    A reply to *any* outstanding query is taken, and retries back off (2, 4, 8, 16, then
+    every 30 s): a gateway that needs longer than one retry interval to answer (a hundred
+    agents syncing at once) otherwise never has a reply accepted, since each retry replaced
+    the id the agent would take, and every retry added to its queue.
+    """
+
+    def __init__(self) -> None:
+        self._sent: dict[str, float] = {}  # id -> when sent, oldest first
+        self._tries = 0
+        self._last = float("-inf")
+
+    def sent(self, query_id: str, now: float) -> None:
+        self._sent[query_id] = now
+        while len(self._sent) > MAX_OUTSTANDING_QUERIES:
+            del self._sent[next(iter(self._sent))]
+        self._tries += 1
+        self._last = now
+
+    def due(self, now: float) -> bool:
+        """Whether to ask again now (the caller knows whether it still needs to)."""
+        wait = min(QUERY_RETRY_S * 2 ** max(self._tries - 1, 0), RESEND_MAX_S)
+        return now - self._last > wait
+
+    def answered(self, query_id: str) -> bool:
+        """Whether ``query_id`` is one of ours still open; if so the backoff starts over."""
+        if query_id not in self._sent:
+            return False
+        self._sent.clear()  # older ones asked for less; the mirror skips what it holds
+        self._tries = 0
         return True
