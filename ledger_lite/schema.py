@@ -137,7 +137,9 @@ assert set(SCHEMAS) == KINDS, "every kind needs a schema"
 # kind -> fields that may be left out, checked when present.
 OPTIONAL: dict[str, Mapping[str, Check]] = {
     "enroll": {"enc_pubkey": _hex64},  # the device's X25519 key, to wrap data keys for it
-    "model_final": {"merge": _object},  # what the merge rule did with each included delta
+    # What the merge rule did with each included delta; or why a closed round was finalised
+    # on the model it started from (nobody could merge it).
+    "model_final": {"merge": _object, "abandoned": _text},
 }
 
 

@@ -544,3 +544,40 @@ def test_a_gateway_that_lost_the_final_model_gets_it_back_from_an_agent(tmp_path
     sent = "sent our copy of the final model"
     assert any(sent in text for text in agent_logs(cfg).values()), "no agent sent its model"
     assert f"holding the final model of round {asked[0][0]}" in gw_log
+
+
+def test_a_round_whose_deltas_are_gone_everywhere_is_abandoned_and_the_site_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A power cut once a commit of round 3 is on the ledger, and every agent's kept delta
+    (delta.bin) lost with it: the envelope behind that commit exists nowhere, so nobody can
+    merge the round once it closes. After a deadline plus an attestation timeout the
+    coordinator finalises it on the model it started from, says why in the entry, and the
+    rounds after it train and merge as usual."""
+    need_mosquitto()
+    cfg = small(tmp_path, hidden=BIG, round_deadline_s=12.0, attest_timeout_s=6.0)
+    cut = PowerCut(round=3, commits=1)
+
+    def during(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        def due() -> bool:
+            rec = obs.rounds.get(cut.round)
+            return rec is not None and rec.opened_ms > 0 and len(rec.commits) >= cut.commits
+
+        assert obs.wait_for(due, 120.0), f"round {cut.round} never got a commit"
+        procs.broker.kill()
+        procs.kill()
+        for kept in (cfg.workdir / "state").glob("agent-*/delta.bin"):
+            kept.unlink()  # the disk lost them too
+        pause(obs, 1.0)  # the site is dark
+        procs.broker.start()
+        procs.start()
+
+    problems = run_with_fault(cfg, during)
+    facts = round_facts(ledger_entries(gateway_ledger(cfg)))
+    entries = ledger_entries(gateway_ledger(cfg))
+    finals = {e.payload["round"]: e.payload for e in entries if e.kind == "model_final"}
+    assert "abandoned" in finals[cut.round], finals[cut.round]
+    assert finals[cut.round]["model_hash"] == finals[cut.round - 1]["model_hash"]
+    assert all("abandoned" not in finals[r] for r in finals if r != cut.round)
+    assert facts[cut.round + 1].included == agents_of(cfg)  # the next round: everyone
+    assert not problems, "\n".join(problems)

@@ -195,6 +195,28 @@ def _flip(data: bytes, pos: int, xor: int) -> bytes:
             {"round": 1, "model_hash": "00" * 32, "state_hash": "11" * 32, "attesters": ["a"]},
             None,
         ),
+        (
+            "model_final",
+            {
+                "round": 1,
+                "model_hash": "00" * 32,
+                "state_hash": "11" * 32,
+                "attesters": [],
+                "abandoned": "no merge in time",
+            },
+            None,
+        ),
+        (
+            "model_final",
+            {
+                "round": 1,
+                "model_hash": "00" * 32,
+                "state_hash": "11" * 32,
+                "attesters": [],
+                "abandoned": 7,
+            },
+            "abandoned",
+        ),
         ("mint", {}, "unknown kind"),
         ("config", [], "JSON object"),
     ],

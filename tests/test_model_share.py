@@ -66,3 +66,22 @@ def test_a_node_answers_only_for_exactly_its_model_and_not_in_a_loop() -> None:
     assert ans.should_send(5, H, held_round=5, held_hash=H, now=0.0)
     assert not ans.should_send(5, H, held_round=5, held_hash=H, now=ANSWER_EVERY_S / 2)
     assert ans.should_send(5, H, held_round=5, held_hash=H, now=ANSWER_EVERY_S)
+
+
+def test_missing_deltas_are_asked_for_after_a_moment_then_backing_off() -> None:
+    from edge_swarm.node.model_share import DeltaAsks
+
+    made: list[tuple[int, str, str]] = []
+    asks = DeltaAsks(lambda r, node, sha: made.append((r, node, sha)))
+    asks.start(now=0.0)  # those on their way get RESEND_FIRST_S (3 s) first
+    missing = [("a1", "11" * 32), ("a2", "22" * 32)]
+    asks.tick(4, missing, now=2.9)
+    assert made == []
+    asks.tick(4, missing, now=3.0)
+    assert made == [(4, "a1", "11" * 32), (4, "a2", "22" * 32)]
+    asks.tick(4, missing[1:], now=5.9)  # the next ask waits 3 s, then 6 s, ...
+    assert len(made) == 2
+    asks.tick(4, missing[1:], now=6.0)
+    assert made[2:] == [(4, "a2", "22" * 32)]
+    asks.tick(4, [], now=100.0)  # nothing missing: nothing sent
+    assert len(made) == 3

@@ -561,3 +561,68 @@ def test_a_participant_that_committed_before_a_restart_never_trains_that_round_a
     p.handle(P.EnvelopeStored(1, "b", "f" * 64))
     (merge,) = p.handle(closed(1, ["a", "b"]))
     assert merge.included == (("a", "e" * 64), ("b", "f" * 64))
+
+
+def _abandonable(started_ms: int = 0) -> P.Coordinator:
+    c = P.Coordinator(policy(), H0, started_ms=started_ms, initial_state_hash=S)
+    for a in ("a", "b", "c"):
+        c.handle(P.Appended("enroll", "admin", {"node": a, "role": "agent"}, 0))
+        c.handle(P.PeerSeen(a, True))
+    return c
+
+
+def test_a_closed_round_nobody_can_merge_is_finalised_on_its_base_model() -> None:
+    c = _abandonable()
+    _closed(c, ["a", "b", "c"])  # closed at ts 10; the deltas never reach anyone
+    assert c.handle(attest("a", 1, H1)) == []  # one agent merged: no majority
+    # Past the attest timeout without a merge of its own the coordinator still waits (it is
+    # asking the authors for their deltas), until a deadline plus an attest timeout.
+    assert c.handle(P.Tick(10 + 1000 + 500 - 1)) == []
+    (final,) = c.handle(P.Tick(10 + 1000 + 500))
+    assert final == P.Append(
+        "model_final",
+        {
+            "round": 1,
+            "model_hash": H0,
+            "state_hash": S,
+            "attesters": [],
+            "abandoned": "no merge in time: the deltas round_close named are gone",
+        },
+    )
+    assert c.handle(P.Tick(2000)) == []  # in flight: once
+    (publish,) = append(c, final, 2001)
+    assert publish == P.PublishCheckpoint(1, H0)
+    assert (c.model_hash, c.state_hash, c.last_final_round) == (H0, S, 1)
+    assert c.handle(P.Tick(2002))[0].kind == "round_open"  # the site goes on
+
+
+def test_a_round_with_a_merge_is_never_abandoned_and_a_restart_gives_a_merge_its_time() -> None:
+    c = _abandonable()
+    _closed(c, ["a", "b", "c"])
+    c.handle(P.MergeDone(1, H2, S))  # the coordinator's own merge: it decides at the timeout
+    (final,) = c.handle(P.Tick(5000))
+    assert final.payload["model_hash"] == H2 and "abandoned" not in final.payload
+    # A coordinator that starts (or starts leading) long after the close waits from then:
+    # the authors' kept deltas still have time to reach it.
+    late = _abandonable(started_ms=100_000)
+    _closed(late, ["a", "b", "c"])
+    assert late.handle(P.Tick(100_000 + 1499)) == []
+    assert late.handle(P.Tick(100_000 + 1500))[0].payload["abandoned"]
+    # Without the state hash of its base model it cannot say what the round ends on: it waits.
+    blind = coordinator(["a", "b", "c"])
+    _closed(blind, ["a", "b", "c"])
+    assert blind.handle(P.Tick(10**9)) == []
+
+
+def test_participant_goes_on_after_a_round_finalised_on_its_base_model() -> None:
+    p = P.Participant("a", H0)
+    p.handle(opened())
+    (sub,) = p.handle(P.TrainingDone(1, "e" * 64, 50, {}))
+    p.handle(commit("a", 1, "e" * 64))
+    p.handle(commit("b", 1, "f" * 64))
+    p.handle(P.EnvelopeStored(1, "a", "e" * 64))
+    assert p.handle(closed(1, ["a", "b"])) == []  # b's delta is gone: no merge here either
+    # The coordinator abandons the round: the model stays, nothing to adopt, and the next
+    # round trains on it.
+    assert p.handle(final(1, H0)) == []
+    assert p.handle(opened(2, H0)) == [P.Train(2, H0)]

@@ -51,7 +51,9 @@ def run_audit(args: argparse.Namespace) -> int:
                 contributors,
                 sum(samples.values()),
                 _merge_cell(a),
-                a.model_hash[:16] or "(not final)",
+                f"{a.model_hash[:16]} (abandoned: the base model)"
+                if a.abandoned
+                else a.model_hash[:16] or "(not final)",
                 len(a.attesters),
             ]
         )

@@ -32,9 +32,8 @@ from edge_swarm.node.disk import ledger_full, ledger_ok, save_file
 from edge_swarm.node.exports import RoundExporter
 from edge_swarm.node.intake import Intake
 from edge_swarm.node.model import ModelHolder
-from edge_swarm.node.model_share import ModelAsks
+from edge_swarm.node.model_share import DeltaAsks, ModelAsks
 from edge_swarm.node.queries import entries_reply, proof_reply
-from edge_swarm.node.resend import RESEND_FIRST_S, backoff_s
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -100,12 +99,20 @@ class Gateway(NodeRuntime):
         self.devices = DeviceBook(self._public_key, self.drops)  # statuses and telemetry
         self.dashboard: Any = None  # dashboard.DashboardServer when [gateway] dashboard is set
         self.coordinator = P.Coordinator(
-            P.RoundPolicy.from_params(params), self.holder.hash, now_ms(), leading=False
+            P.RoundPolicy.from_params(params),
+            self.holder.hash,
+            now_ms(),
+            leading=False,
+            initial_state_hash=self.holder.state.state_hash(),
         )
         self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
-        self._ask_at, self._asks = 0.0, 0  # when to ask agents for deltas we never got
+        self.delta_asks = DeltaAsks(
+            lambda r, node, sha: self._ask(r, node, encode_delta_request(sha))
+        )
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
-        self.model_asks = ModelAsks(cfg.node_id, self._ask_for_model)
+        self.model_asks = ModelAsks(
+            cfg.node_id, lambda r, node, h: self._ask(r, node, encode_model_request(h))
+        )
         self.intake = Intake(
             self.ledger,
             self.coordinator,
@@ -274,25 +281,15 @@ class Gateway(NodeRuntime):
 
     def on_tick(self, now: int) -> None:
         self._act(self.coordinator.handle(P.Tick(now)))
-        if self.pending_merge is not None and time.monotonic() >= self._ask_at:
-            self._ask_for_missing_deltas(self.pending_merge)
+        m = self.pending_merge
+        if m is not None:
+            missing = [(n, sha) for n, sha in m.included if not self.inbox.has(m.round, n, sha)]
+            self.delta_asks.tick(m.round, missing, time.monotonic())
         c = self.coordinator
         self.model_asks.tick(c.last_final_round, c.model_hash, c.final_holders, time.monotonic())
 
-    def _ask_for_missing_deltas(self, action: P.Merge) -> None:
-        """A merge still waiting for envelopes this gateway never got (it was down when they
-        were published): ask each node for exactly the bytes its commit names, backing off.
-        An agent keeps its last delta until it trains again, which it cannot do before this
-        round ends, so a restarted gateway can always merge the round it closed."""
-        self._asks += 1
-        self._ask_at = time.monotonic() + backoff_s(self._asks)
-        for node, sha in action.included:
-            if not self.inbox.has(action.round, node, sha):
-                request = encode_delta_request(sha)
-                self.mqtt.publish(self.topics.resend(action.round, node), request, qos=1)
-
-    def _ask_for_model(self, rnd: int, node: str, model_hash: str) -> None:
-        self.mqtt.publish(self.topics.resend(rnd, node), encode_model_request(model_hash), qos=1)
+    def _ask(self, rnd: int, node: str, request: bytes) -> None:
+        self.mqtt.publish(self.topics.resend(rnd, node), request, qos=1)
 
     def _on_checkpoint(self, payload: bytes, offered: bool = False) -> None:
         """The retained checkpoint, or (``offered``) a node's copy we asked for: adopt it
@@ -373,8 +370,7 @@ class Gateway(NodeRuntime):
                 self.ledger.submit(tx, self._own_result(action.kind))
             elif isinstance(action, P.Merge):
                 self.pending_merge = action  # merged as soon as its envelopes are all in
-                # Those on their way get a moment before anyone is asked to send them again.
-                self._ask_at, self._asks = time.monotonic() + RESEND_FIRST_S, 0
+                self.delta_asks.start(time.monotonic())
                 self._retry_merge()
             elif isinstance(action, P.EnsureKeys) and self.leading:
                 self._ensure_keys()
@@ -451,7 +447,13 @@ class Gateway(NodeRuntime):
 
     def _finalise(self, action: P.PublishCheckpoint) -> None:
         cand = self.holder.candidates.get(action.round)
-        if cand is None or cand.model_hash != action.model_hash:
+        if cand is not None and cand.model_hash == action.model_hash:
+            self.holder.commit(action.round)
+        elif cand is None and self.holder.hash == action.model_hash:
+            # Abandoned (swarm/coordinator.py): nobody could merge it; the model stays.
+            log.warning("round %d: finalised on the model it started from", action.round)
+            self.holder.keep(action.round)
+        else:
             log.warning(
                 "round %d: the final model %s is not this gateway's own merge; "
                 "getting it from the swarm",
@@ -463,7 +465,6 @@ class Gateway(NodeRuntime):
             wait = 0.0 if self.leading else RETAINED_WAIT_S
             self.model_asks.want(action.round, time.monotonic(), wait)
             return
-        self.holder.commit(action.round)
         self._publish_checkpoint()
         self.exporter.export(self.holder.spec, self.holder.params, action.round)
 

@@ -77,6 +77,11 @@ class ModelHolder:
         )
         self.candidates = {r: c for r, c in self.candidates.items() if r > rnd}
 
+    def keep(self, rnd: int) -> None:
+        """Round ``rnd`` was finalised on the model held (nobody could merge it)."""
+        self.round = rnd
+        self.candidates = {r: c for r, c in self.candidates.items() if r > rnd}
+
     def adopt(self, ck: Checkpoint) -> bool:
         """Take a checkpoint if its bytes hash to what it claims; return whether it was taken."""
         if ck.spec != self.spec.to_dict() or ck.params.size != self.spec.n_params:

@@ -1,4 +1,11 @@
-"""Any node that holds a final model can give it back to a gateway that lost it.
+"""What a restarted gateway lost, got back from the swarm: a round's deltas, a final model.
+
+A merge still waiting for envelopes the gateway never got (it was down when they were
+published) asks each author for exactly the bytes its commit names (``DeltaAsks``), backing
+off. An agent keeps its last delta until it trains again, which it cannot do before that
+round ends, so a restarted gateway can always merge the round it closed.
+
+Any node that holds a final model can give it back to a gateway that lost it.
 
 A gateway killed at the wrong moment can come back without the model of the ledger's last
 final round: the deltas of that round died with its memory while the agents merged without
@@ -25,12 +32,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from edge_swarm.node.resend import backoff_s
+from edge_swarm.node.resend import RESEND_FIRST_S, backoff_s
 
 log = logging.getLogger(__name__)
 
 ANSWER_EVERY_S = 3.0
 """A node sends its model at most this often, however often it is asked."""
+
+
+class DeltaAsks:
+    """When a gateway asks the authors of a merge's missing deltas for them again."""
+
+    def __init__(self, ask: Callable[[int, str, str], None]) -> None:
+        self._ask = ask  # (round, node, envelope sha256) -> publish the request
+        self._at = 0.0
+        self._tries = 0
+
+    def start(self, now: float) -> None:
+        """A new merge: those on their way get a moment before anyone is asked again."""
+        self._at, self._tries = now + RESEND_FIRST_S, 0
+
+    def tick(self, rnd: int, missing: Sequence[tuple[str, str]], now: float) -> None:
+        """Ask for each of round ``rnd``'s ``missing`` (node, envelope sha256), if due."""
+        if now < self._at or not missing:
+            return
+        self._tries += 1
+        self._at = now + backoff_s(self._tries)
+        for node, sha in missing:
+            self._ask(rnd, node, sha)
 
 
 class ModelAsks:

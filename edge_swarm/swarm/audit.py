@@ -22,6 +22,7 @@ class RoundAudit:
     attesters: list[str] = field(default_factory=list)
     final_height: int = -1
     merge: dict[str, Any] | None = None  # model_final's record of what the merge rule did
+    abandoned: str = ""  # why the round was finalised on its base model (nobody could merge)
 
     def merge_weights(self) -> dict[str, float]:
         """{node: share} from model_final's merge report ({} without one); an entry whose
@@ -70,6 +71,7 @@ class RoundAudit:
             "attesters": self.attesters,
             "final_height": self.final_height,
             "merge": self.merge,
+            "abandoned": self.abandoned,
             "down_weighted": self.down_weighted(),
         }
 
@@ -95,6 +97,7 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
                 e.height,
             )
             rec.merge = p.get("merge") if isinstance(p.get("merge"), dict) else None
+            rec.abandoned = str(p.get("abandoned", ""))
     return rounds
 
 

@@ -13,6 +13,11 @@ Invariants
   opened, or, for a round opened before a restart, the agents of the last merged round; a
   peer is no longer waited for once its status says offline. A peer whose status has not
   arrived yet (right after a restart) is still waited for, never taken as gone.
+* A closed round nobody can merge (the deltas it names died in a power cut, and with them a
+  device's kept copy) does not stall the site: once no merge has come for a deadline plus
+  an attestation timeout, counted from the close or from when this coordinator started
+  acting, whichever is later, it is finalised on the model it started from, with the reason
+  in ``abandoned``; the next round goes on from there.
 """
 
 from __future__ import annotations
@@ -51,10 +56,16 @@ class Coordinator:
     """
 
     def __init__(
-        self, policy: RoundPolicy, initial_hash: str, started_ms: int, leading: bool = True
+        self,
+        policy: RoundPolicy,
+        initial_hash: str,
+        started_ms: int,
+        leading: bool = True,
+        initial_state_hash: str | None = None,
     ) -> None:
         self.policy = policy
         self.model_hash = initial_hash
+        self.state_hash = initial_state_hash  # of the merge state beside model_hash
         self.finished_rounds = 0
         self.last_round = 0
         self.last_final_round = 0
@@ -71,6 +82,7 @@ class Coordinator:
         self.replaying = False
         self._attested: set[tuple[int, str]] = set()  # (round, node) of this and the last round
         self._started_ms = started_ms
+        self._acting_since_ms = started_ms  # a restart or a new leader gives a merge its time
         self._last_tick_ms: int | None = None
         self._pending: str | None = None
         self._keys_ready = not policy.sealed
@@ -118,6 +130,8 @@ class Coordinator:
         self.leading = leading
         self._pending = None
         self._keys_ready = not self.policy.sealed
+        if leading and self._last_tick_ms is not None:
+            self._acting_since_ms = self._last_tick_ms
 
     def admit(self, kind: str, author: str, payload: Any, ts: int, now_ms: int) -> str | None:
         """Whether an agent's submission fits the round in progress: None if it does, else
@@ -204,7 +218,7 @@ class Coordinator:
         return [cur.merge()]
 
     def _on_final(self, p: dict[str, Any]) -> list[Action]:
-        self.model_hash = p["model_hash"]
+        self.model_hash, self.state_hash = p["model_hash"], p["state_hash"]
         self.finished_rounds += 1
         self.last_final_round = p["round"]
         self.final_holders = tuple(a for a in p.get("attesters", ()) if isinstance(a, str))
@@ -212,6 +226,27 @@ class Coordinator:
         self._attested = {a for a in self._attested if a[0] >= p["round"]}
         done = self._check_done()
         return [] if self.replaying else [PublishCheckpoint(p["round"], p["model_hash"])] + done
+
+    def _maybe_abandon(self, now_ms: int | None) -> list[Action]:
+        """Finalise the closed round on the model it started from if nobody has merged it in
+        a deadline plus an attestation timeout: this coordinator has no merge of its own (it
+        asks every author for its delta meanwhile), and no majority agreed on one."""
+        cur = self.current
+        assert cur is not None
+        if now_ms is None or cur.own is not None or self.state_hash is None:
+            return []
+        since = max(cur.closed_at_ms, self._acting_since_ms)
+        if now_ms - since < self.policy.round_deadline_ms + self.policy.attest_timeout_ms:
+            return []
+        self._pending = "model_final"
+        payload = {
+            "round": cur.number,
+            "model_hash": self.model_hash,
+            "state_hash": self.state_hash,
+            "attesters": [],
+            "abandoned": "no merge in time: the deltas round_close named are gone",
+        }
+        return [Append("model_final", payload)]
 
     def _check_done(self) -> list[Action]:
         if self.finished_rounds >= self.policy.rounds and not self._done:
@@ -290,7 +325,7 @@ class Coordinator:
         if winner is None and timed_out and cur.own is not None:
             winner = cur.own  # too few attests in time: the coordinator's own merge decides
         if winner is None:
-            return []
+            return self._maybe_abandon(now_ms)
         attesters = sorted(n for n, v in cur.attests.items() if v == winner)
         payload = {
             "round": cur.number,
