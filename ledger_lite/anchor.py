@@ -272,6 +272,19 @@ class AnchorCheck:
     def __call__(self, state: LedgerState | None, tree: MerkleTree) -> None:
         self.state, self.tree = state, tree
         if self.anchor is None:
+            if state is not None and state.height > 0:
+                # Only a file from before anchors, or an anchor deleted since, gets here: the
+                # file cannot be checked, so say so once, loudly, and start anchoring it.
+                log.warning(
+                    "no anchor beside %s (%d entries): anchoring it from now on, unchecked; "
+                    "if %s existed before, it was deleted and this file may have lost "
+                    "entries: check it against a replica's head (ledger-lite verify %s "
+                    "--tree-head COPY.anchor)",
+                    self.ledger_path,
+                    state.height + 1,
+                    self.anchor_path,
+                    self.ledger_path,
+                )
             return
         missing = state is None and not self.ledger_path.is_file()
         lost = mismatch(self.ledger_path, None if missing else tree, self.anchor, self.anchor_path)

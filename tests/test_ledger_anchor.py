@@ -11,6 +11,7 @@ No mocks; every wait has a deadline.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -414,3 +415,23 @@ def test_anchor_round_trip_and_never_backwards(tmp_path: Path) -> None:
     with pytest.raises(LostEntries):
         back.write()
     assert read_anchor(tmp_path / "a.anchor") == anchor
+
+
+def test_a_deleted_anchor_is_said_loudly_once_and_anchoring_starts_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    gw = open_gateway(path)
+    submit_all(gw, [enroll_gw(), *rounds(1, 3)])
+    gw.close()
+    anchor_path_for(path).unlink()  # the evidence itself is gone
+    with caplog.at_level(logging.WARNING, logger="ledger_lite.anchor"):
+        gw = open_gateway(path)
+    said = [r.getMessage() for r in caplog.records if "no anchor beside" in r.getMessage()]
+    assert len(said) == 1 and "may have lost entries" in said[0] and "--tree-head" in said[0]
+    gw.close()
+    assert read_anchor(anchor_path_for(path)) is not None  # anchored again from here on
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ledger_lite.anchor"):
+        open_gateway(path).close()
+    assert not [r for r in caplog.records if "no anchor beside" in r.getMessage()]
