@@ -82,6 +82,13 @@ def _backbone(args: argparse.Namespace, workdir: Path) -> Path | None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.agents_per_process < 1:
+        print(
+            "edge-swarm demo: --agents-per-process must be at least 1 (1: a process per "
+            f"agent; K: K agents in each process), got {args.agents_per_process}",
+            file=sys.stderr,
+        )
+        return 2
     workdir: Path = args.workdir.resolve()
     if workdir.exists() and not args.keep:
         shutil.rmtree(workdir)
@@ -113,6 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
         engine=args.engine,
         workload=args.workload,
         n_agents=args.agents,
+        agents_per_process=args.agents_per_process,
         n_gateways=args.gateways,
         rounds=args.rounds,
         broker=args.broker,
@@ -123,7 +131,7 @@ def run_demo(args: argparse.Namespace) -> int:
         attacks=attacks,
     )
     print(
-        f"edge-swarm demo: {cfg.n_agents} agent processes, "
+        f"edge-swarm demo: {_agent_processes(cfg)}, "
         f"{cfg.n_gateways} gateway{'s' if cfg.n_gateways > 1 else ''}, "
         f"{cfg.broker} MQTT broker; "
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {cfg.rounds} rounds\n"
@@ -193,6 +201,14 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_processes(cfg: RunConfig) -> str:
+    k = cfg.agents_per_process
+    if k == 1:
+        return f"{cfg.n_agents} agent processes"
+    n = -(-cfg.n_agents // k)
+    return f"{cfg.n_agents} agents in {n} process{'es' if n > 1 else ''} (up to {k} in each)"
+
+
 def _print_bytes(result: RunResult) -> None:
     rows = []
     for node in sorted(result.bytes_per_agent_round):
@@ -207,8 +223,10 @@ def _print_bytes(result: RunResult) -> None:
                 result.peak_rss_kb.get(node, 0) / 1024,
             ]
         )
+    shared = result.config.agents_per_process > 1
     print_table(
-        "bytes on MQTT per agent per round (mean of rounds 2..), and peak memory",
+        "bytes on MQTT per agent per round (mean of rounds 2..), and peak memory"
+        + (" of its process (shared)" if shared else ""),
         ["agent", "out KiB", "in KiB", "peak RSS MiB"],
         rows,
     )

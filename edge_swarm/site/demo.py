@@ -2,8 +2,9 @@
 
 ``run_swarm`` writes the workload's per-agent partitions, provisions keys, genesis and
 configs, starts a broker (embedded amqtt by default, or a Mosquitto process), a gateway
-process and one process per agent, watches the rounds through an observer, and stops
-everything when the round budget is spent, whatever happens in between.
+process and one process per agent (or per group of ``agents_per_process`` agents), watches
+the rounds through an observer, and stops everything when the round budget is spent,
+whatever happens in between.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class RunConfig:
     workdir: Path
     workload: str = "digits"
     n_agents: int = 8
+    # K > 1: the agents run K to a process, a thread each (site/launch.py); 1: one process each
+    agents_per_process: int = 1
     alpha: float = 0.5
     seed: int = 0
     rounds: int = 20
@@ -87,6 +90,12 @@ class RunConfig:
     # (node, how to start it): a command in front of it and extra environment, e.g. faketime
     wrappers: tuple[tuple[str, Wrapper], ...] = ()
     timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.agents_per_process < 1:
+            raise ValueError(
+                f"agents_per_process must be at least 1, got {self.agents_per_process}"
+            )
 
 
 @dataclass
@@ -281,7 +290,12 @@ def run_swarm(
         )
         observer.start()
         procs = SwarmProcesses.from_layout(
-            layout.gateway_configs, layout.agent_configs, cfg.workdir / "logs", dict(cfg.wrappers)
+            layout.gateway_configs,
+            layout.agent_configs,
+            cfg.workdir / "logs",
+            dict(cfg.wrappers),
+            agents_per_process=cfg.agents_per_process,
+            first=cfg.start_agents,
         )
         procs.broker = site.server
         t0 = time.monotonic()
@@ -346,7 +360,8 @@ def _telemetry_done(observer: SwarmObserver, procs: SwarmProcesses, rounds: int)
 
 def _failure(what: str, procs: SwarmProcesses) -> str:
     lines = [what]
-    for p in procs.all:
+    # Each node's own log, then what each process running a group of agents said itself.
+    for p in [*procs.gateways.values(), *procs.agents.values(), *procs.groups]:
         state = "running" if p.alive else f"exited {p.proc.returncode if p.proc else '-'}"
         lines.append(f"--- {p.node} ({state}), last lines of {p.log_path}:\n{p.tail(8)}")
     return "\n".join(lines)
