@@ -165,3 +165,20 @@ def test_load_local_reads_a_directory_of_files_in_name_order(tmp_path: Path) -> 
     empty.mkdir()
     with pytest.raises(DataError, match="no .npz or .csv"):
         load_local(empty)
+
+
+def test_a_minimum_per_agent_tops_up_the_smallest_and_leaves_a_fair_split_alone() -> None:
+    y = standard_workload().y_train
+    standard = dirichlet_partition(y, 8, 0.5, 0)
+    assert [len(p) for p in standard] == [72, 338, 239, 246, 103, 236, 83, 120]
+    same = dirichlet_partition(y, 8, 0.5, 0, min_samples=72)  # WORKLOAD.md's split stays
+    assert all(np.array_equal(a, b) for a, b in zip(standard, same, strict=True))
+    big = dirichlet_partition(y, 200, 0.5, 0)
+    assert min(len(p) for p in big) == 0  # why the minimum exists
+    topped = dirichlet_partition(y, 200, 0.5, 0, min_samples=5)
+    assert min(len(p) for p in topped) == 5
+    every = np.concatenate(topped)
+    assert len(every) == len(y) and len(np.unique(every)) == len(y)  # a partition still
+    assert all(np.all(np.diff(p) > 0) for p in topped)  # each sorted
+    with pytest.raises(ValueError, match="cannot give"):
+        dirichlet_partition(np.zeros(9, np.int64), 10, 0.5, 0, min_samples=1)

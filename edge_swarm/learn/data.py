@@ -121,13 +121,20 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
 }
 
 
-def dirichlet_partition(y: np.ndarray, n_agents: int, alpha: float, seed: int) -> list[np.ndarray]:
+def dirichlet_partition(
+    y: np.ndarray, n_agents: int, alpha: float, seed: int, min_samples: int = 0
+) -> list[np.ndarray]:
     """Per-class Dirichlet split of the indices of ``y`` over ``n_agents`` agents.
 
     One ``default_rng(seed)``; for each class present, in ascending order: its indices
     (ascending) are shuffled, ``p = rng.dirichlet([alpha] * n_agents)``, cut at
     ``(cumsum(p) * len(idx)).astype(int)[:-1]``, and piece i goes to agent i. Returns one
     sorted int64 index array per agent (an agent may receive none).
+
+    ``min_samples``: then, in agent order, an agent with fewer takes the highest indices of
+    the agent holding the most until it has that many (the standard workload's split, whose
+    smallest agent holds 72, is untouched by any minimum up to 72). With 200 agents, α = 0.5
+    leaves some agents nothing to train on; a fleet that big needs this.
     """
     if n_agents < 1:
         raise ValueError(f"n_agents must be >= 1, got {n_agents}")
@@ -143,20 +150,42 @@ def dirichlet_partition(y: np.ndarray, n_agents: int, alpha: float, seed: int) -
         cuts = (np.cumsum(p) * len(idx)).astype(int)[:-1]
         for i, piece in enumerate(np.split(idx, cuts)):
             parts[i].append(piece)
-    return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+    out = [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+    return _top_up(out, min_samples) if min_samples > 0 else out
+
+
+def _top_up(parts: list[np.ndarray], min_samples: int) -> list[np.ndarray]:
+    if min_samples * len(parts) > sum(len(p) for p in parts):
+        raise ValueError(
+            f"{sum(map(len, parts))} samples cannot give {len(parts)} agents {min_samples} each"
+        )
+    for i in range(len(parts)):
+        while len(parts[i]) < min_samples:
+            donor = max(range(len(parts)), key=lambda j: (len(parts[j]), -j))
+            take = min(min_samples - len(parts[i]), len(parts[donor]) - min_samples)
+            parts[i] = np.sort(np.concatenate([parts[i], parts[donor][-take:]]))
+            parts[donor] = parts[donor][:-take]
+    return parts
 
 
 def write_partitions(
-    workload: Workload, n_agents: int, alpha: float, seed: int, out_dir: str | Path
+    workload: Workload,
+    n_agents: int,
+    alpha: float,
+    seed: int,
+    out_dir: str | Path,
+    min_samples: int = 0,
 ) -> list[Path]:
-    """Write ``agent-01.npz`` ... and ``test.npz`` (keys X, y) into ``out_dir``.
+    """Write ``agent-01.npz`` ... and ``test.npz`` (keys X, y) into ``out_dir`` (the split
+    of ``dirichlet_partition``, with its ``min_samples``).
 
     Returns the agent files in agent order followed by the test file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, idx in enumerate(dirichlet_partition(workload.y_train, n_agents, alpha, seed)):
+    split = dirichlet_partition(workload.y_train, n_agents, alpha, seed, min_samples)
+    for i, idx in enumerate(split):
         path = out / f"agent-{i + 1:02d}.npz"  # numbered from 1, as node ids are
         np.savez(path, X=workload.X_train[idx], y=workload.y_train[idx])
         paths.append(path)

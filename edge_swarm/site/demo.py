@@ -58,6 +58,9 @@ class RunConfig:
     # K > 1: the agents run K to a process, a thread each (site/launch.py); 1: one process each
     agents_per_process: int = 1
     alpha: float = 0.5
+    # Fewer samples than this on an agent are topped up from the largest (a fleet of 200
+    # leaves some agents nothing under α = 0.5; the 8-agent splits are untouched).
+    min_samples: int = 5
     seed: int = 0
     rounds: int = 20
     hidden: tuple[int, ...] = (32,)
@@ -219,7 +222,9 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
     if cfg.backbone is not None:
         backbone = read_ref(cfg.backbone)
         n_inputs = backbone.n_features
-    parts = write_partitions(workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data")
+    parts = write_partitions(
+        workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data", cfg.min_samples
+    )
     agent_parts = [p for p in parts if p.name.startswith("agent-")]
     spec = model_spec(n_inputs, int(workload.y_train.max()) + 1, cfg.hidden)
     params = SwarmParams(
