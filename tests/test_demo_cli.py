@@ -35,3 +35,21 @@ def test_unknown_attack_is_refused_by_argparse(capsys: pytest.CaptureFixture[str
         main(["demo", "--attack", "backdoor"])
     assert exc.value.code == 2
     assert "invalid choice: 'backdoor'" in capsys.readouterr().err
+
+
+def test_the_default_broker_is_embedded_for_small_fleets_and_mosquitto_above(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import edge_swarm.io.broker as broker
+    from edge_swarm.cli.demo import _default_broker
+    from edge_swarm.cli.main import EMBEDDED_BROKER_MAX_AGENTS
+
+    assert _default_broker(8) == "embedded"
+    assert _default_broker(EMBEDDED_BROKER_MAX_AGENTS) == "embedded"
+    # find_mosquitto is the one fact of the machine this choice reads; both answers shown.
+    monkeypatch.setattr(broker, "find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    assert _default_broker(100) == "mosquitto"
+    assert "using Mosquitto" in capsys.readouterr().out
+    monkeypatch.setattr(broker, "find_mosquitto", lambda: None)
+    assert _default_broker(100) == "embedded"
+    assert "apt-get install mosquitto" in capsys.readouterr().err

@@ -114,6 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         return 2
     backbone = _backbone(args, workdir)
+    broker = args.broker or _default_broker(args.agents)
     cfg = RunConfig(
         workdir=workdir,
         backbone=backbone,
@@ -123,7 +124,7 @@ def run_demo(args: argparse.Namespace) -> int:
         agents_per_process=args.agents_per_process,
         n_gateways=args.gateways,
         rounds=args.rounds,
-        broker=args.broker,
+        broker=broker,
         codec=codec,
         error_feedback=not args.no_error_feedback,
         security=args.security,
@@ -199,6 +200,29 @@ def run_demo(args: argparse.Namespace) -> int:
         f"who contributed:   edge-swarm audit {ledger}"
     )
     return 0
+
+
+def _default_broker(agents: int) -> str:
+    """The embedded broker up to the fleet size it carries, Mosquitto above where it is
+    installed (said once, with what to do when it is not)."""
+    from edge_swarm.cli.main import EMBEDDED_BROKER_MAX_AGENTS
+    from edge_swarm.io.broker import find_mosquitto
+
+    if agents <= EMBEDDED_BROKER_MAX_AGENTS:
+        return "embedded"
+    if find_mosquitto() is not None:
+        print(
+            f"edge-swarm demo: {agents} agents are more than the embedded broker carries "
+            f"({EMBEDDED_BROKER_MAX_AGENTS}); using Mosquitto (--broker embedded to insist)"
+        )
+        return "mosquitto"
+    print(
+        f"edge-swarm demo: warning: {agents} agents are more than the embedded broker "
+        f"carries ({EMBEDDED_BROKER_MAX_AGENTS}) and Mosquitto is not installed "
+        "(apt-get install mosquitto); expect timeouts",
+        file=sys.stderr,
+    )
+    return "embedded"
 
 
 def _agent_processes(cfg: RunConfig) -> str:
