@@ -8,8 +8,9 @@
                                   must also extend it: 1 "FAILED: PATH holds 35 entries but
                                   the tree head covers 82 …" otherwise
     ledger-lite recover --from SOURCE --to FILE [--anchor ANCHOR]
-                                  rebuild FILE from another replica's copy (SOURCE, read
-                                  only), verified from genesis and checked against the
+                                  rebuild FILE from another replica's copy or an agent's
+                                  (SOURCE, read only; an agent's ledger.jsonl too),
+                                  verified from genesis and checked against the
                                   anchor (default: FILE's); the old FILE is moved aside,
                                   never deleted (`ledger_lite.recover`). Exit 0 recovered
                                   (or nothing to do), 1 refused, 2 missing file
@@ -81,7 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "--tree-head", metavar="FILE", help="the file must extend this anchor or tree head"
     )
     r = sub.add_parser("recover", help="rebuild a damaged ledger file from a replica's copy")
-    r.add_argument("--from", dest="source", required=True, help="a healthy replica's ledger")
+    r.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a healthy replica's ledger file, or an agent's copy of the chain (*.jsonl, in "
+        "the agent's state directory)",
+    )
     r.add_argument("--to", dest="target", required=True, help="the ledger file to rebuild")
     r.add_argument("--anchor", help="its anchor (default: the one beside --to)")
     s = sub.add_parser("show", help="list entries as a table (or JSON lines)")

@@ -15,6 +15,10 @@
    is renamed into place. A crash in between leaves TARGET missing beside its anchor,
    which every open refuses: run the recovery again.
 
+SOURCE may also be an agent's copy of the chain (``*.jsonl``, `jsonl`): its entries are
+first written to a scratch SQLite file beside TARGET, which is then verified and used as
+above (a copy carries no Raft index: recover a Raft replica from another replica).
+
 Stop the gateway that owns TARGET first. The anchor is left as it is: the recovered file
 extends it, and the gateway anchors the rest when it opens the file.
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 from .anchor import Anchor, anchor_path_for, mismatch, read_anchor
 from .errors import CorruptStore, RecoverError
 from .files import fsync_dir
+from .jsonl import is_copy_file, read_copy
 from .merkle import MerkleTree
 from .state import LedgerState
 from .store import RAFT_INDEX_KEY, SqliteStore
@@ -101,22 +106,53 @@ def recover(
     source, target = Path(source), Path(target)
     if anchor_path is not None and not Path(anchor_path).is_file():
         raise FileNotFoundError(f"no such anchor file: {anchor_path}")
+    if is_copy_file(source):
+        scratch = _sqlite_from_copy(source, target)
+        try:
+            return _recover(scratch, target, anchor_path, source)
+        finally:
+            _remove_with_side_files(scratch)
+    return _recover(source, target, anchor_path, source)
+
+
+def _sqlite_from_copy(copy: Path, target: Path) -> Path:
+    """An agent's JSON-lines copy written to a scratch SQLite file beside `target`, not yet
+    verified (`_recover` verifies it from genesis, as any source)."""
+    read = read_copy(copy)
+    if read.bad is not None:
+        log.warning("%s: %s; using the %d entries before it", copy, read.bad, len(read.entries))
+    if read.torn:
+        log.info("%s: its last line was cut short (a write interrupted); dropped", copy)
+    if not read.entries:
+        raise RecoverError(f"{copy} holds no entries")
+    scratch = target.with_name(f".{target.name}.from-copy")
+    _remove_with_side_files(scratch)
+    with SqliteStore(scratch) as out:
+        for i in range(0, len(read.entries), PAGE):
+            out.append_many(read.entries[i : i + PAGE])
+    return scratch
+
+
+def _recover(
+    source: Path, target: Path, anchor_path: str | os.PathLike[str] | None, named: Path
+) -> Recovered:
+    """`recover` from a SQLite `source`; `named` is what messages call it."""
     apath = Path(anchor_path) if anchor_path is not None else anchor_path_for(target)
     anchor = read_anchor(apath)
     src, got = _open_verified(source)
     with src:
         if got.state is None:
-            raise RecoverError(f"{source} holds no entries")
+            raise RecoverError(f"{named} holds no entries")
         n = len(src)
         if anchor is not None:
             hint = "recover from a replica whose file holds every acknowledged entry"
-            lost = mismatch(source, got.tree, anchor, apath, "the gateway acknowledged", hint)
+            lost = mismatch(named, got.tree, anchor, apath, "the gateway acknowledged", hint)
             if lost is not None:
                 raise lost
         old = _target_chain(target)
         held = None if old is None or old.state is None else old.tree.size
         if old is not None and old.state is not None:
-            _check_prefix(target, old, source, got)
+            _check_prefix(target, old, named, got)
             if held == n:
                 return Recovered(n, got.state.tip, anchor, apath, None, held, nothing_to_do=True)
         tmp = target.with_name(f".{target.name}.recovering")
@@ -130,7 +166,7 @@ def recover(
     aside = _move_aside(target)
     os.replace(tmp, target)
     fsync_dir(target.parent)
-    log.info("recovered %s: %d entries from %s; the old file is at %s", target, n, source, aside)
+    log.info("recovered %s: %d entries from %s; the old file is at %s", target, n, named, aside)
     return Recovered(n, tip, anchor, apath, aside, held)
 
 

@@ -25,6 +25,7 @@ from edge_swarm.node.agent_ops import agent_operations
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing
+from edge_swarm.node.ledger_copy import COPY_FILE, LedgerCopy
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
@@ -68,6 +69,7 @@ class Agent(NodeRuntime):
         self.codec = CodecSpec("float32")
         self.feedback: ErrorFeedback | None = None
         self.mirror = LedgerMirror(cfg.genesis_hash)
+        self.ledger_copy = LedgerCopy(cfg.state_dir / COPY_FILE)  # node/ledger_copy.py
         self._sealed_checkpoint: bytes | None = None  # one we hold no key for yet
         self.synced = False
         self.queries = LedgerQueries()
@@ -116,6 +118,7 @@ class Agent(NodeRuntime):
         ):
             self.mqtt.subscribe(topic, qos=1)
         self._follow_checkpoints(True)
+        self._take(self.ledger_copy.replay(self.mirror), live=False)  # then only what is new
         self._send_query()
 
     def _follow_checkpoints(self, on: bool) -> None:
@@ -212,9 +215,13 @@ class Agent(NodeRuntime):
             except MirrorError as exc:
                 self.drops.drop("bad ledger entry", str(exc))
                 continue
-            for entry in applied:
-                self.clock.on_entry(entry, self.mirror.state, live)  # a gateway's time?
-                self._on_entry(entry)
+            self._take(applied, live)
+
+    def _take(self, entries: list[Entry], live: bool) -> None:
+        for entry in entries:
+            self.ledger_copy.append(entry)
+            self.clock.on_entry(entry, self.mirror.state, live)  # a gateway's time?
+            self._on_entry(entry)
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
