@@ -138,8 +138,9 @@ assert set(SCHEMAS) == KINDS, "every kind needs a schema"
 OPTIONAL: dict[str, Mapping[str, Check]] = {
     "enroll": {"enc_pubkey": _hex64},  # the device's X25519 key, to wrap data keys for it
     # What the merge rule did with each included delta; or why a closed round was finalised
-    # on the model it started from (nobody could merge it).
-    "model_final": {"merge": _object, "abandoned": _text},
+    # on the model it started from (nobody could merge it); in a swarm whose merge committee
+    # decides (merge_by = committee), the round's members, so anyone can recount the quorum.
+    "model_final": {"merge": _object, "abandoned": _text, "committee": _sorted_ids},
 }
 
 

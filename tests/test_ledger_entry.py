@@ -167,6 +167,11 @@ def _flip(data: bytes, pos: int, xor: int) -> bytes:
     return data[:pos] + bytes([data[pos] ^ xor]) + data[pos + 1 :]
 
 
+def _final(**extra: Any) -> dict[str, Any]:
+    """A model_final payload with ``extra`` optional fields."""
+    return {"round": 1, "model_hash": "00" * 32, "state_hash": "11" * 32, "attesters": [], **extra}
+
+
 @pytest.mark.parametrize(
     "kind, payload, problem",
     [
@@ -217,6 +222,13 @@ def _flip(data: bytes, pos: int, xor: int) -> bytes:
             },
             "abandoned",
         ),
+        ("model_final", _final(committee=["a1", "gw"]), None),  # merge_by = committee
+        ("model_final", _final(committee=[]), None),
+        ("model_final", _final(committee=["gw", "a1"]), "model_final.committee"),
+        ("model_final", _final(committee=["a1", "a1"]), "sorted and unique"),
+        ("model_final", _final(committee=["a 1"]), "list of ids"),
+        ("model_final", _final(committee="gw"), "list of ids"),
+        ("model_final", _final(members=["gw"]), "unknown fields"),  # only the listed ones
         ("mint", {}, "unknown kind"),
         ("config", [], "JSON object"),
     ],

@@ -18,6 +18,24 @@ Invariants
   an attestation timeout, counted from the close or from when this coordinator started
   acting, whichever is later, it is finalised on the model it started from, with the reason
   in ``abandoned``; the next round goes on from there.
+
+In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule above as it is):
+
+* Each round's committee is drawn when its ``round_open`` is folded, from that entry's hash
+  (``Appended.hash``) and the gateways and agents enrolled, unrevoked and unexpired as of
+  that entry (``committee_round.CommitteeBook``): never from who is online, so a replaying
+  or following gateway draws the same members as the leader.
+* Only members' attestations count, and ``model_final`` needs a quorum (a strict majority)
+  of members attesting the same (model_hash, state_hash); it names the members in
+  ``committee`` and only the agreeing members in ``attesters``. The leader's own merge
+  counts only through its attestation, like any member's: there is no "the coordinator's
+  merge decides" fallback, since one machine must not decide the model.
+* Every gateway is a member, so every gateway that is not replaying attests its own merge,
+  followers included (in "all" mode only the leader does).
+* No quorum in a deadline plus an attestation timeout (counted as above): the round is
+  finalised on the model it started from, as an abandoned round, even when this
+  coordinator has a merge of its own.
+* ``admit`` refuses an attestation of the round being finalised from a non-member.
 """
 
 from __future__ import annotations
@@ -25,6 +43,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from edge_swarm.swarm.committee_round import CommitteeBook, quorum_winner
 from edge_swarm.swarm.rounds import (
     Action,
     Append,
@@ -53,6 +72,7 @@ class Coordinator:
 
     ``initial_hash`` is the hash of the genesis model; ``started_ms`` the coordinator's clock
     at start (the first round waits ``start_grace_ms`` for a fleet that is still booting).
+    In committee mode ``committees.of(round)`` is the round's drawn committee (until final).
     """
 
     def __init__(
@@ -87,6 +107,8 @@ class Coordinator:
         self._pending: str | None = None
         self._keys_ready = not policy.sealed
         self._done = False
+        # Who may sit on a round's committee, and each round's draw (committee mode only).
+        self.committees = CommitteeBook(policy.committee_k)
 
     # -- inputs
     def handle(self, event: Event) -> list[Action]:
@@ -104,7 +126,10 @@ class Coordinator:
         if isinstance(event, MergeDone) and self._is_closing(event.round):
             assert self.current is not None
             self.current.own = (event.model_hash, event.state_hash)
-            attest = [Append("model_attest", attest_payload(event))] if self._acting else []
+            # A committee counts every gateway as a member: a follower attests too.
+            member = self.policy.by_committee and not self.replaying
+            attests = self._acting or member
+            attest = [Append("model_attest", attest_payload(event))] if attests else []
             return attest + self._progress(None)
         if isinstance(event, AppendFailed) and self._pending == event.kind:
             self._pending = None  # the next tick tries again
@@ -154,6 +179,9 @@ class Coordinator:
                 return f"round {rnd} is not awaiting attestations"
             if (rnd, author) in self._attested:
                 return f"{author} already attested round {rnd}"
+            drawn = self.committees.of(rnd) if self._is_closing(rnd) else None
+            if self.policy.by_committee and drawn is not None and author not in drawn:
+                return f"{author} is not in round {rnd}'s committee"
         elif kind in COORDINATOR_KINDS:
             return "only the coordinator opens, closes and finalises rounds"
         return None
@@ -171,6 +199,8 @@ class Coordinator:
         p = ev.payload
         if self._pending == ev.kind:
             self._pending = None
+        if self.policy.by_committee:
+            self.committees.fold(ev)  # enrolments and revocations: who may be drawn
         if ev.kind == "enroll" and p.get("role") == "agent":
             self.agents.add(p["node"])
         elif ev.kind == "revoke":
@@ -179,6 +209,8 @@ class Coordinator:
         elif ev.kind == "round_open":
             if p["round"] <= self.last_round:
                 return []  # a second open of a round (two leaders a moment apart): the first counts
+            if self.policy.by_committee:
+                self.committees.draw(p["round"], ev)  # as of this entry: the roster folded so far
             self.current = RoundState(p["round"], p["base_model_hash"], p["deadline_ms"])
             # Replaying, nobody's status is known yet: the ledger says who was active.
             active = self._last_included if self.replaying else self.online
@@ -224,28 +256,40 @@ class Coordinator:
         self.final_holders = tuple(a for a in p.get("attesters", ()) if isinstance(a, str))
         self.current = None
         self._attested = {a for a in self._attested if a[0] >= p["round"]}
+        self.committees.forget_before(p["round"] + 1)
         done = self._check_done()
         return [] if self.replaying else [PublishCheckpoint(p["round"], p["model_hash"])] + done
 
     def _maybe_abandon(self, now_ms: int | None) -> list[Action]:
         """Finalise the closed round on the model it started from if nobody has merged it in
         a deadline plus an attestation timeout: this coordinator has no merge of its own (it
-        asks every author for its delta meanwhile), and no majority agreed on one."""
+        asks every author for its delta meanwhile), and no majority agreed on one. In
+        committee mode, once no quorum of the committee agreed in that time, whether or not
+        this coordinator merged (its merge alone must not decide)."""
         cur = self.current
         assert cur is not None
-        if now_ms is None or cur.own is not None or self.state_hash is None:
+        committee = self.committees.of(cur.number) if self.policy.by_committee else None
+        if now_ms is None or self.state_hash is None:
+            return []
+        if committee is None and cur.own is not None:
             return []
         since = max(cur.closed_at_ms, self._acting_since_ms)
         if now_ms - since < self.policy.round_deadline_ms + self.policy.attest_timeout_ms:
             return []
         self._pending = "model_final"
-        payload = {
+        payload: dict[str, Any] = {
             "round": cur.number,
             "model_hash": self.model_hash,
             "state_hash": self.state_hash,
             "attesters": [],
             "abandoned": "no merge in time: the deltas round_close named are gone",
         }
+        if committee is not None:
+            payload["abandoned"] = (
+                f"no quorum of the committee agreed in time ({committee.quorum} of"
+                f" {len(committee.members)} members needed)"
+            )
+            payload["committee"] = list(committee.members)
         return [Append("model_final", payload)]
 
     def _check_done(self) -> list[Action]:
@@ -311,6 +355,8 @@ class Coordinator:
         return [Append("round_close", payload)]
 
     def _maybe_final(self, now_ms: int | None) -> list[Action]:
+        if self.policy.by_committee:
+            return self._maybe_final_by_committee(now_ms)
         cur = self.current
         assert cur is not None and cur.included is not None
         votes = Counter(v for n, v in cur.attests.items() if n in cur.included)
@@ -332,6 +378,27 @@ class Coordinator:
             "model_hash": winner[0],
             "state_hash": winner[1],
             "attesters": attesters,
+        }
+        self._pending = "model_final"
+        return [Append("model_final", payload)]
+
+    def _maybe_final_by_committee(self, now_ms: int | None) -> list[Action]:
+        """Committee mode: final once a quorum of the round's members attested one pair;
+        the members are named in ``committee``, the agreeing ones in ``attesters``."""
+        cur = self.current
+        assert cur is not None
+        committee = self.committees.of(cur.number)
+        assert committee is not None, "committee mode draws at every round_open"
+        winner = quorum_winner(committee, cur.attests)
+        if winner is None:
+            return self._maybe_abandon(now_ms)
+        attesters = sorted(n for n, v in cur.attests.items() if v == winner and n in committee)
+        payload = {
+            "round": cur.number,
+            "model_hash": winner[0],
+            "state_hash": winner[1],
+            "attesters": attesters,
+            "committee": list(committee.members),
         }
         self._pending = "model_final"
         return [Append("model_final", payload)]

@@ -14,10 +14,23 @@ Invariants
   device whose ledger clock (``Tick.ledger_ms``) says it saw the entry late has that much
   less. The window only matters to a device that cannot train at once (it is adopting a
   checkpoint): one that can, trains as the entry is folded.
+
+In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule above as it is):
+
+* It folds enrolments and revocations and draws each round's committee from the
+  ``round_open`` entry's hash (``Appended.hash``), exactly as the coordinator does
+  (``committee_round.CommitteeBook``), so ``is_member(round)`` and ``committee(round)`` tell
+  the wiring, from the ledger alone, whether to take the round's deltas.
+* A member does what every participant does in "all" mode: merges the round and attests.
+  A non-member never asks for a ``Merge`` and never attests that round; it still trains and
+  commits its delta, and on ``model_final`` adopts the final model (``AdoptCheckpoint``),
+  unless it holds those bytes already (a round abandoned on its base model).
 """
 
 from __future__ import annotations
 
+from edge_swarm.swarm.committee import Committee
+from edge_swarm.swarm.committee_round import CommitteeBook
 from edge_swarm.swarm.rounds import (
     Action,
     AdoptCheckpoint,
@@ -30,6 +43,7 @@ from edge_swarm.swarm.rounds import (
     Merge,
     MergeDone,
     MergeFailed,
+    RoundPolicy,
     RoundState,
     Tick,
     Train,
@@ -43,11 +57,15 @@ class Participant:
 
     ``model_hash`` is the hash of the model the agent holds now; the wiring keeps the
     parameters, the machine keeps which round they belong to and what to do next.
+    ``policy`` is the genesis's (``RoundPolicy.from_params``); only its ``merge_by`` and
+    ``committee_k`` matter here. None means "all", today's rounds.
     """
 
-    def __init__(self, node: str, model_hash: str) -> None:
+    def __init__(self, node: str, model_hash: str, policy: RoundPolicy | None = None) -> None:
         self.node = node
         self.model_hash = model_hash
+        self.by_committee = policy is not None and policy.by_committee
+        self.committees = CommitteeBook(policy.committee_k if policy is not None else 0)
         self.model_round = 0
         self.open: RoundState | None = None
         self.commits: dict[int, dict[str, str]] = {}
@@ -83,7 +101,9 @@ class Participant:
         if isinstance(event, MergeDone):
             self._merging.discard(event.round)
             self.merged[event.round] = event.model_hash
-            return [Append("model_attest", attest_payload(event))] + self._maybe_commit(event.round)
+            # A non-member never asked for this merge; were it done anyway, it must not vote.
+            attest = [Append("model_attest", attest_payload(event))]
+            return (attest if self.is_member(event.round) else []) + self._maybe_commit(event.round)
         if isinstance(event, MergeFailed):
             self._merging.discard(event.round)
             return []
@@ -108,11 +128,28 @@ class Participant:
         self.model_round = last
         return self._maybe_train()
 
+    def is_member(self, rnd: int) -> bool:
+        """Whether this node merges round ``rnd`` (and so needs its deltas): always in "all"
+        mode; in committee mode iff it was drawn (False for a round not drawn yet)."""
+        if not self.by_committee:
+            return True
+        drawn = self.committees.of(rnd)
+        return drawn is not None and self.node in drawn
+
+    def committee(self, rnd: int) -> Committee | None:
+        """Round ``rnd``'s committee (committee mode, from its round_open until the round
+        after it is final), else None."""
+        return self.committees.of(rnd) if self.by_committee else None
+
     def _on_appended(self, ev: Appended) -> list[Action]:
         p = ev.payload
+        if self.by_committee:
+            self.committees.fold(ev)  # enrolments and revocations: who may be drawn
         if ev.kind == "round_open":
             if self.open is not None and p["round"] <= self.open.number:
                 return []  # a second open of the same round: the first one counts
+            if self.by_committee:
+                self.committees.draw(p["round"], ev)  # the same draw as the coordinator's
             self.open = RoundState(p["round"], p["base_model_hash"], p["deadline_ms"])
             self._open_ts, self._window_end = ev.ts, None
             if not self.replaying:  # from history, the entry has no "seen" time: catch_up
@@ -128,6 +165,8 @@ class Participant:
             if self.open is not None and self.open.number == rnd:
                 self.open.included = tuple(p["included"])
             commits = self.commits.get(rnd, {})
+            if not self.is_member(rnd):
+                return []  # the committee merges: this node adopts at model_final
             if p["included"] and all(n in commits for n in p["included"]):
                 samples = self.samples.get(rnd, {})
                 self._closing[rnd] = Merge(
@@ -215,3 +254,4 @@ class Participant:
                 del table[old]
         self.trained = {r for r in self.trained if r >= rnd}
         self.attested = {r for r in self.attested if r >= rnd}
+        self.committees.forget_before(rnd)

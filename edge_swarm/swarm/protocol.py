@@ -18,6 +18,11 @@ the machines in ``coordinator`` and ``participant``; this module is their public
 * ``Participant`` runs on each agent. It trains when a round opens on the model it holds,
   merges exactly the envelopes named by ``round_close``, attests the result, and adopts the
   retained checkpoint whenever its own bytes are not the ones the ledger finalised.
+* Who merges is the genesis's ``merge_by`` (``RoundPolicy``). "all": every agent and gateway,
+  as above. "committee": only the round's committee (the gateways plus ``committee_k``
+  agents drawn from the ``round_open`` entry's hash, ``committee_round``) merges and
+  attests; the coordinator finalises on a quorum of its members, or abandons the round on
+  its base model; a participant outside the committee adopts the final model.
 
 Invariants
 ----------
@@ -27,11 +32,16 @@ Invariants
 * ``round_close.included`` is sorted, and only nodes with a ``delta_commit`` for that round
   are included. A round closed with nobody leaves the model unchanged.
 * A participant never trains on a base other than the one the ledger opened the round with.
+* In committee mode every machine draws a round's committee from the ledger alone (the
+  ``round_open`` hash and the enrolments folded up to it), so all draw the same members.
 """
 
+from edge_swarm.swarm.committee import Committee
+from edge_swarm.swarm.committee_round import CommitteeBook, quorum_winner
 from edge_swarm.swarm.coordinator import MAX_CLOCK_SKEW_MS, Coordinator
 from edge_swarm.swarm.participant import Participant
 from edge_swarm.swarm.rounds import (
+    MERGE_BY,
     Action,
     AdoptCheckpoint,
     Append,
@@ -59,6 +69,7 @@ from edge_swarm.swarm.rounds import (
 
 __all__ = [
     "MAX_CLOCK_SKEW_MS",
+    "MERGE_BY",
     "Action",
     "AdoptCheckpoint",
     "Append",
@@ -66,6 +77,8 @@ __all__ = [
     "Appended",
     "CheckpointAdopted",
     "Commit",
+    "Committee",
+    "CommitteeBook",
     "Coordinator",
     "EnsureKeys",
     "EnvelopeStored",
@@ -84,4 +97,5 @@ __all__ = [
     "Train",
     "TrainingDone",
     "attest_payload",
+    "quorum_winner",
 ]

@@ -1,5 +1,6 @@
 """The round protocol's vocabulary: the events the machines take, the actions they return,
-and the policy (quorum and timing) they follow. See ``protocol`` for how the machines work.
+and the policy (quorum, timing, who merges) they follow. See ``protocol`` for how the
+machines work.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ class Tick:
 
 @dataclass(frozen=True)
 class Appended:
-    """The ledger accepted an entry (kind, author, payload, ts in ms)."""
+    """The ledger accepted an entry (kind, author, payload, ts in ms; ``hash``: the entry's
+    hash, lowercase hex). The hash seeds the draw of a round's merge committee, so in
+    ``merge_by = "committee"`` the wiring must pass it for ``round_open`` entries (it may
+    pass it for every entry); "" means not given, which ``merge_by = "all"`` never needs."""
 
     kind: str
     author: str
     payload: dict[str, Any]
     ts: int
+    hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -186,10 +191,15 @@ Action = (
 
 # --------------------------------------------------------------------------- policy
 
+MERGE_BY = ("all", "committee")
+"""Who merges a round: every agent and gateway ("all", today's rounds), or the round's
+committee (the gateways plus ``committee_k`` agents drawn from the round_open hash)."""
+
 
 @dataclass(frozen=True)
 class RoundPolicy:
-    """Timing and quorum of rounds; all times in milliseconds."""
+    """Timing, quorum and merging of rounds; all times in milliseconds. Raises ValueError
+    on a value out of range, naming what is allowed."""
 
     rounds: int = 20
     min_peers: int = 2
@@ -197,16 +207,30 @@ class RoundPolicy:
     attest_timeout_ms: int = 30_000
     start_grace_ms: int = 30_000
     sealed: bool = False  # a key epoch must fit the members before each round opens
+    merge_by: str = "all"  # one of MERGE_BY
+    committee_k: int = 2  # agents drawn per round beside the gateways (committee mode)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.min_peers < 1:
             raise ValueError("rounds and min_peers must be at least 1")
         if min(self.round_deadline_ms, self.attest_timeout_ms, self.start_grace_ms) < 0:
             raise ValueError("timeouts must be non-negative")
+        if not isinstance(self.merge_by, str) or self.merge_by not in MERGE_BY:
+            allowed = " or ".join(repr(m) for m in MERGE_BY)
+            raise ValueError(f"merge_by must be {allowed}, not {self.merge_by!r:.80}")
+        k = self.committee_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"committee_k must be an int >= 0, not {k!r:.80}")
+
+    @property
+    def by_committee(self) -> bool:
+        """Whether the round's committee, not every node, merges and decides the model."""
+        return self.merge_by == "committee"
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RoundPolicy:
-        """Build from the genesis ``params`` (seconds there, milliseconds here)."""
+        """Build from the genesis ``params`` (seconds there, milliseconds here). Raises
+        ValueError on a value ``__post_init__`` refuses."""
         return cls(
             rounds=int(params.get("rounds", 20)),
             min_peers=int(params.get("min_peers", 2)),
@@ -214,6 +238,10 @@ class RoundPolicy:
             attest_timeout_ms=int(float(params.get("attest_timeout_s", 30)) * 1000),
             start_grace_ms=int(float(params.get("start_grace_s", 30)) * 1000),
             sealed=params.get("security", "signed") == "sealed",  # as trust.epochs reads it
+            # Taken as the genesis spells them: a typo or a float is refused, not coerced
+            # (every node must draw the same committee from the same k).
+            merge_by=params.get("merge_by", "all"),
+            committee_k=params.get("committee_k", 2),
         )
 
 
