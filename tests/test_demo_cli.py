@@ -53,3 +53,12 @@ def test_the_default_broker_is_embedded_for_small_fleets_and_mosquitto_above(
     monkeypatch.setattr(broker, "find_mosquitto", lambda: None)
     assert _default_broker(100) == "embedded"
     assert "apt-get install mosquitto" in capsys.readouterr().err
+
+
+def test_a_negative_committee_size_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["demo", "--workdir", str(tmp_path / "w"), "--merge-by", "committee"]
+    assert main([*args, "--committee-k", "-1"]) == 2
+    assert "--committee-k must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

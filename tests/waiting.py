@@ -133,7 +133,8 @@ def settle(
 ) -> None:
     """Wait until the swarm has finished its rounds and its ledger is quiet: every agent of
     `attesters` (by default those included in the last round) has its attestation of the
-    last round on the ledger, and every gateway's ledger file ends on the same entry.
+    last round on the ledger (in a committee swarm, those on the last round's committee),
+    and every gateway's ledger file ends on the same entry.
 
     To be called at the end of a `run_swarm` ``during`` callback: the site is still up, and
     `run_swarm` stops it right after. Bounded: RuntimeError if the rounds do not finish
@@ -147,6 +148,14 @@ def settle(
     if not done or not _finished(obs, last):
         raise RuntimeError(_failure(f"the swarm did not finish {last} rounds", procs))
     expected = set(obs.rounds[last].included if attesters is None else attesters)
+    if attesters is None:  # a committee swarm: only the round's committee attests
+        committee = [
+            e.payload["committee"]
+            for e in list(obs.entries)
+            if e.kind == "model_final" and e.payload["round"] == last and "committee" in e.payload
+        ]
+        if committee:
+            expected &= set(committee[0])
 
     def attested() -> set[str]:
         return {

@@ -89,6 +89,12 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.committee_k < 0:
+        print(
+            f"edge-swarm demo: --committee-k must be 0 or more, got {args.committee_k}",
+            file=sys.stderr,
+        )
+        return 2
     workdir: Path = args.workdir.resolve()
     if workdir.exists() and not args.keep:
         shutil.rmtree(workdir)
@@ -122,6 +128,8 @@ def run_demo(args: argparse.Namespace) -> int:
         workload=args.workload,
         n_agents=args.agents,
         agents_per_process=args.agents_per_process,
+        merge_by=args.merge_by,
+        committee_k=args.committee_k,
         n_gateways=args.gateways,
         rounds=args.rounds,
         broker=broker,
@@ -136,7 +144,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"{cfg.n_gateways} gateway{'s' if cfg.n_gateways > 1 else ''}, "
         f"{cfg.broker} MQTT broker; "
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {cfg.rounds} rounds\n"
-        f"  local training: {cfg.local}\n  merge rule: {cfg.merge}\n"
+        f"  local training: {cfg.local}\n  merge rule: {cfg.merge}, by {_merged_by(cfg)}\n"
         f"  delta codec: {args.codec}, error feedback {'on' if cfg.error_feedback else 'off'}\n"
         f"  deltas: {_SECURITY[cfg.security]}\n"
         + (
@@ -200,6 +208,12 @@ def run_demo(args: argparse.Namespace) -> int:
         f"who contributed:   edge-swarm audit {ledger}"
     )
     return 0
+
+
+def _merged_by(cfg: RunConfig) -> str:
+    if cfg.merge_by == "all":
+        return "every agent"
+    return f"a committee per round (the gateways + {cfg.committee_k} drawn agents)"
 
 
 def _default_broker(agents: int) -> str:

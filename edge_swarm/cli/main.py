@@ -211,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
     d.add_argument(
+        "--merge-by",
+        choices=["all", "committee"],
+        default="all",
+        help="who merges each round: every agent (all, the default), or the gateways plus "
+        "--committee-k agents drawn per round from the ledger, the rest taking the result "
+        "(committee: what one device pays stays flat as the fleet grows; docs/COMMITTEE.md)",
+    )
+    d.add_argument(
+        "--committee-k",
+        type=int,
+        default=2,
+        metavar="K",
+        help="agents drawn onto each round's committee (default 2)",
+    )
+    d.add_argument(
         "--gateways",
         type=int,
         default=1,

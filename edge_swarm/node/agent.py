@@ -25,6 +25,7 @@ from edge_swarm.node.agent_ops import agent_operations
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing
+from edge_swarm.node.follow import Follow
 from edge_swarm.node.ledger_copy import COPY_FILE, LedgerCopy
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
@@ -81,7 +82,8 @@ class Agent(NodeRuntime):
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
         self._before_genesis: list[tuple[bytes, int, str]] = []
-        self._checkpoints_on = False
+        self.follow = Follow(self.mqtt, self.topics)  # node/follow.py
+        self.peer_deltas = 0  # peers' delta messages received
         self.submissions = PendingSubmissions(
             lambda payload: self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         )
@@ -111,27 +113,15 @@ class Agent(NodeRuntime):
         for topic in (
             t.ledger_events(),
             t.ledger_reply(self.cfg.node_id),
-            t.delta_filter(),
             t.resend_filter(self.cfg.node_id),
             t.fleet_cmd(self.cfg.node_id),
             t.fleet_cmd(ALL),
         ):
             self.mqtt.subscribe(topic, qos=1)
-        self._follow_checkpoints(True)
+        self.follow.all_deltas(True)
+        self.follow.checkpoints(True)
         self._take(self.ledger_copy.replay(self.mirror), live=False)  # then only what is new
         self._send_query()
-
-    def _follow_checkpoints(self, on: bool) -> None:
-        """Subscribe to the retained checkpoint only while we need it: an agent that merges
-        every round itself would otherwise receive the whole model again each round."""
-        if on == self._checkpoints_on:
-            return
-        self._checkpoints_on = on
-        for topic in (self.topics.model_latest(), self.topics.model_chunk_filter()):
-            if on:
-                self.mqtt.subscribe(topic, qos=1)
-            else:
-                self.mqtt.unsubscribe(topic)
 
     def gateway_fps(self) -> frozenset[str] | None:
         return enrolled_gateway_fps(self.ledger_state())
@@ -237,7 +227,10 @@ class Agent(NodeRuntime):
         folded = self.fold_entry(entry, self.mirror.state)
         if folded.new_key and self._sealed_checkpoint is not None:
             self._on_checkpoint(self._sealed_checkpoint)  # a key for it may have come
-        actions = self.machine.handle(P.Appended(entry.kind, entry.author, entry.payload, entry.ts))
+        event = P.Appended(entry.kind, entry.author, entry.payload, entry.ts, entry.hash)
+        actions = self.machine.handle(event)
+        if entry.kind == "round_open":
+            self._follow_deltas(entry.payload["round"])
         for ok in folded.held:
             actions += self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256))
         if self.synced:
@@ -259,11 +252,17 @@ class Agent(NodeRuntime):
         rule = MergeRule.from_dict(params["merge"])
         self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.mirror.state)
-        self.machine = P.Participant(self.cfg.node_id, self.holder.hash)
+        policy = P.RoundPolicy.from_params(params)
+        self.machine = P.Participant(self.cfg.node_id, self.holder.hash, policy)
+        self.follow.all_deltas(not policy.by_committee)
         self.machine.replaying = True
         held, self._before_genesis = self._before_genesis, []
         for payload, rnd, node in held:
             self._on_envelope(payload, rnd, node)
+
+    def _follow_deltas(self, rnd: int) -> None:
+        if self.machine is not None and self.machine.by_committee and self.synced:
+            self.follow.round_deltas(rnd, self.machine.is_member(rnd))
 
     def _serve(self, rnd: int) -> None:
         assert self.holder is not None
@@ -290,6 +289,8 @@ class Agent(NodeRuntime):
             return
         self.synced = True
         log.info("ledger synced to height %d", self.mirror.next_height - 1)
+        if self.machine.open is not None:
+            self._follow_deltas(self.machine.open.number)
         self._act(self.machine.catch_up(*self.clock.readings()))
         self._resume_own_delta()
 
@@ -311,6 +312,7 @@ class Agent(NodeRuntime):
 
     # -- envelopes and checkpoints
     def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
+        self.peer_deltas += node != self.cfg.node_id  # telemetry: what committee mode saves
         if self.inbox is None or self.machine is None:
             # Before the genesis arrives we cannot check anything: hold a few, bounded.
             if len(self._before_genesis) < MAX_BEFORE_GENESIS:
@@ -355,7 +357,8 @@ class Agent(NodeRuntime):
         log.info("adopted checkpoint of round %d (%s)", ck.round, ck.model_hash[:12])
         self.adopting = None
         self._serve(ck.round)
-        if ck.round == max(self.machine.finals) and ck.round not in self.machine.attested:
+        last = ck.round == max(self.machine.finals) and ck.round not in self.machine.attested
+        if last and self.machine.is_member(ck.round):  # a light agent's would not count
             # Say on the ledger which bytes we hold now, as an agent that merged does: the
             # record then shows every node on the final model, however it got there.
             attest = {"round": ck.round, "model_hash": ck.model_hash, "state_hash": ck.state_hash}
@@ -389,11 +392,11 @@ class Agent(NodeRuntime):
             self.holder.commit(action.round)
             self.rounds_done.append(action.round)
             self._serve(action.round)
-            self._follow_checkpoints(False)
+            self.follow.checkpoints(False)
             self._telemetry(action.round)
         elif isinstance(action, P.AdoptCheckpoint):
             self.adopting = (action.round, action.model_hash)
-            self._follow_checkpoints(True)
+            self.follow.checkpoints(True)
             self._try_adopt()
         return []
 
@@ -493,4 +496,5 @@ class Agent(NodeRuntime):
         if self.last_accuracy is not None:
             values["accuracy"] = self.last_accuracy  # local, on its own data
         values["paused"] = 1 if self.state == "paused" else 0
+        values["peer_deltas"] = self.peer_deltas
         self.publish_telemetry(rnd, values)

@@ -350,7 +350,8 @@ class Gateway(NodeRuntime):
             held = self.devices.enrolled(p["node"])
             if held is not None:
                 self.call_soon(lambda: self._on_status(p["node"], held))
-        actions = self.coordinator.handle(P.Appended(entry.kind, entry.author, p, entry.ts))
+        event = P.Appended(entry.kind, entry.author, p, entry.ts, entry.hash)
+        actions = self.coordinator.handle(event)
         if not live:
             return
         if self.leading:
@@ -449,7 +450,7 @@ class Gateway(NodeRuntime):
         cand = self.holder.candidates.get(action.round)
         if cand is not None and cand.model_hash == action.model_hash:
             self.holder.commit(action.round)
-        elif cand is None and self.holder.hash == action.model_hash:
+        elif self.holder.hash == action.model_hash:
             # Abandoned (swarm/coordinator.py): nobody could merge it; the model stays.
             log.warning("round %d: finalised on the model it started from", action.round)
             self.holder.keep(action.round)

@@ -61,6 +61,10 @@ class RunConfig:
     # Fewer samples than this on an agent are topped up from the largest (a fleet of 200
     # leaves some agents nothing under α = 0.5; the 8-agent splits are untouched).
     min_samples: int = 5
+    # Who merges each round (swarm/committee_round.py): every agent ("all"), or the gateways
+    # plus committee_k agents drawn per round ("committee"; the others adopt the result).
+    merge_by: str = "all"
+    committee_k: int = 2
     seed: int = 0
     rounds: int = 20
     hidden: tuple[int, ...] = (32,)
@@ -241,7 +245,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         error_feedback=cfg.error_feedback,
         security=cfg.security,
         backbone=backbone.to_dict() if backbone is not None else None,
-        extra={"workload": cfg.workload},
+        extra={"workload": cfg.workload, **_committee_params(cfg)},
     )
     broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)
     layout = provision_swarm(
@@ -370,3 +374,10 @@ def _failure(what: str, procs: SwarmProcesses) -> str:
         state = "running" if p.alive else f"exited {p.proc.returncode if p.proc else '-'}"
         lines.append(f"--- {p.node} ({state}), last lines of {p.log_path}:\n{p.tail(8)}")
     return "\n".join(lines)
+
+
+def _committee_params(cfg: RunConfig) -> dict[str, Any]:
+    """The genesis params of a committee swarm ("all" adds none: its genesis is as before)."""
+    if cfg.merge_by == "all":
+        return {}
+    return {"merge_by": cfg.merge_by, "committee_k": cfg.committee_k}

@@ -164,6 +164,10 @@ class Topics:
         """A subscription filter matching every delta of every round."""
         return f"{self.root}round/+/delta/+"
 
+    def round_delta_filter(self, r: int) -> str:
+        """A subscription filter matching every delta of round ``r``."""
+        return f"{self.root}round/{validate_round(r)}/delta/+"
+
     def resend(self, r: int, node: str) -> str:
         """Where receivers ask ``node`` to publish missing chunks of its round-``r`` messages."""
         return f"{self.root}round/{validate_round(r)}/resend/{validate_id(node, 'node id')}"
