@@ -73,7 +73,7 @@ def test_missing_deltas_are_asked_for_after_a_moment_then_backing_off() -> None:
 
     made: list[tuple[int, str, str]] = []
     asks = DeltaAsks(lambda r, node, sha: made.append((r, node, sha)))
-    asks.start(now=0.0)  # those on their way get RESEND_FIRST_S (3 s) first
+    asks.start(now=0.0, rnd=4)  # those on their way get RESEND_FIRST_S (3 s) first
     missing = [("a1", "11" * 32), ("a2", "22" * 32)]
     asks.tick(4, missing, now=2.9)
     assert made == []
@@ -85,3 +85,17 @@ def test_missing_deltas_are_asked_for_after_a_moment_then_backing_off() -> None:
     assert made[2:] == [(4, "a2", "22" * 32)]
     asks.tick(4, [], now=100.0)  # nothing missing: nothing sent
     assert len(made) == 3
+
+
+def test_a_members_asks_start_quickly_and_start_over_each_round() -> None:
+    from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
+
+    made: list[tuple[int, str, str]] = []
+    asks = DeltaAsks(lambda r, node, sha: made.append((r, node, sha)), first_s=MEMBER_ASK_S)
+    asks.tick(1, [("a", "11" * 32)], now=10.0)  # first seen missing: asked MEMBER_ASK_S later
+    assert made == []
+    asks.tick(1, [("a", "11" * 32)], now=10.0 + MEMBER_ASK_S)
+    assert made == [(1, "a", "11" * 32)]
+    asks.tick(2, [("b", "22" * 32)], now=11.0)  # a new round: its own short first wait
+    asks.tick(2, [("b", "22" * 32)], now=11.0 + MEMBER_ASK_S)
+    assert made[-1] == (2, "b", "22" * 32)

@@ -474,3 +474,30 @@ def test_all_mode_participant_acts_exactly_as_before() -> None:
         P.Train(2, H1),
     ]
     assert explicit.is_member(1) and explicit.committee(1) is None
+
+
+def test_a_member_says_which_deltas_it_still_lacks_once_the_round_closes() -> None:
+    drawn, others = drawn_and_not()
+    me, peer = drawn
+    p = P.Participant(me, H0, policy())
+    for ev in roster():
+        p.handle(ev)
+    p.handle(opened())
+    p.handle(P.TrainingDone(1, "e" * 64, 50, {}))
+    p.handle(commit(me, 1, "e" * 64))
+    p.handle(commit(peer, 1, "f" * 64))
+    p.handle(P.EnvelopeStored(1, me, "e" * 64))
+    assert p.missing(1) == []  # still open: nothing is late yet
+    assert p.handle(closed(1, sorted([me, peer]))) == []  # the peer's came before we listened
+    assert p.missing(1) == [(peer, "f" * 64)]
+    (merge,) = p.handle(P.EnvelopeStored(1, peer, "f" * 64))  # its author sent it again
+    assert isinstance(merge, P.Merge) and p.missing(1) == []
+    # A non-member lacks nothing (it merges nothing); "all" mode asks nobody either.
+    outsider = P.Participant(others[0], H0, policy())
+    for ev in [*roster(), opened(), commit(me, 1), closed(1, [me])]:
+        outsider.handle(ev)
+    assert outsider.missing(1) == []
+    everyone = P.Participant(me, H0, policy("all"))
+    for ev in [*roster(), opened(), commit(peer, 1), closed(1, [peer])]:
+        everyone.handle(ev)
+    assert everyone.missing(1) == []

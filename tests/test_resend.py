@@ -108,3 +108,23 @@ def test_a_reply_to_any_outstanding_query_is_taken_and_retries_back_off() -> Non
     assert not q.due(10.0 + 19 + 29.9) and q.due(10.0 + 19 + 30.1)
     assert not q.answered("x0")
     assert q.answered(f"x{20 - MAX_OUTSTANDING_QUERIES}")
+
+
+def test_a_delta_request_is_answered_once_per_wait_but_the_next_rounds_at_once() -> None:
+    import hashlib
+
+    from edge_swarm.node.resend import RESEND_FIRST_S, OwnDelta
+
+    sent: list[tuple[str, bytes]] = []
+    own = OwnDelta(lambda topic, frame: sent.append((topic, frame)), None, lambda r: f"t/{r}")
+    f1, f2 = b"delta of round 1", b"delta of round 2"
+    own.sent(1, "t/1", f1, now=0.0)
+    sha1 = hashlib.sha256(f1).hexdigest()
+    assert own.answer(1, sha1, now=1.0) and sent == [("t/1", f1)]
+    assert not own.answer(1, sha1, now=1.5)  # the same delta: one answer reached everyone
+    assert not own.answer(1, "00" * 32, now=9.0)  # bytes we do not hold: never
+    own.sent(2, "t/2", f2, now=2.0)
+    # Rounds of a fraction of a second: the next round's request must not wait out the last's.
+    assert own.answer(2, hashlib.sha256(f2).hexdigest(), now=2.1)
+    assert sent[-1] == ("t/2", f2)
+    assert own.answer(2, hashlib.sha256(f2).hexdigest(), now=2.2 + RESEND_FIRST_S)

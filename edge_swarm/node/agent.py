@@ -28,10 +28,12 @@ from edge_swarm.node.fleet import FleetControl, LogRing
 from edge_swarm.node.follow import Follow
 from edge_swarm.node.ledger_copy import COPY_FILE, LedgerCopy
 from edge_swarm.node.model import ModelHolder
+from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
+from edge_swarm.swarm.chunk_resend import encode_delta_request
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
 from edge_swarm.swarm.commands import Ack
 from edge_swarm.swarm.feedback import ErrorFeedback
@@ -84,6 +86,7 @@ class Agent(NodeRuntime):
         self._before_genesis: list[tuple[bytes, int, str]] = []
         self.follow = Follow(self.mqtt, self.topics)  # node/follow.py
         self.peer_deltas = 0  # peers' delta messages received
+        self.delta_asks = DeltaAsks(self._ask_delta, first_s=MEMBER_ASK_S)
         self.submissions = PendingSubmissions(
             lambda payload: self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         )
@@ -143,6 +146,9 @@ class Agent(NodeRuntime):
     def on_delta_request(self, rnd: int, sha256: str) -> None:
         self.own_delta.answer(rnd, sha256, time.monotonic())
 
+    def _ask_delta(self, rnd: int, node: str, sha: str) -> None:
+        self.mqtt.publish(self.topics.resend(rnd, node), encode_delta_request(sha), qos=1)
+
     def _send_query(self) -> None:
         query_id = secrets.token_hex(8)
         self.queries.sent(query_id, time.monotonic())
@@ -156,6 +162,9 @@ class Agent(NodeRuntime):
         if self.machine is not None and self.synced:  # on the monotonic clock, not `now`
             self._act(self.machine.handle(P.Tick(*self.clock.readings())))
         self.submissions.tick(time.monotonic())
+        if self.machine is not None and self.machine.open is not None:  # a member's missing
+            rnd = self.machine.open.number
+            self.delta_asks.tick(rnd, self.machine.missing(rnd), time.monotonic())
         if self.own_delta.due(time.monotonic()):
             self._republish_delta("the round is still not merged")
         if time.monotonic() - self._telemetry_at >= self.telemetry_every_s:
@@ -297,18 +306,14 @@ class Agent(NodeRuntime):
     def _resume_own_delta(self) -> None:
         """After a restart: if the ledger holds our commit of a round not merged yet, the
         delta kept on disk (the bytes that commit names) goes to our inbox and the swarm."""
-        kept = self.own_delta.kept()
-        if kept is None or self.machine is None or self.holder is None:
+        if self.machine is None or self.holder is None:
             return
-        rnd, frame = kept
-        ours = self.machine.commits.get(rnd, {}).get(self.cfg.node_id)
-        if rnd <= self.holder.round or ours != hashlib.sha256(frame).hexdigest():
-            return
-        log.info("round %d: our committed delta, kept on disk, is sent again", rnd)
-        topic = self.topics.delta(rnd, self.cfg.node_id)
-        self.own_delta.sent(rnd, topic, frame, time.monotonic())
-        self.sender.publish(topic, frame, qos=1)
-        self._on_envelope(frame, rnd, self.cfg.node_id)
+        ours = {
+            r: c[self.cfg.node_id] for r, c in self.machine.commits.items() if self.cfg.node_id in c
+        }
+        resumed = self.own_delta.resume(ours, self.holder.round, time.monotonic())
+        if resumed is not None:
+            self._on_envelope(resumed[1], resumed[0], self.cfg.node_id)
 
     # -- envelopes and checkpoints
     def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
@@ -444,9 +449,7 @@ class Agent(NodeRuntime):
         try:
             self.own_delta.keep(action.round, frame)  # before it is committed: see resend.py
         except OSError as exc:
-            log.warning(
-                "round %d: cannot keep our delta (%s); sitting this round out", action.round, exc
-            )
+            log.warning("round %d: cannot keep our delta (%s); sitting it out", action.round, exc)
             return None
         sha = hashlib.sha256(frame).hexdigest()
         assert self.inbox is not None
@@ -454,12 +457,8 @@ class Agent(NodeRuntime):
         topic = self.topics.delta(action.round, self.cfg.node_id)
         self.sender.publish(topic, frame, qos=1)
         self.own_delta.sent(action.round, topic, frame, time.monotonic())
-        log.info(
-            "round %d: trained in %.2f s, published %d bytes",
-            action.round,
-            self.last_train_s,
-            len(frame),
-        )
+        took, size = self.last_train_s, len(frame)
+        log.info("round %d: trained in %.2f s, published %d bytes", action.round, took, size)
         self.last_accuracy = round(float(metrics["accuracy"]), 6)
         summary = {
             "loss": round(float(metrics["loss"]), 6),

@@ -371,7 +371,7 @@ class Gateway(NodeRuntime):
                 self.ledger.submit(tx, self._own_result(action.kind))
             elif isinstance(action, P.Merge):
                 self.pending_merge = action  # merged as soon as its envelopes are all in
-                self.delta_asks.start(time.monotonic())
+                self.delta_asks.start(time.monotonic(), action.round)
                 self._retry_merge()
             elif isinstance(action, P.EnsureKeys) and self.leading:
                 self._ensure_keys()

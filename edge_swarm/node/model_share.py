@@ -36,6 +36,10 @@ from edge_swarm.node.resend import RESEND_FIRST_S, backoff_s
 
 log = logging.getLogger(__name__)
 
+# A committee member subscribes to its round's deltas when it sees round_open, racing the
+# first ones published: once the round closes, those it lacks are asked of their authors.
+MEMBER_ASK_S = 0.2
+
 ANSWER_EVERY_S = 3.0
 """A node sends its model at most this often, however often it is asked."""
 
@@ -43,18 +47,26 @@ ANSWER_EVERY_S = 3.0
 class DeltaAsks:
     """When a gateway asks the authors of a merge's missing deltas for them again."""
 
-    def __init__(self, ask: Callable[[int, str, str], None]) -> None:
+    def __init__(self, ask: Callable[[int, str, str], None], first_s: float = RESEND_FIRST_S):
         self._ask = ask  # (round, node, envelope sha256) -> publish the request
+        self._first_s = first_s
         self._at = 0.0
         self._tries = 0
+        self._round: int | None = None
 
-    def start(self, now: float) -> None:
-        """A new merge: those on their way get a moment before anyone is asked again."""
-        self._at, self._tries = now + RESEND_FIRST_S, 0
+    def start(self, now: float, rnd: int) -> None:
+        """A new merge of round ``rnd``: those on their way get a moment before anyone is
+        asked again."""
+        self._at, self._tries, self._round = now + self._first_s, 0, rnd
 
     def tick(self, rnd: int, missing: Sequence[tuple[str, str]], now: float) -> None:
-        """Ask for each of round ``rnd``'s ``missing`` (node, envelope sha256), if due."""
-        if now < self._at or not missing:
+        """Ask for each of round ``rnd``'s ``missing`` (node, envelope sha256), if due. The
+        first time something is missing of a round, it is asked ``first_s`` later."""
+        if not missing:
+            return
+        if rnd != self._round:
+            self.start(now, rnd)
+        if now < self._at:
             return
         self._tries += 1
         self._at = now + backoff_s(self._tries)

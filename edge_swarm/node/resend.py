@@ -83,7 +83,7 @@ class OwnDelta:
         self._last: tuple[int, str, bytes] | None = None  # (round, topic, frame)
         self._at = 0.0
         self._times = 0
-        self._answered_at = float("-inf")
+        self._answered: tuple[int, str, float] | None = None  # round, sha256, when
 
     def keep(self, rnd: int, frame: bytes) -> None:
         """Put the delta on disk (atomically), before its commit is submitted. Raises
@@ -109,6 +109,24 @@ class OwnDelta:
             return None
         return struct.unpack(">I", data[4:8])[0], data[8:]
 
+    def resume(
+        self, committed: dict[int, str], merged_round: int, now: float
+    ) -> tuple[int, bytes] | None:
+        """After a restart: if the ledger holds our commit (``committed``: round -> its
+        envelope sha256) of a round past ``merged_round``, send the kept delta again (the
+        bytes that commit names) and return (round, frame) for our inbox; else None."""
+        kept = self.kept()
+        if kept is None:
+            return None
+        rnd, frame = kept
+        if rnd <= merged_round or committed.get(rnd) != hashlib.sha256(frame).hexdigest():
+            return None
+        log.info("round %d: our committed delta, kept on disk, is sent again", rnd)
+        topic = self._topic_of(rnd)
+        self.sent(rnd, topic, frame, now)
+        self._publish(topic, frame)
+        return rnd, frame
+
     def sent(self, rnd: int, topic: str, frame: bytes, now: float) -> None:
         self._last, self._at, self._times = (rnd, topic, frame), now, 0
 
@@ -127,10 +145,13 @@ class OwnDelta:
         log.info("round %d: published our delta again (%s)", last[0], why)
 
     def answer(self, rnd: int, sha256: str, now: float) -> bool:
-        """A gateway that missed our envelope of ``rnd`` asks for it by the sha256 our commit
-        names: send it again if we hold those bytes (in memory or kept on disk), at most once
-        per ``RESEND_FIRST_S``. Returns whether it was sent."""
-        if now - self._answered_at < RESEND_FIRST_S:
+        """A gateway or a committee member that missed our envelope of ``rnd`` asks for it by
+        the sha256 our commit names: send it again if we hold those bytes (in memory or kept
+        on disk), at most once per ``RESEND_FIRST_S`` for the same delta (one answer reaches
+        everyone who asked), while a request for a newer round's is answered at once.
+        Returns whether it was sent."""
+        done = self._answered
+        if done is not None and done[:2] == (rnd, sha256) and now - done[2] < RESEND_FIRST_S:
             return False
         last = self._last
         frame = last[2] if last is not None and last[0] == rnd else None
@@ -139,9 +160,9 @@ class OwnDelta:
             frame = kept[1] if kept is not None and kept[0] == rnd else None
         if frame is None or hashlib.sha256(frame).hexdigest() != sha256:
             return False
-        self._answered_at = now
+        self._answered = (rnd, sha256, now)
         self._publish(self._topic_of(rnd), frame)
-        log.info("round %d: sent our delta again, as a gateway asked", rnd)
+        log.info("round %d: sent our delta again, as asked", rnd)
         return True
 
 

@@ -136,6 +136,16 @@ class Participant:
         drawn = self.committees.of(rnd)
         return drawn is not None and self.node in drawn
 
+    def missing(self, rnd: int) -> list[tuple[str, str]]:
+        """Committee mode: the (node, envelope sha256) a member still lacks to merge closed
+        round ``rnd`` (it subscribed to the round's deltas only at round_open, racing the
+        first ones; the wiring asks their authors). Empty otherwise, and in "all" mode."""
+        merge = self._closing.get(rnd)
+        if not self.by_committee or merge is None or rnd in self.merged:
+            return []
+        stored = self.stored.get(rnd, set())
+        return [(n, sha) for n, sha in merge.included if n not in stored]
+
     def committee(self, rnd: int) -> Committee | None:
         """Round ``rnd``'s committee (committee mode, from its round_open until the round
         after it is final), else None."""
