@@ -4,9 +4,9 @@ Runs the real swarm — Mosquitto, a gateway process and the agents, K to a proc
 at N = 8, about N/10 above) — on the standard workload (shared/WORKLOAD.md; digits,
 Dirichlet 0.5, RunConfig's training, merge and float32 deltas; agents short of
 ``min_samples`` topped up) for a few rounds at each fleet size, once per merge mode, side by
-side in one invocation. Today there is one mode, ``all``: every agent receives, opens and
-merges every peer's delta. A merge committee is another ``Mode`` (other genesis settings
-through ``RunConfig``) and takes its place in the same tables.
+side in one invocation. Two modes: ``all``, every agent receives, opens and
+merges every peer's delta; ``committee``, the gateway and 2 agents drawn per round merge
+and the others adopt the final model (docs/COMMITTEE.md). ``all`` runs up to 100 agents.
 
 Per run, what one device pays (median over agents): bytes out and in on MQTT per round
 (from each agent's telemetry, rounds 2..R), peak RSS (telemetry; with K > 1 it is the shared
@@ -24,7 +24,8 @@ run's observer (one more subscriber to deltas, ledger events, checkpoints and te
 
 Writes ``benchmarks/results/scale.json``.
 
-    .venv/bin/python benchmarks/bench_scale.py [--agents 8 32 100] [--rounds 5] [--modes all]
+    .venv/bin/python benchmarks/bench_scale.py [--agents 8 32 100 200] [--rounds 5]
+        [--modes all committee] [--all-max 100]
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from edge_swarm.site.demo import RunConfig, RunResult, run_swarm
 from edge_swarm.site.report import print_table, write_json
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_AGENTS = (8, 32, 100)
+DEFAULT_AGENTS = (8, 32, 100, 200)
 DEFAULT_ROUNDS = 5
 DEFAULT_TIMEOUT_S = 600.0  # per run: RunConfig.timeout_s, the wait for its last round
 GOAL_RATIO = 1.3  # issue 16: per-agent bytes at the largest fleet / at N = 8, committee mode
@@ -84,14 +85,19 @@ class Mode:
         return replace(base, **dict(self.settings))
 
 
-# The committee joins as e.g. Mode("committee", "...", (("merge_by", "committee"),
-# ("committee_k", 2))) once RunConfig carries those into the genesis (docs/COMMITTEE.md).
 MODES = {
     m.name: m
     for m in (
         Mode("all", "merge_by = all: every agent receives, opens and merges every peer's delta"),
+        Mode(
+            "committee",
+            "merge_by = committee, k = 2: the gateway and 2 agents drawn per round merge; the "
+            "others never receive a peer's delta and adopt the final model (docs/COMMITTEE.md)",
+            (("merge_by", "committee"), ("committee_k", 2)),
+        ),
     )
 }
+ALL_MAX_AGENTS = 100  # every agent merging every delta: above this, rounds take minutes
 
 
 def default_per_process(n_agents: int) -> int:
@@ -374,7 +380,13 @@ def growth_table(grow: list[dict[str, Any]]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, nargs="+", default=list(DEFAULT_AGENTS))
-    ap.add_argument("--modes", nargs="+", default=["all"], choices=sorted(MODES))
+    ap.add_argument("--modes", nargs="+", default=["all", "committee"], choices=sorted(MODES))
+    ap.add_argument(
+        "--all-max",
+        type=int,
+        default=ALL_MAX_AGENTS,
+        help=f"run merge_by = all only up to this many agents (default {ALL_MAX_AGENTS})",
+    )
     ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     ap.add_argument(
         "--agents-per-process",
@@ -403,6 +415,8 @@ def main() -> int:
         Path(tmp).chmod(0o755)  # Mosquitto, dropped to its own user, reads its config in here
         for n, k in zip(args.agents, ks, strict=True):
             for name in args.modes:
+                if name == "all" and n > args.all_max:
+                    continue
                 print(f"mode {name}, {n} agents, {k} per process...", flush=True)
                 t0 = time.monotonic()
                 runs.append(run_one(MODES[name], n, k, args.rounds, args.timeout, Path(tmp)))
