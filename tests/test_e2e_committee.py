@@ -84,3 +84,32 @@ def test_a_committee_round_ends_every_agent_on_the_final_bytes_and_light_agents_
             assert seen == 0, f"{a}, never on a committee, received {seen} peers' deltas"
         else:
             assert seen > 0, f"{a} merged a round without receiving its deltas?"
+
+
+def test_a_gateway_whose_merge_lies_is_outvoted_by_the_drawn_agents(tmp_path: Path) -> None:
+    """One gateway and k = 2 drawn agents (quorum 2): the gateway's own merge is spoiled (its
+    change multiplied by 10, config [gateway] attack, tests only). Its attestation never
+    finalises a round; the two drawn agents' honest merge does, every round; the gateway then
+    takes the final model from them (node/model_share.py) and every agent holds it."""
+    cfg = small(tmp_path, "embedded", n_agents=6, rounds=3, merge_by="committee", committee_k=2)
+    cfg = replace(cfg, attacks=(("gateway-1", {"name": "scale", "strength": 10.0}),))
+    result = run_settled(cfg)
+    entries = entries_of(result)
+    agents = sorted(result.layout.agent_configs)
+    fin = finals(result)
+    assert sorted(fin) == [1, 2, 3]
+    for rnd, model_hash in fin.items():
+        final = next(
+            e.payload for e in entries if e.kind == "model_final" and e.payload["round"] == rnd
+        )
+        lie = [
+            e.payload["model_hash"]
+            for e in entries
+            if e.kind == "model_attest" and e.author == "gateway-1" and e.payload["round"] == rnd
+        ]
+        assert lie and lie[0] != model_hash, "the gateway's merge was not spoiled?"
+        assert "gateway-1" not in final["attesters"] and len(final["attesters"]) == 2
+        assert set(final["attesters"]) <= set(agents)
+    gw_log = (cfg.workdir / "logs" / "gateway-1.log").read_text(errors="replace")
+    assert "not this gateway's own merge; getting it from the swarm" in gw_log
+    assert "holding the final model of round 3" in gw_log

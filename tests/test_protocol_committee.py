@@ -71,8 +71,10 @@ def closed(rnd: int, included: list[str], ts: int = 10) -> P.Appended:
     return P.Appended("round_close", GW, payload, ts, sha(f"close {rnd}"))
 
 
-def final(rnd: int, mh: str) -> P.Appended:
-    payload = {"round": rnd, "model_hash": mh, "state_hash": S, "attesters": []}
+def final(rnd: int, mh: str, abandoned: bool = False) -> P.Appended:
+    payload: dict[str, Any] = {"round": rnd, "model_hash": mh, "state_hash": S, "attesters": []}
+    if abandoned:
+        payload["abandoned"] = "no quorum of the committee agreed in time"
     return P.Appended("model_final", GW, payload, 0, sha(f"final {rnd}"))
 
 
@@ -337,6 +339,8 @@ def test_a_member_does_what_every_participant_does_in_all_mode() -> None:
     assert isinstance(merge, P.Merge) and {n for n, _ in merge.included} == {me, peer}
     (att,) = p.handle(P.MergeDone(1, H1, S))
     assert att == P.Append("model_attest", {"round": 1, "model_hash": H1, "state_hash": S})
+    p.handle(attest(me, 1, H1))  # its attestation on the ledger, and the gateway's: a quorum
+    p.handle(attest(GW, 1, H1))
     assert p.handle(final(1, H1)) == [P.Commit(1, H1)]
 
 
@@ -368,7 +372,7 @@ def test_a_non_member_goes_on_after_a_round_abandoned_on_its_base_model() -> Non
     p = P.Participant(others[0], H0, policy())
     for ev in [*roster(), opened(), closed(1, AGENTS)]:
         p.handle(ev)
-    assert p.handle(final(1, H0)) == []  # it holds those bytes: nothing to adopt
+    assert p.handle(final(1, H0, abandoned=True)) == []  # it holds those bytes: nothing to adopt
     assert p.handle(opened(2, H0, OPEN2, ts=20)) == [P.Train(2, H0)]
 
 
@@ -376,7 +380,9 @@ def test_a_late_non_member_replays_then_adopts() -> None:
     _, others = drawn_and_not()
     p = P.Participant(others[0], H0, policy())
     p.replaying = True
-    for ev in [*roster(), opened(), closed(1, AGENTS), final(1, H1), opened(2, H1, OPEN2, 20)]:
+    drawn, _ = drawn_and_not()
+    history = [*roster(), opened(), closed(1, AGENTS), attest(GW, 1, H1), attest(drawn[0], 1, H1)]
+    for ev in [*history, final(1, H1), opened(2, H1, OPEN2, 20)]:
         assert p.handle(ev) == []
     assert p.catch_up(0) == [P.AdoptCheckpoint(1, H1)]
     assert p.handle(P.CheckpointAdopted(1, H1)) == [P.Train(2, H1)]
@@ -501,3 +507,25 @@ def test_a_member_says_which_deltas_it_still_lacks_once_the_round_closes() -> No
     for ev in [*roster(), opened(), commit(peer, 1), closed(1, [peer])]:
         everyone.handle(ev)
     assert everyone.missing(1) == []
+
+
+def test_a_final_without_a_quorum_of_its_committee_is_refused_and_the_model_kept() -> None:
+    """A coordinator that appends model_final on its own word (not this code: a patched or
+    compromised gateway) moves no agent's model."""
+    drawn, others = drawn_and_not()
+    p = P.Participant(others[0], H0, policy())
+    for ev in [*roster(), opened(), closed(1, AGENTS)]:
+        p.handle(ev)
+    p.handle(attest(GW, 1, H2))  # the gateway alone vouches for its bytes ...
+    p.handle(attest(drawn[0], 1, H1))  # ... the drawn agents for others
+    p.handle(attest(drawn[1], 1, H1))
+    p.handle(attest(others[1], 1, H2))  # a non-member's word does not count
+    (refused,) = p.handle(final(1, H2))
+    assert isinstance(refused, P.FinalRefused) and refused.model_hash == H2
+    assert "backed by 1 of the 2 attestations" in refused.reason
+    assert p.model_hash == H0 and 1 not in p.finals  # keeps its model, adopts nothing
+    # A final abandoned on bytes it does not hold is a move too: refused without a quorum.
+    (again,) = p.handle(final(1, H2, abandoned=True))
+    assert isinstance(again, P.FinalRefused)
+    # The honest majority's final is taken.
+    assert p.handle(final(1, H1)) == [P.AdoptCheckpoint(1, H1)]

@@ -86,7 +86,9 @@ class Agent(NodeRuntime):
         self._before_genesis: list[tuple[bytes, int, str]] = []
         self.follow = Follow(self.mqtt, self.topics)  # node/follow.py
         self.peer_deltas = 0  # peers' delta messages received
-        self.delta_asks = DeltaAsks(self._ask_delta, first_s=MEMBER_ASK_S)
+        self.delta_asks = DeltaAsks(
+            lambda r, n, sha: self.ask(r, n, encode_delta_request(sha)), first_s=MEMBER_ASK_S
+        )
         self.submissions = PendingSubmissions(
             lambda payload: self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         )
@@ -145,9 +147,6 @@ class Agent(NodeRuntime):
 
     def on_delta_request(self, rnd: int, sha256: str) -> None:
         self.own_delta.answer(rnd, sha256, time.monotonic())
-
-    def _ask_delta(self, rnd: int, node: str, sha: str) -> None:
-        self.mqtt.publish(self.topics.resend(rnd, node), encode_delta_request(sha), qos=1)
 
     def _send_query(self) -> None:
         query_id = secrets.token_hex(8)
@@ -403,6 +402,8 @@ class Agent(NodeRuntime):
             self.adopting = (action.round, action.model_hash)
             self.follow.checkpoints(True)
             self._try_adopt()
+        elif isinstance(action, P.FinalRefused):
+            log.warning("%s: keeping our model", action.reason)  # a final without its quorum
         return []
 
     def _train(self, action: P.Train) -> P.TrainingDone | None:

@@ -445,6 +445,10 @@ class NodeRuntime:
         log.info("round %d: sent our copy of the final model %s, as asked", rnd, model_hash[:12])
 
     # -- outputs
+    def ask(self, rnd: int, node: str, request: bytes) -> None:
+        """Send ``node`` a request (a delta or model request) about round ``rnd``."""
+        self.mqtt.publish(self.topics.resend(rnd, node), request, qos=1)
+
     def publish_checkpoint(self, data: bytes) -> None:
         """Publish a checkpoint retained: whole on ``model/latest`` when it fits one packet,
         else as retained chunks on ``model/chunk/{i}`` (a retained topic keeps only its last

@@ -39,6 +39,7 @@ _GATEWAY_KEYS = (
     "dashboard",
     "min_free_mb",
     "keep_exports",
+    "attack",  # tests only: a gateway whose own merge lies (node/model.py, ModelHolder.spoil)
 )
 
 
@@ -214,7 +215,8 @@ class NodeConfig:
     min_free_mb: float = DEFAULT_MIN_FREE_MB
     # The rounds whose model files a gateway keeps in exports/ (latest.* always stay).
     keep_exports: int = DEFAULT_KEEP_EXPORTS
-    # Tests and benchmarks only: this agent poisons its deltas (learn/poison.py).
+    # Tests and benchmarks only: this agent poisons its deltas, or this gateway its own merge
+    # (learn/poison.py).
     attack: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -338,7 +340,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
             dashboard=gateway.get("dashboard"),
             min_free_mb=gateway.get("min_free_mb", DEFAULT_MIN_FREE_MB),
             keep_exports=gateway.get("keep_exports", DEFAULT_KEEP_EXPORTS),
-            attack=agent.get("attack"),
+            attack=agent.get("attack") or gateway.get("attack"),
             backbone_dir=path_of(agent, "backbone", "agent")
             or path_of(gateway, "backbone", "gateway"),
         )
@@ -433,6 +435,9 @@ def dump_config(cfg: NodeConfig) -> str:
             lines.append(f"codec = {{ {items} }}")
     if cfg.ledger_path is not None:
         lines += ["", "[gateway]", f"ledger = {_q(cfg.ledger_path)}"]
+        if cfg.attack is not None:
+            items = ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in cfg.attack.items())
+            lines.append(f"attack = {{ {items} }}")
         if cfg.dashboard is not None:
             lines.append(f"dashboard = {_q(cfg.dashboard)}")
         if cfg.backbone_dir is not None:

@@ -25,6 +25,7 @@ from typing import Any
 from edge_swarm.io.ledger import LedgerBackend, LocalLedger, ReplicatedLedger, read_bootstrap
 from edge_swarm.io.mqtt import Message
 from edge_swarm.learn.model import ModelSpec, init_params
+from edge_swarm.learn.poison import Attack
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.devices import DeviceBook
@@ -107,11 +108,11 @@ class Gateway(NodeRuntime):
         )
         self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
         self.delta_asks = DeltaAsks(
-            lambda r, node, sha: self._ask(r, node, encode_delta_request(sha))
+            lambda r, node, sha: self.ask(r, node, encode_delta_request(sha))
         )
         self.checkpoint_path = cfg.state_dir / "checkpoint.bin"
         self.model_asks = ModelAsks(
-            cfg.node_id, lambda r, node, h: self._ask(r, node, encode_model_request(h))
+            cfg.node_id, lambda r, node, h: self.ask(r, node, encode_model_request(h))
         )
         self.intake = Intake(
             self.ledger,
@@ -288,9 +289,6 @@ class Gateway(NodeRuntime):
         c = self.coordinator
         self.model_asks.tick(c.last_final_round, c.model_hash, c.final_holders, time.monotonic())
 
-    def _ask(self, rnd: int, node: str, request: bytes) -> None:
-        self.mqtt.publish(self.topics.resend(rnd, node), request, qos=1)
-
     def _on_checkpoint(self, payload: bytes, offered: bool = False) -> None:
         """The retained checkpoint, or (``offered``) a node's copy we asked for: adopt it
         if the ledger says it is the last final model; a coordinator publishes an offered
@@ -441,6 +439,8 @@ class Gateway(NodeRuntime):
             cand = self.merge_round(action)
         except KeyError:
             return  # still waiting for an envelope; every arrival retries
+        if self.cfg.attack is not None:  # tests only: a gateway whose own merge lies
+            cand = self.holder.spoil(action.round, Attack.from_dict(self.cfg.attack))
         self.pending_merge = None
         self._act(
             self.coordinator.handle(P.MergeDone(action.round, cand.model_hash, cand.state_hash))

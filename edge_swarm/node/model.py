@@ -3,12 +3,13 @@ candidate of a round awaiting ``model_final``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from edge_swarm.learn.model import ModelSpec, model_hash
+from edge_swarm.learn.poison import Attack, poison_delta
 from edge_swarm.swarm.checkpoint import Checkpoint
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
 
@@ -66,6 +67,16 @@ class ModelHolder:
         )
         self.candidates[rnd] = cand
         return cand
+
+    def spoil(self, rnd: int, attack: Attack) -> Candidate:
+        """Tests only: make round ``rnd``'s candidate a lie (its change poisoned by
+        ``attack``), as a compromised gateway's merge would be."""
+        cand = self.candidates[rnd]
+        rng = np.random.default_rng(rnd)
+        bad = self.params + poison_delta(attack, cand.params - self.params, rng)
+        lie = replace(cand, params=bad.astype(np.float32), model_hash=model_hash(self.spec, bad))
+        self.candidates[rnd] = lie
+        return lie
 
     def commit(self, rnd: int) -> None:
         cand = self.candidates.pop(rnd)

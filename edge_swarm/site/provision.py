@@ -206,6 +206,7 @@ def provision_swarm(
             discovery=gateway_discovery or DiscoveryConfig(),
             backbone_dir=backbone_dir,
             dashboard=dashboard if i == 0 else None,  # the first gateway serves the page
+            attack=(attacks or {}).get(gw),  # tests only: a gateway whose own merge lies
         )
         gw_configs[gw] = _write(root / "config" / f"{gw}.toml", dump_config(cfg))
     return SwarmLayout(root, swarm, genesis.hash, gw_configs, agent_configs, ledgers, observer_enc)

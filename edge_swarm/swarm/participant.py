@@ -29,8 +29,10 @@ In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule abov
 
 from __future__ import annotations
 
+from typing import Any
+
 from edge_swarm.swarm.committee import Committee
-from edge_swarm.swarm.committee_round import CommitteeBook
+from edge_swarm.swarm.committee_round import CommitteeBook, quorum_winner
 from edge_swarm.swarm.rounds import (
     Action,
     AdoptCheckpoint,
@@ -40,6 +42,7 @@ from edge_swarm.swarm.rounds import (
     Commit,
     EnvelopeStored,
     Event,
+    FinalRefused,
     Merge,
     MergeDone,
     MergeFailed,
@@ -66,6 +69,7 @@ class Participant:
         self.model_hash = model_hash
         self.by_committee = policy is not None and policy.by_committee
         self.committees = CommitteeBook(policy.committee_k if policy is not None else 0)
+        self._votes: dict[int, dict[str, tuple[str, str]]] = {}  # round -> member -> pair
         self.model_round = 0
         self.open: RoundState | None = None
         self.commits: dict[int, dict[str, str]] = {}
@@ -185,12 +189,39 @@ class Participant:
                     tuple((n, samples.get(n, 0)) for n in p["included"]),
                 )
                 return self._maybe_merge(rnd)
-        elif ev.kind == "model_attest" and ev.author == self.node:
-            self.attested.add(p["round"])
+        elif ev.kind == "model_attest":
+            if ev.author == self.node:
+                self.attested.add(p["round"])
+            if self.by_committee:  # what a model_final must be backed by (_unbacked)
+                votes = self._votes.setdefault(p["round"], {})
+                votes[ev.author] = (p["model_hash"], p["state_hash"])
         elif ev.kind == "model_final":
+            why = self._unbacked(p)
+            if why is not None:
+                return [FinalRefused(p["round"], p["model_hash"], why)]
             self.finals[p["round"]] = p["model_hash"]
             return self._maybe_commit(p["round"])
         return []
+
+    def _unbacked(self, p: dict[str, Any]) -> str | None:
+        """Committee mode: why a model_final is not to be taken (None if it is). The ledger
+        checks each attestation's signature and author; that a quorum of the round's
+        committee attested exactly these bytes is this machine's to check, so a coordinator
+        that appends a final on its own word moves no model."""
+        rnd = p["round"]
+        drawn = self.committees.of(rnd) if self.by_committee else None
+        if drawn is None:
+            return None  # "all" mode, or a round whose open this machine never saw
+        if "abandoned" in p and p["model_hash"] == self.model_hash:
+            return None  # finalised on the model it started from: nothing changes hands
+        pair = (p["model_hash"], p["state_hash"])
+        if quorum_winner(drawn, self._votes.get(rnd, {})) == pair:
+            return None
+        n = sum(1 for a, v in self._votes.get(rnd, {}).items() if a in drawn and v == pair)
+        return (
+            f"round {rnd}: model_final {pair[0][:12]} is backed by {n} of the {drawn.quorum} "
+            f"attestations of its committee ({', '.join(drawn.members)}) it needs"
+        )
 
     def _start_window(self) -> None:
         """The open round is seen now: its training window ends its budget from now, less
@@ -265,3 +296,4 @@ class Participant:
         self.trained = {r for r in self.trained if r >= rnd}
         self.attested = {r for r in self.attested if r >= rnd}
         self.committees.forget_before(rnd)
+        self._votes = {r: v for r, v in self._votes.items() if r >= rnd}

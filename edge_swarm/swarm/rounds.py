@@ -165,6 +165,17 @@ class AdoptCheckpoint:
 
 
 @dataclass(frozen=True)
+class FinalRefused:
+    """Committee mode: a ``model_final`` this participant does not take (``reason``: it is
+    not backed by a quorum of its committee's attestations on the ledger); it keeps its
+    model. Only a coordinator not running this code appends one."""
+
+    round: int
+    model_hash: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class PublishCheckpoint:
     """Publish the final model of ``round`` as the retained checkpoint."""
 
@@ -186,7 +197,15 @@ class EnsureKeys:
 
 
 Action = (
-    Append | Train | Merge | Commit | AdoptCheckpoint | PublishCheckpoint | SwarmDone | EnsureKeys
+    Append
+    | Train
+    | Merge
+    | Commit
+    | AdoptCheckpoint
+    | FinalRefused
+    | PublishCheckpoint
+    | SwarmDone
+    | EnsureKeys
 )
 
 # --------------------------------------------------------------------------- policy
