@@ -113,3 +113,21 @@ def test_a_gateway_whose_merge_lies_is_outvoted_by_the_drawn_agents(tmp_path: Pa
     gw_log = (cfg.workdir / "logs" / "gateway-1.log").read_text(errors="replace")
     assert "not this gateway's own merge; getting it from the swarm" in gw_log
     assert "holding the final model of round 3" in gw_log
+
+
+def test_with_three_gateways_every_gateway_votes_on_the_committee(tmp_path: Path) -> None:
+    """Three gateways replicating the ledger (Raft) and k = 2: a committee of 5, quorum 3.
+    Followers attest too (every gateway is a member), so a round finalises with the votes
+    of gateways that do not coordinate."""
+    cfg = small(tmp_path, "embedded", n_agents=4, rounds=2, merge_by="committee", committee_k=2)
+    result = run_settled(replace(cfg, n_gateways=3))
+    entries = entries_of(result)
+    gateways = {"gateway-1", "gateway-2", "gateway-3"}
+    for e in entries:
+        if e.kind != "model_final":
+            continue
+        members, voters = set(e.payload["committee"]), set(e.payload["attesters"])
+        assert gateways <= members and len(members) == 5, members
+        assert len(voters) >= 3 and voters <= members
+    votes = {x.author for x in entries if x.kind == "model_attest" and x.author in gateways}
+    assert len(votes) >= 2, f"only {votes} attested: followers do not vote"

@@ -361,7 +361,8 @@ class Gateway(NodeRuntime):
 
     def _act(self, actions: list[P.Action]) -> None:
         for action in actions:
-            if isinstance(action, P.Append) and self.leading:
+            # A follower appends nothing but, on a committee, its own attestation.
+            if isinstance(action, P.Append) and (self.leading or action.kind == "model_attest"):
                 payload = action.payload
                 if action.kind == "model_final":
                     payload = self._with_merge_report(payload)
