@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="who merges each round: every agent (all, the default), or the gateways plus "
         "--committee-k agents drawn per round from the ledger, the rest taking the result "
-        "(committee: what one device pays stays flat as the fleet grows; docs/COMMITTEE.md)",
+        "(committee: an agent off it receives no peer's delta; docs/COMMITTEE.md)",
     )
     d.add_argument(
         "--committee-k",
