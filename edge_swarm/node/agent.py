@@ -164,7 +164,8 @@ class Agent(NodeRuntime):
         if self.machine is not None and self.machine.open is not None:  # a member's missing
             rnd = self.machine.open.number
             self.delta_asks.tick(rnd, self.machine.missing(rnd), time.monotonic())
-        if self.own_delta.due(time.monotonic()):
+        asked = self.machine is not None and self.machine.by_committee  # members ask instead
+        if self.own_delta.due(time.monotonic()) and not asked:
             self._republish_delta("the round is still not merged")
         if time.monotonic() - self._telemetry_at >= self.telemetry_every_s:
             self._telemetry(self.round_seen)  # periodic, also while paused or waiting
@@ -303,8 +304,7 @@ class Agent(NodeRuntime):
         self._resume_own_delta()
 
     def _resume_own_delta(self) -> None:
-        """After a restart: if the ledger holds our commit of a round not merged yet, the
-        delta kept on disk (the bytes that commit names) goes to our inbox and the swarm."""
+        """After a restart: our committed, unmerged delta kept on disk goes out again."""
         if self.machine is None or self.holder is None:
             return
         ours = {
