@@ -200,28 +200,8 @@ def _final(**extra: Any) -> dict[str, Any]:
             {"round": 1, "model_hash": "00" * 32, "state_hash": "11" * 32, "attesters": ["a"]},
             None,
         ),
-        (
-            "model_final",
-            {
-                "round": 1,
-                "model_hash": "00" * 32,
-                "state_hash": "11" * 32,
-                "attesters": [],
-                "abandoned": "no merge in time",
-            },
-            None,
-        ),
-        (
-            "model_final",
-            {
-                "round": 1,
-                "model_hash": "00" * 32,
-                "state_hash": "11" * 32,
-                "attesters": [],
-                "abandoned": 7,
-            },
-            "abandoned",
-        ),
+        ("model_final", _final(abandoned="no merge in time"), None),
+        ("model_final", _final(abandoned=7), "abandoned"),
         ("model_final", _final(committee=["a1", "gw"]), None),  # merge_by = committee
         ("model_final", _final(committee=[]), None),
         ("model_final", _final(committee=["gw", "a1"]), "model_final.committee"),

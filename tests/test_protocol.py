@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from edge_swarm.swarm import protocol as P
@@ -11,7 +13,7 @@ H0, H1, H2 = "0" * 64, "1" * 64, "2" * 64
 S = "5" * 64
 
 
-def policy(**kw: int) -> P.RoundPolicy:
+def policy(**kw: Any) -> P.RoundPolicy:
     base = {
         "rounds": 3,
         "min_peers": 2,

@@ -12,6 +12,8 @@ import pytest
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.committee import draw_committee
 
+from .test_protocol import policy as base_policy
+
 H0, H1, H2 = "0" * 64, "1" * 64, "2" * 64  # model hashes
 S = "5" * 64
 AGENTS = ["a", "b", "c", "d", "e", "f"]
@@ -28,14 +30,8 @@ OPEN2 = sha("round_open 2")
 
 
 def policy(merge_by: str = "committee", k: int = 2, **kw: Any) -> P.RoundPolicy:
-    base = {
-        "rounds": 3,
-        "min_peers": 2,
-        "round_deadline_ms": 1000,
-        "attest_timeout_ms": 500,
-        "start_grace_ms": 10_000,
-    }
-    return P.RoundPolicy(**{**base, **kw}, merge_by=merge_by, committee_k=k)
+    """test_protocol's policy (its deadlines), in committee mode unless told otherwise."""
+    return base_policy(**kw, merge_by=merge_by, committee_k=k)
 
 
 def enroll(node: str, role: str = "agent", expires_ms: int | None = None) -> P.Appended:
