@@ -291,3 +291,19 @@ def test_run_audit_with_a_close_naming_no_commit(
     assert run_audit(args(path)) == 0
     out = capsys.readouterr().out
     assert "a1 (30)" in out and "a2 (no commit)" in out
+
+
+def test_a_committee_round_names_its_committee() -> None:
+    c = Chain()
+    c.entries = list(CHAIN.entries[: heights("model_final", 1)[0]])
+    final = {
+        "round": 1,
+        "model_hash": MODEL_1,
+        "state_hash": _h("s"),
+        "attesters": ["a1", "a2"],
+        "committee": ["a1", "a2", "gw"],
+    }
+    c.add("gw", "model_final", final)
+    r1 = audit_rounds(c.entries)[1]
+    assert r1.committee == ["a1", "a2", "gw"] and r1.to_dict()["committee"] == ["a1", "a2", "gw"]
+    assert audit_rounds(CHAIN.entries)[1].committee == []  # merge_by = all: none

@@ -54,7 +54,9 @@ def run_audit(args: argparse.Namespace) -> int:
                 f"{a.model_hash[:16]} (abandoned: the base model)"
                 if a.abandoned
                 else a.model_hash[:16] or "(not final)",
-                len(a.attesters),
+                f"{len(a.attesters)} of {', '.join(a.committee)}"
+                if a.committee
+                else len(a.attesters),
             ]
         )
     print(f"ledger {args.ledger}: verified, {report.n_entries} entries, tip {report.tip_hash[:16]}")
@@ -66,7 +68,7 @@ def run_audit(args: argparse.Namespace) -> int:
             "samples",
             "merge: down-weighted",
             "model hash",
-            "attests",
+            "attests (of the committee)",
         ],
         rows,
     )

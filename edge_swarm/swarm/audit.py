@@ -23,6 +23,7 @@ class RoundAudit:
     final_height: int = -1
     merge: dict[str, Any] | None = None  # model_final's record of what the merge rule did
     abandoned: str = ""  # why the round was finalised on its base model (nobody could merge)
+    committee: list[str] = field(default_factory=list)  # merge_by = committee: who merged it
 
     def merge_weights(self) -> dict[str, float]:
         """{node: share} from model_final's merge report ({} without one); an entry whose
@@ -72,6 +73,7 @@ class RoundAudit:
             "final_height": self.final_height,
             "merge": self.merge,
             "abandoned": self.abandoned,
+            "committee": self.committee,
             "down_weighted": self.down_weighted(),
         }
 
@@ -98,6 +100,7 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
             )
             rec.merge = p.get("merge") if isinstance(p.get("merge"), dict) else None
             rec.abandoned = str(p.get("abandoned", ""))
+            rec.committee = list(p.get("committee", []))
     return rounds
 
 
