@@ -123,8 +123,7 @@ class Agent(NodeRuntime):
             t.fleet_cmd(ALL),
         ):
             self.mqtt.subscribe(topic, qos=1)
-        self.follow.all_deltas(True)
-        self.follow.checkpoints(True)
+        self.follow.checkpoints(True)  # deltas once the genesis says who takes them
         self._take(self.ledger_copy.replay(self.mirror), live=False)  # then only what is new
         self._send_query()
 
