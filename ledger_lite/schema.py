@@ -141,6 +141,8 @@ OPTIONAL: dict[str, Mapping[str, Check]] = {
     # on the model it started from (nobody could merge it); in a swarm whose merge committee
     # decides (merge_by = committee), the round's members, so anyone can recount the quorum.
     "model_final": {"merge": _object, "abandoned": _text, "committee": _sorted_ids},
+    # The sha256 of the round's downlink update a committee member published with its merge.
+    "model_attest": {"update_sha256": _hex64},
 }
 
 

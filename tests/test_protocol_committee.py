@@ -525,3 +525,81 @@ def test_a_final_without_a_quorum_of_its_committee_is_refused_and_the_model_kept
     assert isinstance(again, P.FinalRefused)
     # The honest majority's final is taken.
     assert p.handle(final(1, H1)) == [P.AdoptCheckpoint(1, H1)]
+
+
+# ------------------------------------------------------------------------ the downlink update
+
+U1, U2 = sha("update 1"), sha("update 2")
+
+
+def attest_update(node: str, rnd: int, mh: str, update: str) -> P.Appended:
+    payload = {"round": rnd, "model_hash": mh, "state_hash": S, "update_sha256": update}
+    return P.Appended("model_attest", node, payload, 0, sha(f"attest {rnd} {node} {update}"))
+
+
+def test_a_member_attests_its_update_and_a_light_agent_counts_a_quorum_on_it() -> None:
+    drawn, others = drawn_and_not()
+    member = P.Participant(drawn[0], H0, policy())
+    for ev in roster():
+        member.handle(ev)
+    member.handle(opened())
+    member.handle(P.TrainingDone(1, "e" * 64, 50, {}))
+    member.handle(commit(drawn[0], 1, "e" * 64))
+    member.handle(P.EnvelopeStored(1, drawn[0], "e" * 64))
+    member.handle(closed(1, [drawn[0]]))
+    (att,) = member.handle(P.MergeDone(1, H1, S, U1))
+    assert att.payload == {"round": 1, "model_hash": H1, "state_hash": S, "update_sha256": U1}
+
+    light = P.Participant(others[0], H0, policy())
+    for ev in [*roster(), opened(), closed(1, AGENTS)]:
+        light.handle(ev)
+    light.handle(attest_update(GW, 1, H1, U2))  # a gateway whose update is another one
+    light.handle(attest_update(drawn[0], 1, H1, U1))
+    assert not light.update_backed(1, U1)  # no model_final yet: nothing is backed
+    light.handle(final(1, H1))
+    assert not light.update_backed(1, U1) and not light.update_backed(1, U2)  # 1 of 3 each
+    light.handle(attest_update(drawn[1], 1, H1, U1))
+    assert light.update_backed(1, U1) and not light.update_backed(1, U2)
+    assert not light.update_backed(2, U1)  # another round: no committee drawn
+
+
+def test_an_update_for_another_pair_is_not_backed() -> None:
+    drawn, others = drawn_and_not()
+    light = P.Participant(others[0], H0, policy())
+    for ev in [*roster(), opened(), closed(1, AGENTS)]:
+        light.handle(ev)
+    for node in (GW, *drawn):  # a quorum attested U1 for model H2, but the final is H1
+        light.handle(attest_update(node, 1, H2, U1))
+    light.handle(attest(GW, 1, H1))
+    assert not light.update_backed(1, U1)
+
+
+def test_an_agent_that_took_an_update_fetches_the_state_when_drawn_and_merges_after() -> None:
+    """A light agent holds round 1's model from the update (no merge state). Drawn onto round
+    2's committee, it asks for the checkpoint of the model it holds (state=True) while it
+    trains, and merges round 2 only once that checkpoint is in."""
+    pol = policy()
+    # A round 2 open hash that draws `me`, who was not drawn in round 1.
+    drawn1, others = drawn_and_not()
+    me = others[0]
+    h2 = next(
+        h
+        for h in (sha(f"open2 {i}") for i in range(1000))
+        if me in draw_committee(h, AGENTS, [GW], 2).members
+    )
+    p = P.Participant(me, H0, pol)
+    for ev in [*roster(), opened(), closed(1, AGENTS)]:
+        p.handle(ev)
+    for node in (GW, *drawn1):
+        p.handle(attest(node, 1, H1))
+    assert p.handle(final(1, H1)) == [P.AdoptCheckpoint(1, H1)]
+    assert p.handle(P.CheckpointAdopted(1, H1, with_state=False)) == []
+    assert not p.state_known
+    out = p.handle(opened(2, H1, h2, ts=20))
+    assert out == [P.AdoptCheckpoint(1, H1, state=True), P.Train(2, H1)]
+    p.handle(P.TrainingDone(2, "e" * 64, 50, {}))
+    p.handle(commit(me, 2, "e" * 64))
+    p.handle(P.EnvelopeStored(2, me, "e" * 64))
+    assert p.handle(closed(2, [me], ts=30)) == []  # no merge without the state
+    (merge,) = p.handle(P.CheckpointAdopted(1, H1))  # the checkpoint brought it
+    assert isinstance(merge, P.Merge) and merge.round == 2 and p.state_known

@@ -104,6 +104,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"edge-swarm demo: --codec {args.codec}: {exc}", file=sys.stderr)
         return 2
     try:
+        downlink = parse_codec(args.downlink)
+    except ValueError as exc:
+        print(f"edge-swarm demo: --downlink {args.downlink}: {exc}", file=sys.stderr)
+        return 2
+    try:
         rule = parse_merge(args.merge, DEFAULT_MERGE)
     except ValueError as exc:
         print(f"edge-swarm demo: --merge {args.merge}: {exc}", file=sys.stderr)
@@ -130,6 +135,7 @@ def run_demo(args: argparse.Namespace) -> int:
         agents_per_process=args.agents_per_process,
         merge_by=args.merge_by,
         committee_k=args.committee_k,
+        downlink=downlink,
         n_gateways=args.gateways,
         rounds=args.rounds,
         broker=broker,

@@ -226,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="agents drawn onto each round's committee (default 2)",
     )
     d.add_argument(
+        "--downlink",
+        default="int8",
+        metavar="CODEC",
+        help="committee mode: the codec of the one merged update per round the other agents "
+        "apply instead of downloading the model, as --codec (default int8)",
+    )
+    d.add_argument(
         "--gateways",
         type=int,
         default=1,

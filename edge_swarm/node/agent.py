@@ -21,6 +21,7 @@ from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
 from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
+from edge_swarm.node.adopting import Adopting
 from edge_swarm.node.agent_ops import agent_operations
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
@@ -31,8 +32,9 @@ from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
+from edge_swarm.node.updates import LightUpdates, downlink_of
 from edge_swarm.swarm import protocol as P
-from edge_swarm.swarm.checkpoint import Checkpoint, CheckpointError
+from edge_swarm.swarm.checkpoint import Checkpoint
 from edge_swarm.swarm.chunk_resend import encode_delta_request
 from edge_swarm.swarm.codec import FLAG_SEALED, EnvelopeHeader, encode_envelope
 from edge_swarm.swarm.commands import Ack
@@ -52,7 +54,7 @@ KEPT_DELTA_FILE = "delta.bin"  # our last envelope, kept until its round is merg
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
-class Agent(NodeRuntime):
+class Agent(NodeRuntime, Adopting):
     """One edge device taking part in the swarm."""
 
     role = "agent"
@@ -81,6 +83,7 @@ class Agent(NodeRuntime):
         self.init_seed = 0
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
+        self.updates: LightUpdates | None = None  # a light agent's (node/updates.py)
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
         self._before_genesis: list[tuple[bytes, int, str]] = []
@@ -160,6 +163,7 @@ class Agent(NodeRuntime):
         if self.machine is not None and self.synced:  # on the monotonic clock, not `now`
             self._act(self.machine.handle(P.Tick(*self.clock.readings())))
         self.submissions.tick(time.monotonic())
+        self.adoption_tick(time.monotonic())
         if self.machine is not None and self.machine.open is not None:  # a member's missing
             rnd = self.machine.open.number
             self.delta_asks.tick(rnd, self.machine.missing(rnd), time.monotonic())
@@ -178,6 +182,8 @@ class Agent(NodeRuntime):
             self._on_envelope(msg.payload, rnd, node)
         elif kind == "model_latest":
             self._on_checkpoint(msg.payload)
+        elif kind == "model_update":
+            self._on_update(msg.payload)
         elif kind == "fleet_cmd":
             self.fleet.on_message(msg.payload)
 
@@ -258,7 +264,14 @@ class Agent(NodeRuntime):
             self.y = poison_labels(self.attack, self.y, spec.n_outputs)
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
-        self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
+        downlink = downlink_of(params, self.cfg.swarm)
+        init = init_params(spec, int(params["init_seed"]))
+        self.holder = ModelHolder(spec, init, rule, downlink)
+        if downlink is not None:
+            self.updates = LightUpdates(
+                self.cfg.swarm, spec, downlink[1], self.security == "sealed"
+            )
+            self.mqtt.subscribe(self.topics.model_update(), qos=1)
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.mirror.state)
         policy = P.RoundPolicy.from_params(params)
         self.machine = P.Participant(self.cfg.node_id, self.holder.hash, policy)
@@ -330,45 +343,6 @@ class Agent(NodeRuntime):
             return  # held until this round opens here
         self._act(self.machine.handle(P.EnvelopeStored(ok.round, ok.node, ok.sha256)))
 
-    def _on_checkpoint(self, payload: bytes) -> None:
-        self._sealed_checkpoint = None
-        try:
-            ck = self.open_checkpoint(payload)
-        except CheckpointError as exc:
-            self.drops.drop("bad checkpoint", str(exc))
-            return
-        if ck is None:
-            self._sealed_checkpoint = payload  # retried when a key epoch arrives
-            return
-        if ck.swarm != self.cfg.swarm:
-            self.drops.drop("bad checkpoint", f"for swarm {ck.swarm}")
-            return
-        self.latest_checkpoint = ck
-        self._try_adopt()
-
-    def _try_adopt(self) -> None:
-        ck, want = self.latest_checkpoint, self.adopting
-        if ck is None or want is None or self.machine is None or self.holder is None:
-            return
-        final = self.machine.finals.get(ck.round)
-        # The ledger, not the checkpoint, says which bytes are final.
-        if final is None or final != ck.model_hash or ck.round < want[0]:
-            return
-        if not self.holder.adopt(ck):
-            self.drops.drop("bad checkpoint", f"round {ck.round} does not hash to its claim")
-            return
-        log.info("adopted checkpoint of round %d (%s)", ck.round, ck.model_hash[:12])
-        self.adopting = None
-        self._serve(ck.round)
-        last = ck.round == max(self.machine.finals) and ck.round not in self.machine.attested
-        if last and self.machine.is_member(ck.round):  # a light agent's would not count
-            # Say on the ledger which bytes we hold now, as an agent that merged does: the
-            # record then shows every node on the final model, however it got there.
-            attest = {"round": ck.round, "model_hash": ck.model_hash, "state_hash": ck.state_hash}
-            self._submit(P.Append("model_attest", attest))
-        self._act(self.machine.handle(P.CheckpointAdopted(ck.round, ck.model_hash)))
-        self._telemetry(ck.round)
-
     # -- actions
     def _act(self, actions: list[P.Action]) -> None:
         work = list(actions)
@@ -398,9 +372,7 @@ class Agent(NodeRuntime):
             self.follow.checkpoints(False)
             self._telemetry(action.round)
         elif isinstance(action, P.AdoptCheckpoint):
-            self.adopting = (action.round, action.model_hash)
-            self.follow.checkpoints(True)
-            self._try_adopt()
+            self.adopt(action)  # node/adopting.py
         elif isinstance(action, P.FinalRefused):
             log.warning("%s: keeping our model", action.reason)  # a final without its quorum
         return []
@@ -475,7 +447,7 @@ class Agent(NodeRuntime):
         except KeyError as exc:
             log.warning("round %d: cannot merge: %s", action.round, exc)
             return P.MergeFailed(action.round, str(exc))
-        return P.MergeDone(action.round, cand.model_hash, cand.state_hash)
+        return P.MergeDone(action.round, cand.model_hash, cand.state_hash, cand.update_sha256)
 
     def _submit(self, action: P.Append) -> None:
         ts = self.stamp_ms()  # the ledger's time: the coordinator refuses one far from its own

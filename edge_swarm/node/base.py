@@ -417,15 +417,18 @@ class NodeRuntime:
             return None
         return open_checkpoint(sealed, key)
 
-    def wire_checkpoint(self, ck: Checkpoint, data: bytes, state: LedgerState) -> bytes | None:
-        """What goes on the wire for checkpoint ``data``: sealed under the newest epoch in a
-        sealed swarm (None if this node holds no usable key), else ``data`` itself."""
+    def wire_frame(
+        self, data: bytes, rnd: int, state: LedgerState, kind: str = "checkpoint"
+    ) -> bytes | None:
+        """What goes on the wire for a checkpoint (or downlink update) ``data`` of round
+        ``rnd``: sealed under the newest epoch in a sealed swarm (None if this node holds no
+        usable key), else ``data`` itself."""
         if self.security != "sealed":
             return data
         sealing = self.epochs.sealing_key(state)
         if sealing is None:
             return None
-        return seal_checkpoint(data, ck.swarm, ck.round, sealing[0], sealing[1])
+        return seal_checkpoint(data, self.cfg.swarm, rnd, sealing[0], sealing[1], kind)
 
     def send_model(self, rnd: int, model_hash: str) -> None:
         """A gateway asks for the final model of round ``rnd`` (``node/model_share.py``):
@@ -438,7 +441,7 @@ class NodeRuntime:
         if not self.model_answers.should_send(rnd, model_hash, holder.round, holder.hash, now):
             return
         ck = holder.checkpoint(self.cfg.swarm)
-        wire = self.wire_checkpoint(ck, encode_checkpoint(ck), state)
+        wire = self.wire_frame(encode_checkpoint(ck), ck.round, state)
         if wire is None:
             return
         self.sender.publish(self.topics.model_offer(rnd, self.cfg.node_id), wire, qos=1)

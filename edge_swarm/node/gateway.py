@@ -35,6 +35,7 @@ from edge_swarm.node.intake import Intake
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import DeltaAsks, ModelAsks
 from edge_swarm.node.queries import entries_reply, proof_reply
+from edge_swarm.node.updates import downlink_of
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
     Checkpoint,
@@ -87,7 +88,8 @@ class Gateway(NodeRuntime):
         self.set_security(params)
         spec = ModelSpec.from_dict(params["model"])
         rule = MergeRule.from_dict(params["merge"])
-        self.holder = ModelHolder(spec, init_params(spec, int(params["init_seed"])), rule)
+        init = init_params(spec, int(params["init_seed"]))
+        self.holder = ModelHolder(spec, init, rule, downlink_of(params, cfg.swarm))
         # The global model as .onnx/.tflite/.npz after every model_final (model_export.py).
         self.exporter = RoundExporter(
             cfg.state_dir / "exports",
@@ -443,9 +445,12 @@ class Gateway(NodeRuntime):
         if self.cfg.attack is not None:  # tests only: a gateway whose own merge lies
             cand = self.holder.spoil(action.round, Attack.from_dict(self.cfg.attack))
         self.pending_merge = None
-        self._act(
-            self.coordinator.handle(P.MergeDone(action.round, cand.model_hash, cand.state_hash))
-        )
+        if cand.update is not None and self.leading:  # light agents take it: node/updates.py
+            wire = self.wire_frame(cand.update.frame, action.round, self.ledger.state, "update")
+            if wire is not None:
+                self.mqtt.publish(self.topics.model_update(), wire, qos=1, retain=True)
+        done = P.MergeDone(action.round, cand.model_hash, cand.state_hash, cand.update_sha256)
+        self._act(self.coordinator.handle(done))
 
     def _finalise(self, action: P.PublishCheckpoint) -> None:
         cand = self.holder.candidates.get(action.round)
@@ -474,7 +479,7 @@ class Gateway(NodeRuntime):
         ck = self.holder.checkpoint(self.cfg.swarm)
         data = encode_checkpoint(ck)
         if self.leading:
-            wire = self.wire_checkpoint(ck, data, self.ledger.state)
+            wire = self.wire_frame(data, ck.round, self.ledger.state)
             if wire is None:
                 log.warning("round %d: no usable data key; checkpoint not published", ck.round)
             else:

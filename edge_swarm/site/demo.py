@@ -65,6 +65,9 @@ class RunConfig:
     # plus committee_k agents drawn per round ("committee"; the others adopt the result).
     merge_by: str = "all"
     committee_k: int = 2
+    # Committee mode: the codec of the committee's one merged update per round, which light
+    # agents apply instead of downloading the model (swarm/downlink.py; nearest rounding).
+    downlink: CodecSpec = CodecSpec("int8")
     seed: int = 0
     rounds: int = 20
     hidden: tuple[int, ...] = (32,)
@@ -380,4 +383,8 @@ def _committee_params(cfg: RunConfig) -> dict[str, Any]:
     """The genesis params of a committee swarm ("all" adds none: its genesis is as before)."""
     if cfg.merge_by == "all":
         return {}
-    return {"merge_by": cfg.merge_by, "committee_k": cfg.committee_k}
+    return {
+        "merge_by": cfg.merge_by,
+        "committee_k": cfg.committee_k,
+        "downlink": cfg.downlink.to_dict(),
+    }

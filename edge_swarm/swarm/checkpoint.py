@@ -148,8 +148,16 @@ def _check_u32(value: object, what: str) -> int:
     return value
 
 
-def _checkpoint_aad(swarm: str, round: int, epoch: int) -> bytes:
-    return _payload().build_aad("checkpoint", swarm, round, epoch)
+SEALED_KINDS = ("checkpoint", "update")
+"""What a sealed frame may hold: a checkpoint, or a committee's downlink update
+(``swarm/downlink.py``). The kind is bound into the seal (its AAD), so one never opens as
+the other."""
+
+
+def _checkpoint_aad(swarm: str, round: int, epoch: int, kind: str = "checkpoint") -> bytes:
+    if kind not in SEALED_KINDS:
+        raise ValueError(f"sealed kind must be one of {SEALED_KINDS}, got {kind!r:.40}")
+    return _payload().build_aad(kind, swarm, round, epoch)
 
 
 @dataclass(frozen=True)
@@ -176,8 +184,11 @@ class SealedCheckpoint:
             raise ValueError(f"blob must be bytes, got {type(self.blob).__name__}")
 
 
-def seal_checkpoint(data: bytes, swarm: str, round: int, epoch: int, data_key: bytes) -> bytes:
-    """Seal an ``encode_checkpoint`` frame under the swarm data key of ``epoch``.
+def seal_checkpoint(
+    data: bytes, swarm: str, round: int, epoch: int, data_key: bytes, kind: str = "checkpoint"
+) -> bytes:
+    """Seal an ``encode_checkpoint`` frame under the swarm data key of ``epoch`` (or, with
+    ``kind="update"``, a downlink update frame: ``open_frame`` opens it).
 
     ``data`` should be the checkpoint of ``swarm`` and ``round``: receivers refuse one whose
     inner fields differ (checked in ``open_checkpoint``, not here, to avoid decoding a model
@@ -194,7 +205,7 @@ def seal_checkpoint(data: bytes, swarm: str, round: int, epoch: int, data_key: b
         raise ValueError(str(exc)) from None
     _check_u32(round, "round")
     _check_u32(epoch, "epoch")
-    blob = _payload().seal(bytes(data), data_key, _checkpoint_aad(swarm, round, epoch))
+    blob = _payload().seal(bytes(data), data_key, _checkpoint_aad(swarm, round, epoch, kind))
     raw_swarm = swarm.encode("ascii")
     return b"".join(
         [
@@ -257,22 +268,30 @@ def open_checkpoint(sealed: SealedCheckpoint, data_key: bytes) -> Checkpoint:
     key is misuse (ValueError/TypeError). As for a plain checkpoint, the model hash must
     still be checked against the ledger before use.
     """
-    if not isinstance(sealed, SealedCheckpoint):
-        raise TypeError("sealed must be a SealedCheckpoint")
-    payload = _payload()
-    aad = _checkpoint_aad(sealed.swarm, sealed.round, sealed.epoch)
-    try:
-        plain = payload.open_sealed(
-            sealed.blob, data_key, aad, max_len=MAX_CHECKPOINT + payload.OVERHEAD
-        )
-    except payload.TrustError as exc:
-        raise CheckpointError(
-            f"undecryptable sealed checkpoint (epoch {sealed.epoch}): {exc}"
-        ) from None
-    ck = decode_checkpoint(plain)
+    ck = decode_checkpoint(open_frame(sealed, data_key))
     if ck.swarm != sealed.swarm or ck.round != sealed.round:
         raise CheckpointError(
             f"sealed checkpoint for {sealed.swarm!r} round {sealed.round} holds "
             f"{ck.swarm!r:.80} round {ck.round}"
         )
     return ck
+
+
+def open_frame(sealed: SealedCheckpoint, data_key: bytes, kind: str = "checkpoint") -> bytes:
+    """The plaintext of a sealed frame of ``kind`` (``SEALED_KINDS``), not decoded.
+
+    Raises CheckpointError if the blob does not open with ``data_key`` under this kind,
+    swarm, round and epoch (wrong key, another kind, any flipped byte).
+    """
+    if not isinstance(sealed, SealedCheckpoint):
+        raise TypeError("sealed must be a SealedCheckpoint")
+    payload = _payload()
+    aad = _checkpoint_aad(sealed.swarm, sealed.round, sealed.epoch, kind)
+    try:
+        return payload.open_sealed(
+            sealed.blob, data_key, aad, max_len=MAX_CHECKPOINT + payload.OVERHEAD
+        )
+    except payload.TrustError as exc:
+        raise CheckpointError(
+            f"undecryptable sealed {kind} (epoch {sealed.epoch}): {exc}"
+        ) from None

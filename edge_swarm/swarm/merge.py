@@ -33,7 +33,7 @@ Invariants:
     - ``mean`` with fedavg or fedavgm gives the same bytes as before aggregators existed, and
       a rule dict with only ``name``, ``server_lr`` and ``momentum`` means what it meant.
     - The server state crosses the wire and the disk only as raw little-endian float32 bytes
-      (`MergeState.to_bytes`: first vector, then second), never as a pickle.
+      (`MergeState.to_bytes`: first vector, second, downlink residual), never as a pickle.
     - No contributions: params and state are returned unchanged.
     - ValueError for misuse (bad rule fields, mismatched shapes or state); an input set too
       small for the aggregator's ``f`` falls back to the median and says so in ``note``.
@@ -269,15 +269,20 @@ def _frozen_vector(name: str, value: Any) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class MergeState:
-    """Server optimizer state carried between rounds: FedAvgM's velocity in ``velocity``;
-    FedAdam's and FedYogi's first moment in ``velocity`` and second moment in ``second``.
+    """Server state carried between rounds: FedAvgM's velocity in ``velocity``; FedAdam's
+    and FedYogi's first moment in ``velocity`` and second moment in ``second``; and, in a
+    swarm whose committee publishes a quantized downlink update (``swarm/downlink.py``),
+    the downlink's error-feedback ``residual``. Every member must hold the same residual to
+    publish the same update, so it is part of the state (and of ``state_hash``).
 
-    Both are read-only 1-D float32 arrays of one length, or None (before the first merge, or
+    All are read-only 1-D float32 arrays of one length, or None (before the first merge, or
     for rules without that vector); ``second`` needs ``velocity``. ValueError otherwise.
+    ``merge`` neither reads nor returns ``residual``: the downlink is applied after it.
     """
 
     velocity: np.ndarray | None = None
     second: np.ndarray | None = None
+    residual: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.velocity is not None:
@@ -289,16 +294,29 @@ class MergeState:
             if second.shape != self.velocity.shape:
                 raise ValueError(f"state vectors differ: {self.velocity.shape} {second.shape}")
             object.__setattr__(self, "second", second)
+        if self.residual is not None:
+            residual = _frozen_vector("residual", self.residual)
+            if self.velocity is not None and residual.shape != self.velocity.shape:
+                raise ValueError(f"state vectors differ: {self.velocity.shape} {residual.shape}")
+            object.__setattr__(self, "residual", residual)
 
     def to_bytes(self) -> bytes:
-        """Raw little-endian float32: velocity, then second; empty bytes when there is none."""
-        parts = (v for v in (self.velocity, self.second) if v is not None)
+        """Raw little-endian float32: velocity, second, then residual; empty bytes when
+        there is none."""
+        parts = (v for v in (self.velocity, self.second, self.residual) if v is not None)
         return b"".join(v.astype("<f4", copy=False).tobytes() for v in parts)
 
     @classmethod
-    def from_bytes(cls, data: bytes, n_params: int) -> MergeState:
-        """Inverse of `to_bytes` for a model of ``n_params``: 0, 4n or 8n bytes; ValueError on
-        another length or non-finite values."""
+    def from_bytes(cls, data: bytes, n_params: int, *, residual: bool = False) -> MergeState:
+        """Inverse of `to_bytes` for a model of ``n_params``: 0, 4n or 8n bytes, plus 4n
+        for the residual when ``residual`` (a swarm with a downlink; its state is empty only
+        before the first merge). ValueError on another length or non-finite values."""
+        if residual and len(data) >= 4 * n_params > 0:
+            res = np.frombuffer(data[len(data) - 4 * n_params :], dtype="<f4").astype(np.float32)
+            if not np.all(np.isfinite(res)):
+                raise ValueError("merge state has non-finite values")
+            rest = cls.from_bytes(data[: len(data) - 4 * n_params], n_params)
+            return cls(rest.velocity, rest.second, res)
         if len(data) == 0:
             return cls(None)
         if len(data) not in (4 * n_params, 8 * n_params):
@@ -419,6 +437,8 @@ def merge(
         raise ValueError(f"merge state has {state.velocity.shape[0]} values, base {base.shape[0]}")
     if not contributions:
         return MergeResult(base.copy(), state, {})
+    if state.residual is not None:  # the downlink's, applied after the merge (see MergeState)
+        state = MergeState(state.velocity, state.second)
     ordered = _ordered(contributions)
     if ordered[0].delta.shape != base.shape:
         raise ValueError(

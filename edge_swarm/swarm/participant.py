@@ -25,6 +25,12 @@ In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule abov
   A non-member never asks for a ``Merge`` and never attests that round; it still trains and
   commits its delta, and on ``model_final`` adopts the final model (``AdoptCheckpoint``),
   unless it holds those bytes already (a round abandoned on its base model).
+* With a downlink (``swarm/downlink.py``) members attest the update's sha256 too, and a
+  light agent takes the model from the update only if ``update_backed``: a quorum of the
+  committee attested that update and the final pair. An agent that took an update lacks the
+  merge state (``CheckpointAdopted.with_state`` False); drawn onto a committee, it asks for
+  the checkpoint of the model it holds (``AdoptCheckpoint(state=True)``, training goes on)
+  and merges only once the state is in.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class Participant:
         self.by_committee = policy is not None and policy.by_committee
         self.committees = CommitteeBook(policy.committee_k if policy is not None else 0)
         self._votes: dict[int, dict[str, tuple[str, str]]] = {}  # round -> member -> pair
+        self._updates: dict[int, dict[str, str]] = {}  # round -> member -> update sha256
+        self.state_known = True  # False once the model came from an update (no merge state)
         self.model_round = 0
         self.open: RoundState | None = None
         self.commits: dict[int, dict[str, str]] = {}
@@ -77,6 +85,7 @@ class Participant:
         self.stored: dict[int, set[str]] = {}
         self.merged: dict[int, str] = {}
         self.finals: dict[int, str] = {}
+        self._final_pairs: dict[int, tuple[str, str]] = {}  # round -> (model, state) hash
         self.trained: set[int] = set()
         self.attested: set[int] = set()  # rounds our attestation is on the ledger for
         # While the wiring replays the ledger's history the machine only folds it; the
@@ -150,6 +159,19 @@ class Participant:
         stored = self.stored.get(rnd, set())
         return [(n, sha) for n, sha in merge.included if n not in stored]
 
+    def update_backed(self, rnd: int, update_sha256: str) -> bool:
+        """Whether a quorum of round ``rnd``'s committee attested this downlink update and
+        the final (model, state) pair on the ledger: what a light agent checks before it
+        applies an update. False before the round's ``model_final``."""
+        drawn, final = self.committees.of(rnd), self._final_pairs.get(rnd)
+        if drawn is None or final is None:
+            return False
+        votes, updates = self._votes.get(rnd, {}), self._updates.get(rnd, {})
+        backing = [
+            a for a in drawn.members if votes.get(a) == final and updates.get(a) == update_sha256
+        ]
+        return len(backing) >= drawn.quorum
+
     def committee(self, rnd: int) -> Committee | None:
         """Round ``rnd``'s committee (committee mode, from its round_open until the round
         after it is final), else None."""
@@ -168,7 +190,7 @@ class Participant:
             self._open_ts, self._window_end = ev.ts, None
             if not self.replaying:  # from history, the entry has no "seen" time: catch_up
                 self._start_window()
-            return self._maybe_train()
+            return self._fetch_state(p["round"]) + self._maybe_train()
         if ev.kind == "delta_commit":
             self.commits.setdefault(p["round"], {})[ev.author] = p["envelope_sha256"]
             self.samples.setdefault(p["round"], {})[ev.author] = p["n_samples"]
@@ -195,11 +217,14 @@ class Participant:
             if self.by_committee:  # what a model_final must be backed by (_unbacked)
                 votes = self._votes.setdefault(p["round"], {})
                 votes[ev.author] = (p["model_hash"], p["state_hash"])
+                if "update_sha256" in p:
+                    self._updates.setdefault(p["round"], {})[ev.author] = p["update_sha256"]
         elif ev.kind == "model_final":
             why = self._unbacked(p)
             if why is not None:
                 return [FinalRefused(p["round"], p["model_hash"], why)]
             self.finals[p["round"]] = p["model_hash"]
+            self._final_pairs[p["round"]] = (p["model_hash"], p["state_hash"])
             return self._maybe_commit(p["round"])
         return []
 
@@ -254,10 +279,21 @@ class Participant:
         }
         return [Append("delta_commit", payload)]
 
+    def _fetch_state(self, rnd: int) -> list[Action]:
+        """Drawn onto round ``rnd``'s committee while holding a model without its merge
+        state (it came from an update): ask for the checkpoint of the model held."""
+        if self.state_known or self.replaying or not self.is_member(rnd):
+            return []
+        if self._adopting is not None or self.model_round not in self.finals:
+            return []  # an adoption under way brings the state; round 0 has none to fetch
+        return [AdoptCheckpoint(self.model_round, self.model_hash, state=True)]
+
     def _maybe_merge(self, rnd: int) -> list[Action]:
         merge = self._closing.get(rnd)
         if merge is None or self.replaying or rnd in self._merging or rnd in self.merged:
             return []
+        if not self.state_known:
+            return []  # merging without the state would attest a state nobody else holds
         if self.open is None or self.open.number != rnd or self.open.base_hash != self.model_hash:
             return []  # we do not hold the base: the checkpoint will bring us level
         if not {n for n, _ in merge.included} <= self.stored.get(rnd, set()):
@@ -272,6 +308,7 @@ class Participant:
         self._closing.pop(rnd, None)
         if self.merged.get(rnd) == final:
             self.model_hash, self.model_round = final, rnd
+            self.state_known = True
             self._forget_before(rnd)
             return [Commit(rnd, final)]
         if rnd in self._merging:
@@ -286,8 +323,13 @@ class Participant:
             return []
         self._adopting = None
         self.model_hash, self.model_round = ev.model_hash, ev.round
+        self.state_known = ev.with_state
         self._forget_before(ev.round)
-        return self._maybe_train()
+        # A member that fetched the state may now merge the round it holds closed.
+        closing = self.open is not None and self.open.number in self._closing
+        merge = self._maybe_merge(self.open.number) if closing and self.open else []
+        fetch = self._fetch_state(self.open.number) if self.open is not None else []
+        return self._maybe_train() + merge + fetch
 
     def _forget_before(self, rnd: int) -> None:
         for table in (self.commits, self.samples, self.stored, self.merged):
@@ -297,3 +339,5 @@ class Participant:
         self.attested = {r for r in self.attested if r >= rnd}
         self.committees.forget_before(rnd)
         self._votes = {r: v for r, v in self._votes.items() if r >= rnd}
+        self._updates = {r: v for r, v in self._updates.items() if r >= rnd}
+        self._final_pairs = {r: v for r, v in self._final_pairs.items() if r >= rnd}

@@ -66,11 +66,14 @@ class EnvelopeStored:
 
 @dataclass(frozen=True)
 class MergeDone:
-    """The wiring merged ``round`` and holds the candidate model with these hashes."""
+    """The wiring merged ``round`` and holds the candidate model with these hashes;
+    ``update_sha256``: the sha256 of the round's downlink update frame, in a swarm whose
+    committee publishes one (``swarm/downlink.py``), else None."""
 
     round: int
     model_hash: str
     state_hash: str
+    update_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,13 @@ class MergeFailed:
 
 @dataclass(frozen=True)
 class CheckpointAdopted:
-    """The wiring loaded a checkpoint whose hash matches the ledger's ``model_final``."""
+    """The wiring loaded a checkpoint whose hash matches the ledger's ``model_final``, or
+    (``with_state`` False) applied the round's downlink update: the model, without the
+    merge state a committee member needs (``Participant`` fetches it when drawn)."""
 
     round: int
     model_hash: str
+    with_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,14 @@ class Commit:
 
 @dataclass(frozen=True)
 class AdoptCheckpoint:
-    """Load the retained checkpoint of ``round`` and check it has ``model_hash``."""
+    """Take the final model of ``round`` and check it has ``model_hash``: from the round's
+    downlink update when the swarm has one and it applies, else the retained checkpoint.
+    ``state``: the merge state is wanted too (a member-to-be that holds the model from an
+    update): the checkpoint, then."""
 
     round: int
     model_hash: str
+    state: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,5 +304,9 @@ class RoundState:
 
 
 def attest_payload(ev: MergeDone) -> dict[str, Any]:
-    """The ``model_attest`` payload for a merge's result."""
-    return {"round": ev.round, "model_hash": ev.model_hash, "state_hash": ev.state_hash}
+    """The ``model_attest`` payload for a merge's result (with the update's hash when the
+    swarm has a downlink: a light agent applies only an update a quorum attested)."""
+    payload = {"round": ev.round, "model_hash": ev.model_hash, "state_hash": ev.state_hash}
+    if ev.update_sha256 is not None:
+        payload["update_sha256"] = ev.update_sha256
+    return payload

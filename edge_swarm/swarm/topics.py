@@ -11,6 +11,8 @@ Every topic of a swarm lives under one root, ``es/v1/{swarm}/``::
     round/{r}/model/{node}      ``node``'s copy of round r's final model, sent when a
                                 gateway asked for it (``swarm/chunk_resend.py``)
     model/latest                the latest agreed checkpoint (retained)
+    model/update                the committee's latest downlink update (retained; a
+                                swarm with ``merge_by = "committee"``: swarm/downlink.py)
     ledger/submit               transactions sent to the gateways
     ledger/events               entries appended to the ledger
     ledger/query                ledger requests (request/response) ...
@@ -70,6 +72,7 @@ class TopicKind:
     DELTA = "delta"
     RESEND = "resend"
     MODEL_LATEST = "model_latest"
+    MODEL_UPDATE = "model_update"
     MODEL_CHUNK = "model_chunk"
     MODEL_OFFER = "model_offer"
     LEDGER_SUBMIT = "ledger_submit"
@@ -119,6 +122,7 @@ def _parse_round(text: str) -> int:
 # Fixed suffixes (no variable level) and their kinds.
 _FIXED: dict[tuple[str, ...], str] = {
     ("model", "latest"): TopicKind.MODEL_LATEST,
+    ("model", "update"): TopicKind.MODEL_UPDATE,
     ("ledger", "submit"): TopicKind.LEDGER_SUBMIT,
     ("ledger", "events"): TopicKind.LEDGER_EVENTS,
     ("ledger", "query"): TopicKind.LEDGER_QUERY,
@@ -188,6 +192,10 @@ class Topics:
     def model_latest(self) -> str:
         """The retained topic of the latest agreed checkpoint."""
         return f"{self.root}model/latest"
+
+    def model_update(self) -> str:
+        """The retained topic of the committee's latest downlink update."""
+        return f"{self.root}model/update"
 
     def model_chunk(self, index: int) -> str:
         """Retained chunk ``index`` of a checkpoint too large for one packet (node = index)."""
