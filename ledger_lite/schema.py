@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .commits import commits_problem
 from .entry import KINDS, ROLES, is_hex64, is_id, is_uint
 
 MAX_TEXT = 1024
@@ -143,6 +144,9 @@ OPTIONAL: dict[str, Mapping[str, Check]] = {
     "model_final": {"merge": _object, "abandoned": _text, "committee": _sorted_ids},
     # The sha256 of the round's downlink update a committee member published with its merge.
     "model_attest": {"update_sha256": _hex64},
+    # The round's delta commits, each signed by its agent, instead of one entry per agent
+    # (ledger_lite/commits.py; a swarm whose committee merges).
+    "round_close": {"commits": commits_problem},
 }
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import errors as E
+from .commits import row_tx
 from .entry import GENESIS_PREV, KINDS, MAX_ENTRY_BYTES, Entry
 from .errors import Refused
 from .keys import verify
@@ -183,6 +184,8 @@ class LedgerState:
         p, h = entry.payload, entry.height
         if entry.kind == "delta_commit" and p["node"] != entry.author:
             raise Refused(E.NODE_MISMATCH, f"delta_commit.node {p['node']!r} is not the author", h)
+        if entry.kind == "round_close" and "commits" in p:
+            self._check_commits(entry)
         if entry.kind == "revoke" and p["node"] not in self.members:
             raise Refused(E.UNKNOWN_NODE, f"cannot revoke {p['node']!r}: never enrolled", h)
         if entry.kind == "key_epoch":
@@ -203,6 +206,20 @@ class LedgerState:
             )
             if revoked:
                 raise Refused(E.REVOKED_NODE, f"key_epoch wraps for revoked {revoked[:5]}", h)
+
+    def _check_commits(self, entry: Entry) -> None:
+        """A round_close's folded commits (ledger_lite/commits.py): exactly its included
+        nodes, each row its agent's own signed delta_commit, that agent allowed to commit."""
+        p, h = entry.payload, entry.height
+        if [row[0] for row in p["commits"]] != p["included"]:
+            raise Refused(E.BAD_PAYLOAD, "round_close.commits must name exactly its included", h)
+        for row in p["commits"]:
+            tx = row_tx(self.swarm, p["round"], row)
+            self._check_author(tx.chain(h, entry.prev_hash))
+            pubkey = self.members[tx.author].pubkey
+            if not verify(pubkey, tx.signing_bytes(), bytes.fromhex(tx.sig)):
+                why = f"the commit of {tx.author!r} in round_close is not its signature"
+                raise Refused(E.BAD_SIGNATURE, why, h)
 
     def apply(self, entry: Entry) -> None:
         """Validate `entry` (raising Refused, state untouched) then fold it in."""

@@ -137,3 +137,134 @@ def test_with_three_gateways_every_gateway_votes_on_the_committee(tmp_path: Path
         assert len(voters) >= 3 and voters <= members
     votes = {x.author for x in entries if x.kind == "model_attest" and x.author in gateways}
     assert len(votes) >= 2, f"only {votes} attested: followers do not vote"
+
+
+def _entries_per_round(entries: list, rounds: list[int]) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {r: {} for r in rounds}
+    for e in entries:
+        rnd = e.payload.get("round") if isinstance(e.payload, dict) else None
+        if rnd in out:
+            out[rnd][e.kind] = out[rnd].get(e.kind, 0) + 1
+    return out
+
+
+def test_the_ledger_grows_by_the_same_entries_per_round_at_8_and_32_agents(
+    tmp_path: Path,
+) -> None:
+    """Agents' commits are folded into round_close (each row its agent's own signature), so
+    a round adds the same entries whatever the fleet size; the audit still lists every
+    contributor of every round with its samples and merge weight."""
+    from edge_swarm.swarm.audit import audit_rounds
+    from ledger_lite.commits import row_tx
+    from ledger_lite.keys import verify
+
+    counts = {}
+    for n in (8, 32):
+        cfg = small(
+            tmp_path / f"n{n}",
+            "embedded",
+            n_agents=n,
+            agents_per_process=1 if n == 8 else 8,
+            rounds=2,
+            merge_by="committee",
+            committee_k=2,
+        )
+        result = run_settled(cfg)
+        entries = entries_of(result)
+        agents = sorted(result.layout.agent_configs)
+        assert not [e for e in entries if e.kind == "delta_commit"]  # none of its own
+        per_round = _entries_per_round(entries, [1, 2])
+        counts[n] = per_round
+        keys = {e.payload["node"]: e.payload["pubkey"] for e in entries if e.kind == "enroll"}
+        audit = audit_rounds(entries)
+        for rnd in (1, 2):
+            close = next(
+                e for e in entries if e.kind == "round_close" and e.payload["round"] == rnd
+            )
+            assert close.payload["included"] == agents  # everyone, in one entry
+            for row in close.payload["commits"]:  # each row verifies as its agent's own
+                tx = row_tx(cfg.swarm, rnd, row)
+                assert verify(keys[row[0]], tx.signing_bytes(), bytes.fromhex(tx.sig))
+            record = audit[rnd].to_dict()
+            assert [c["node"] for c in record["contributors"]] == agents
+            assert all(c["n_samples"] and c["envelope_sha256"] for c in record["contributors"])
+            assert sorted(audit[rnd].merge_weights()) == agents  # each one's merge weight
+    # Per round: open, close, final, and the committee's attestations: its 3 members (the
+    # gateway and 2 drawn agents) attest, a quorum of 2 before the final; a member slowed
+    # down may attest too late to count (after the next final): 2 or 3, at either size.
+    for n, per_round in counts.items():
+        for rnd, kinds in per_round.items():
+            attests = kinds.pop("model_attest", 0)
+            assert kinds == {"round_open": 1, "round_close": 1, "model_final": 1}, (n, rnd)
+            assert 2 <= attests <= 3, (n, rnd, attests)
+
+
+def _kept_delta(agent_state: Path) -> tuple[int, str] | None:
+    """(round, sha256) of the delta an agent keeps on disk before committing it, or None."""
+    import hashlib
+    import struct
+
+    try:
+        data = (agent_state / "delta.bin").read_bytes()
+    except OSError:
+        return None
+    if len(data) < 8:
+        return None
+    return struct.unpack(">I", data[4:8])[0], hashlib.sha256(data[8:]).hexdigest()
+
+
+def test_a_power_cut_after_commits_of_an_open_round_recommits_the_kept_deltas(
+    tmp_path: Path,
+) -> None:
+    """Commits are held by the coordinator until round_close (folded), so a power cut
+    while a round is open loses them on the gateway's side. Each agent that had committed
+    commits again, after the restart, the very bytes it kept on disk (members may already
+    hold them), instead of training a second delta; the round closes with every agent."""
+    from .test_e2e import BIG
+    from .test_e2e_faults import (
+        DOWNTIME_S,
+        agent_logs,
+        gateway_ledger,
+        ledger_entries,
+        need_mosquitto,
+        pause,
+        run_with_fault,
+    )
+    from .test_e2e_faults import small as faults_small
+
+    need_mosquitto()
+    cfg = faults_small(tmp_path, hidden=BIG, rounds=3, round_deadline_s=40.0, merge_by="committee")
+    states = {a: cfg.workdir / "state" / a for a in [f"agent-{i:02d}" for i in range(1, 5)]}
+    at_cut: dict[str, str] = {}
+
+    def cut(procs, obs) -> None:  # noqa: ANN001 - run_with_fault's hook
+        def committed_in_open_round_2() -> bool:
+            rec = obs.rounds.get(2)
+            if rec is None or rec.opened_ms == 0 or rec.closed_ms > 0:
+                return False
+            return any((_kept_delta(s) or (0, ""))[0] == 2 for s in states.values())
+
+        assert obs.wait_for(committed_in_open_round_2, 120.0), "no agent kept a round-2 delta"
+        procs.broker.kill()  # first: from here on no message moves
+        procs.kill()
+        for a, s in states.items():
+            kept = _kept_delta(s)
+            if kept is not None and kept[0] == 2:
+                at_cut[a] = kept[1]
+        pause(obs, DOWNTIME_S)
+        procs.broker.start()
+        procs.start()
+
+    problems = run_with_fault(cfg, cut)
+    assert not problems, "\n".join(problems)
+    assert at_cut, "the cut came before any agent kept its delta"
+    (close,) = [
+        e
+        for e in ledger_entries(gateway_ledger(cfg))
+        if e.kind == "round_close" and e.payload["round"] == 2
+    ]
+    rows = {row[0]: row[1] for row in close.payload["commits"]}
+    logs = agent_logs(cfg)
+    for agent, sha in at_cut.items():
+        assert rows[agent] == sha, f"{agent} trained round 2 again instead of re-committing"
+        assert "round 2: our delta kept on disk is committed again" in logs[agent]

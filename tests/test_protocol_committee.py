@@ -52,6 +52,11 @@ def commit(node: str, rnd: int, env: str = "e" * 64) -> P.Appended:
     return P.Appended("delta_commit", node, payload, 0, sha(f"commit {rnd} {node}"))
 
 
+def received(node: str, rnd: int, env: str = "e" * 64) -> P.CommitReceived:
+    """A commit as the coordinator takes it in committee mode (folded into round_close)."""
+    return P.CommitReceived(node, rnd, env, 10, (node, env, 10, 0, "ab" * 64))
+
+
 def attest(node: str, rnd: int, mh: str) -> P.Appended:
     payload = {"round": rnd, "model_hash": mh, "state_hash": S}
     return P.Appended("model_attest", node, payload, 0, sha(f"attest {rnd} {node} {mh}"))
@@ -62,8 +67,10 @@ def opened(rnd: int = 1, base: str = H0, h: str = OPEN1, ts: int = 0) -> P.Appen
     return P.Appended("round_open", GW, payload, ts, h)
 
 
-def closed(rnd: int, included: list[str], ts: int = 10) -> P.Appended:
-    payload = {"round": rnd, "included": included, "reason": "x"}
+def closed(rnd: int, included: list[str], ts: int = 10, rows: bool = False) -> P.Appended:
+    payload: dict[str, Any] = {"round": rnd, "included": included, "reason": "x"}
+    if rows:  # committee mode: the commits folded in (as `received` makes them)
+        payload["commits"] = [[n, "e" * 64, 10, 0, "ab" * 64] for n in included]
     return P.Appended("round_close", GW, payload, ts, sha(f"close {rnd}"))
 
 
@@ -98,8 +105,9 @@ def closed_round(c: P.Coordinator, nodes: list[str], h: str = OPEN1) -> None:
     c.handle(entry(op, 0, h))
     actions: list[P.Action] = []
     for n in nodes:
-        actions = c.handle(commit(n, 1))
+        actions = c.handle(received(n, 1))
     (close,) = actions
+    assert close.payload["commits"] == [[n, "e" * 64, 10, 0, "ab" * 64] for n in sorted(nodes)]
     (merge,) = c.handle(entry(close, 10, sha("close 1")))
     assert isinstance(merge, P.Merge)  # every gateway merges, as in "all" mode
 
@@ -305,9 +313,8 @@ def test_every_gateway_attests_in_committee_mode_but_not_while_replaying() -> No
     follower.set_leading(False)
     (op,) = coordinator().handle(P.Tick(0))
     follower.handle(entry(op, 0, OPEN1))
-    for n in AGENTS:
-        follower.handle(commit(n, 1))
-    follower.handle(closed(1, AGENTS))
+    (merge,) = follower.handle(closed(1, AGENTS, rows=True))  # the commits from the rows
+    assert merge == P.Merge(1, tuple((n, "e" * 64) for n in AGENTS), tuple((n, 10) for n in AGENTS))
     (own,) = follower.handle(P.MergeDone(1, H1, S))  # a member: it votes, though it follows
     assert own.kind == "model_attest"
     assert follower.handle(attest(GW, 1, H1)) == []  # ... and never appends model_final
@@ -603,3 +610,36 @@ def test_an_agent_that_took_an_update_fetches_the_state_when_drawn_and_merges_af
     assert p.handle(closed(2, [me], ts=30)) == []  # no merge without the state
     (merge,) = p.handle(P.CheckpointAdopted(1, H1))  # the checkpoint brought it
     assert isinstance(merge, P.Merge) and merge.round == 2 and p.state_known
+
+
+# ------------------------------------------------------------------------ folded commits
+
+
+def test_the_coordinator_folds_commits_into_round_close_and_ignores_copies() -> None:
+    c = coordinator()
+    (op,) = c.handle(P.Tick(0))
+    c.handle(entry(op, 0, OPEN1))
+    assert c.handle(commit("a", 1)) == []  # a delta_commit entry is not how commits come now
+    assert c.handle(received("zz", 1)) == []  # not an enrolled agent: not recorded
+    c.handle(received("a", 1))
+    assert c.holds_commit("a", 1, "ab" * 64) and not c.holds_commit("a", 1, "cd" * 64)
+    assert not c.holds_commit("a", 2, "ab" * 64)
+    assert c.handle(received("a", 1, "f" * 64)) == []  # a second commit: the first stands
+    c.handle(received("b", 1))
+    c.handle(revoke("b"))  # revoked before the close: its row would make round_close invalid
+    out: list[P.Action] = []
+    for n in "cdef":
+        out = c.handle(received(n, 1))
+    (close,) = out  # every expected agent is in (b is no longer expected)
+    assert close.payload["included"] == ["a", "c", "d", "e", "f"]
+    assert [r[0] for r in close.payload["commits"]] == close.payload["included"]
+    assert close.payload["commits"][0][1] == "e" * 64
+
+
+def test_a_round_close_without_its_commits_is_not_merged_but_abandoned() -> None:
+    """A committee round_close lacking the rows (a coordinator not running this code) names
+    deltas nobody can identify: no Merge; the round is abandoned at its timeout."""
+    c = coordinator()
+    (op,) = c.handle(P.Tick(0))
+    c.handle(entry(op, 0, OPEN1))
+    assert c.handle(closed(1, ["a", "b"])) == []

@@ -46,6 +46,7 @@ from edge_swarm.swarm.mirror import LedgerMirror, MirrorError, event_entry
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.swarm.topics import ALL
 from ledger_lite import Entry, LedgerState, make_tx
+from ledger_lite.commits import commit_payload, row_tx
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,9 @@ class Agent(NodeRuntime, Adopting):
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
+        for row in entry.payload.get("commits", ()) if entry.kind == "round_close" else ():
+            if row[0] == self.cfg.node_id:  # our commit, folded into the round's close
+                self.submissions.settled(row_tx(self.cfg.swarm, entry.payload["round"], row).tx_id)
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return
@@ -312,8 +316,31 @@ class Agent(NodeRuntime, Adopting):
         log.info("ledger synced to height %d", self.mirror.next_height - 1)
         if self.machine.open is not None:
             self._follow_deltas(self.machine.open.number)
+        self._resume_open_commit()
         self._act(self.machine.catch_up(*self.clock.readings()))
         self._resume_own_delta()
+
+    def _resume_open_commit(self) -> None:
+        """Committee mode, after a restart: our delta kept on disk for the round still open
+        was committed to the coordinator, not to the ledger. Commit those bytes again (it
+        holds them, or lost them in a restart of its own) instead of training another."""
+        m = self.machine
+        if m is None or not m.by_committee or m.open is None or m.open.closed:
+            return
+        kept = self.own_delta.kept()
+        if kept is None or kept[0] != m.open.number or kept[0] in m.trained:
+            return
+        rnd, frame = kept
+        m.trained.add(rnd)
+        sha = hashlib.sha256(frame).hexdigest()
+        log.info("round %d: our delta kept on disk is committed again", rnd)
+        self._submit(
+            P.Append("delta_commit", commit_payload(rnd, self.cfg.node_id, sha, len(self.y)))
+        )
+        topic = self.topics.delta(rnd, self.cfg.node_id)
+        self.sender.publish(topic, frame, qos=1)
+        self.own_delta.sent(rnd, topic, frame, time.monotonic())
+        self._on_envelope(frame, rnd, self.cfg.node_id)
 
     def _resume_own_delta(self) -> None:
         """After a restart: our committed, unmerged delta kept on disk goes out again."""

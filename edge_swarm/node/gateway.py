@@ -124,6 +124,7 @@ class Gateway(NodeRuntime):
             self.call_soon,
             self.drops,
             now_ms,
+            act=self._act if self.coordinator.policy.by_committee else None,
         )
         self.tree = MerkleTree()
         self.folded = -1
@@ -323,8 +324,7 @@ class Gateway(NodeRuntime):
         if q.op == "entries":
             reply = entries_reply(q, self.ledger.entries(q.start, q.limit), self.folded)
         else:
-            cfg = self.cfg
-            reply = proof_reply(q, self.tree, self.key, cfg.swarm, cfg.node_id, now_ms)
+            reply = proof_reply(q, self.tree, self.key, self.cfg.swarm, self.cfg.node_id, now_ms)
         self.mqtt.publish(topic, reply.encode(), qos=1)
 
     # -- the ledger and the coordinator

@@ -226,6 +226,8 @@ class SwarmObserver:
         elif e.kind == "round_close":
             rec = self._record(p["round"])
             rec.closed_ms, rec.included, rec.close_reason = e.ts, list(p["included"]), p["reason"]
+            for node, _, n, *_ in p.get("commits", ()):  # folded commits (committee mode)
+                rec.commits.setdefault(node, {"n_samples": n})
             if not rec.included:
                 rec.final_ms = e.ts
                 self._report(rec)

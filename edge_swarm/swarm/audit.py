@@ -92,6 +92,9 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
             rec.commits[e.author] = p
         elif e.kind == "round_close":
             rec.included, rec.close_reason = list(p["included"]), p["reason"]
+            # A committee swarm folds the commits into round_close (ledger_lite/commits.py).
+            for node, sha, n, *_ in p.get("commits", ()):
+                rec.commits[node] = {"round": p["round"], "envelope_sha256": sha, "n_samples": n}
         else:
             rec.model_hash, rec.attesters, rec.final_height = (
                 p["model_hash"],

@@ -36,6 +36,12 @@ In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule abov
   finalised on the model it started from, as an abandoned round, even when this
   coordinator has a merge of its own.
 * ``admit`` refuses an attestation of the round being finalised from a non-member.
+* Agents' commits are not ledger entries: each comes in as ``CommitReceived`` (checked by
+  the wiring) and ``round_close`` records the included ones as rows (``commits``, each its
+  agent's own signature: ``ledger_lite/commits.py``), so a round adds the same number of
+  entries at any fleet size. A fold of ``round_close`` takes the commits from those rows
+  (a follower or a restarted gateway never saw them come in). Commits held for a round not
+  yet closed are lost with a restart; their agents send them again until the round closes.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from edge_swarm.swarm.rounds import (
     Append,
     Appended,
     AppendFailed,
+    CommitReceived,
     EnsureKeys,
     Event,
     KeysReady,
@@ -131,6 +138,8 @@ class Coordinator:
             attests = self._acting or member
             attest = [Append("model_attest", attest_payload(event))] if attests else []
             return attest + self._progress(None)
+        if isinstance(event, CommitReceived):
+            return self._on_commit(event)
         if isinstance(event, AppendFailed) and self._pending == event.kind:
             self._pending = None  # the next tick tries again
         elif isinstance(event, KeysReady) and self._pending == "key_epoch":
@@ -145,7 +154,7 @@ class Coordinator:
         """End a replay: ask for the merge of a round that is closed but not final."""
         self.replaying = False
         cur = self.current
-        if cur is None or not cur.included:
+        if cur is None or not cur.included or any(n not in cur.commits for n in cur.included):
             return []
         return [cur.merge()]
 
@@ -186,6 +195,25 @@ class Coordinator:
             return "only the coordinator opens, closes and finalises rounds"
         return None
 
+    def holds_commit(self, node: str, rnd: object, sig: str) -> bool:
+        """Committee mode: whether this exact commit of ``node`` to round ``rnd`` is already
+        recorded (an agent sends it again until the round closes: nothing to tell it)."""
+        cur = self.current
+        row = cur.rows.get(node) if cur is not None and cur.number == rnd else None
+        return row is not None and row[4] == sig
+
+    def _on_commit(self, ev: CommitReceived) -> list[Action]:
+        if not self.policy.by_committee or not self._is_open(ev.round):
+            return []
+        cur = self.current
+        assert cur is not None
+        if ev.node in cur.commits or ev.node not in self.agents:
+            return []
+        cur.commits[ev.node] = ev.envelope_sha256
+        cur.samples[ev.node] = ev.n_samples
+        cur.rows[ev.node] = ev.row
+        return self._progress(None)
+
     @property
     def done(self) -> bool:
         return self._done
@@ -206,6 +234,11 @@ class Coordinator:
         elif ev.kind == "revoke":
             self.agents.discard(p["node"])
             self.online.discard(p["node"])
+            cur = self.current
+            if cur is not None and not cur.closed and p["node"] in cur.rows:
+                # A revoked device's folded commit would make round_close invalid.
+                for table in (cur.commits, cur.samples, cur.rows):
+                    table.pop(p["node"], None)
         elif ev.kind == "round_open":
             if p["round"] <= self.last_round:
                 return []  # a second open of a round (two leaders a moment apart): the first counts
@@ -217,7 +250,9 @@ class Coordinator:
             self.current.expected = frozenset(active & self.agents)
             self.last_round = p["round"]
             self._keys_ready = not self.policy.sealed  # each round asks again
-        elif ev.kind == "delta_commit" and self._is_open(p["round"]):
+        elif (
+            ev.kind == "delta_commit" and self._is_open(p["round"]) and not self.policy.by_committee
+        ):
             assert self.current is not None
             self.current.commits[ev.author] = p["envelope_sha256"]
             self.current.samples[ev.author] = p["n_samples"]
@@ -239,14 +274,16 @@ class Coordinator:
         assert cur is not None
         cur.included = tuple(ev.payload["included"])
         cur.closed_at_ms = ev.ts
+        for node, sha, n, *_ in ev.payload.get("commits", ()):  # committee mode: the rows
+            cur.commits[node], cur.samples[node] = sha, n
         if cur.included:
             self._last_included = frozenset(cur.included)
         else:  # a void round: the model stays, the next round may open
             self.current = None
             self.finished_rounds += 1
             return self._check_done()
-        if self.replaying:
-            return []
+        if self.replaying or any(n not in cur.commits for n in cur.included):
+            return []  # (a committee round_close without its commits: abandoned in time)
         return [cur.merge()]
 
     def _on_final(self, p: dict[str, Any]) -> list[Action]:
@@ -351,7 +388,9 @@ class Coordinator:
         else:
             reason, included = f"deadline with {len(committed)} < min_peers commits", []
         self._pending = "round_close"
-        payload = {"round": cur.number, "included": included, "reason": reason}
+        payload: dict[str, Any] = {"round": cur.number, "included": included, "reason": reason}
+        if self.policy.by_committee:
+            payload["commits"] = [list(cur.rows[n]) for n in included]
         return [Append("round_close", payload)]
 
     def _maybe_final(self, now_ms: int | None) -> list[Action]:

@@ -25,6 +25,8 @@ In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule abov
   A non-member never asks for a ``Merge`` and never attests that round; it still trains and
   commits its delta, and on ``model_final`` adopts the final model (``AdoptCheckpoint``),
   unless it holds those bytes already (a round abandoned on its base model).
+* Its commit is folded into the round's ``round_close`` (``ledger_lite/commits.py``): it
+  learns the round's commits, its own included, from that entry's ``commits`` rows.
 * With a downlink (``swarm/downlink.py``) members attest the update's sha256 too, and a
   light agent takes the model from the update only if ``update_backed``: a quorum of the
   committee attested that update and the final pair. An agent that took an update lacks the
@@ -59,6 +61,7 @@ from edge_swarm.swarm.rounds import (
     TrainingDone,
     attest_payload,
 )
+from ledger_lite.commits import commit_payload
 
 
 class Participant:
@@ -200,6 +203,11 @@ class Participant:
             rnd = p["round"]
             if self.open is not None and self.open.number == rnd:
                 self.open.included = tuple(p["included"])
+            for node, sha, n, *_ in p.get("commits", ()):  # committee mode: folded commits
+                self.commits.setdefault(rnd, {})[node] = sha
+                self.samples.setdefault(rnd, {})[node] = n
+                if node == self.node:
+                    self.trained.add(rnd)
             commits = self.commits.get(rnd, {})
             if not self.is_member(rnd):
                 return []  # the committee merges: this node adopts at model_final
@@ -270,6 +278,9 @@ class Participant:
         return [Train(cur.number, cur.base_hash)]
 
     def _on_trained(self, ev: TrainingDone) -> list[Action]:
+        if self.by_committee:  # folded into round_close: the row has no room for metrics
+            payload = commit_payload(ev.round, self.node, ev.envelope_sha256, ev.n_samples)
+            return [Append("delta_commit", payload)]
         payload = {
             "round": ev.round,
             "node": self.node,

@@ -22,7 +22,10 @@ the machines in ``coordinator`` and ``participant``; this module is their public
   as above. "committee": only the round's committee (the gateways plus ``committee_k``
   agents drawn from the ``round_open`` entry's hash, ``committee_round``) merges and
   attests; the coordinator finalises on a quorum of its members, or abandons the round on
-  its base model; a participant outside the committee adopts the final model.
+  its base model; a participant outside the committee adopts the final model. Agents'
+  commits reach the coordinator (``CommitReceived``) and are recorded, each with its
+  agent's signature, in the round's ``round_close`` (``commits``): the ledger grows by a
+  constant number of entries per round, whatever the fleet size.
 
 Invariants
 ----------
@@ -49,6 +52,7 @@ from edge_swarm.swarm.rounds import (
     AppendFailed,
     CheckpointAdopted,
     Commit,
+    CommitReceived,
     EnsureKeys,
     EnvelopeStored,
     Event,
@@ -78,6 +82,7 @@ __all__ = [
     "Appended",
     "CheckpointAdopted",
     "Commit",
+    "CommitReceived",
     "Committee",
     "CommitteeBook",
     "Coordinator",

@@ -56,6 +56,19 @@ class TrainingDone:
 
 
 @dataclass(frozen=True)
+class CommitReceived:
+    """Committee mode, coordinator only: an agent's signed delta commit came in, checked
+    by the wiring (signature, enrolment, ``admit``); it is recorded in the round's
+    ``round_close`` (``row``: ``ledger_lite.commits``), not appended on its own."""
+
+    node: str
+    round: int
+    envelope_sha256: str
+    n_samples: int
+    row: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class EnvelopeStored:
     """A verified envelope for (round, node) is in the inbox."""
 
@@ -113,6 +126,7 @@ Event = (
     | Appended
     | PeerSeen
     | TrainingDone
+    | CommitReceived
     | EnvelopeStored
     | MergeDone
     | MergeFailed
@@ -288,6 +302,7 @@ class RoundState:
     attests: dict[str, tuple[str, str]] = field(default_factory=dict)
     own: tuple[str, str] | None = None
     expected: frozenset[str] = frozenset()
+    rows: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # folded commits (committee)
 
     @property
     def closed(self) -> bool:
