@@ -186,6 +186,33 @@ MERGE_HELP = (
 ATTACK_NAMES = ("sign_flip", "scale", "noise", "huge", "label_flip")
 
 
+def add_committee_options(p: argparse.ArgumentParser) -> None:
+    """Who merges each round: the genesis's merge_by, committee_k and downlink codec."""
+    p.add_argument(
+        "--merge-by",
+        choices=["committee", "all"],
+        default="committee",
+        help="who merges each round: the gateways plus --committee-k agents drawn per round "
+        "from the ledger, the other agents applying their one merged update (committee, the "
+        "default: an agent off it receives no peer's delta; docs/COMMITTEE.md), or every "
+        "agent (all: each receives every peer's delta; for small sites and comparison)",
+    )
+    p.add_argument(
+        "--committee-k",
+        type=int,
+        default=2,
+        metavar="K",
+        help="agents drawn onto each round's committee (default 2)",
+    )
+    p.add_argument(
+        "--downlink",
+        default="int8",
+        metavar="CODEC",
+        help="committee mode: the codec of the one merged update per round the other agents "
+        "apply instead of downloading the model, as --codec (default int8)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-swarm",
@@ -210,28 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "machine (default 1: a process per agent, as on a real site)",
     )
     d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
-    d.add_argument(
-        "--merge-by",
-        choices=["all", "committee"],
-        default="all",
-        help="who merges each round: every agent (all, the default), or the gateways plus "
-        "--committee-k agents drawn per round from the ledger, the rest taking the result "
-        "(committee: an agent off it receives no peer's delta; docs/COMMITTEE.md)",
-    )
-    d.add_argument(
-        "--committee-k",
-        type=int,
-        default=2,
-        metavar="K",
-        help="agents drawn onto each round's committee (default 2)",
-    )
-    d.add_argument(
-        "--downlink",
-        default="int8",
-        metavar="CODEC",
-        help="committee mode: the codec of the one merged update per round the other agents "
-        "apply instead of downloading the model, as --codec (default int8)",
-    )
+    add_committee_options(d)
     d.add_argument(
         "--gateways",
         type=int,
@@ -391,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ai.add_argument("--codec", default="int8", help="delta codec (see demo --codec)")
     ai.add_argument("--merge", default="", help=MERGE_HELP)
+    add_committee_options(ai)
     ai.set_defaults(func=_operator, op="admin-init")
 
     for name, what in (("enroll", "enrol a device"), ("revoke", "revoke a device")):

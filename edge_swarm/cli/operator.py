@@ -112,6 +112,9 @@ def _admin_init(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         codec=parse_codec(args.codec),
         security=args.security,
+        merge_by=args.merge_by,
+        committee_k=args.committee_k,
+        downlink=parse_codec(args.downlink),
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
     print(

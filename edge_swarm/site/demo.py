@@ -248,7 +248,10 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         error_feedback=cfg.error_feedback,
         security=cfg.security,
         backbone=backbone.to_dict() if backbone is not None else None,
-        extra={"workload": cfg.workload, **_committee_params(cfg)},
+        merge_by=cfg.merge_by,
+        committee_k=cfg.committee_k,
+        downlink=cfg.downlink,
+        extra={"workload": cfg.workload},
     )
     broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)
     layout = provision_swarm(
@@ -377,14 +380,3 @@ def _failure(what: str, procs: SwarmProcesses) -> str:
         state = "running" if p.alive else f"exited {p.proc.returncode if p.proc else '-'}"
         lines.append(f"--- {p.node} ({state}), last lines of {p.log_path}:\n{p.tail(8)}")
     return "\n".join(lines)
-
-
-def _committee_params(cfg: RunConfig) -> dict[str, Any]:
-    """The genesis params of a committee swarm ("all" adds none: its genesis is as before)."""
-    if cfg.merge_by == "all":
-        return {}
-    return {
-        "merge_by": cfg.merge_by,
-        "committee_k": cfg.committee_k,
-        "downlink": cfg.downlink.to_dict(),
-    }

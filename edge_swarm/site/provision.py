@@ -52,6 +52,11 @@ class SwarmParams:
     security: str = "sealed"
     # A frozen feature extractor under the model (then a head): learn/backbone.py.
     backbone: dict[str, Any] | None = None
+    # Who merges each round (docs/COMMITTEE.md): "committee" (the gateways plus committee_k
+    # drawn agents; the others apply their quantized update, the downlink codec) or "all".
+    merge_by: str = "all"
+    committee_k: int = 2
+    downlink: CodecSpec = field(default_factory=lambda: CodecSpec("int8"))
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +74,16 @@ class SwarmParams:
             "error_feedback": self.error_feedback,
             "security": self.security,
             **({"backbone": self.backbone} if self.backbone is not None else {}),
+            **(self._committee() if self.merge_by == "committee" else {}),
             **self.extra,
+        }
+
+    def _committee(self) -> dict[str, Any]:
+        # "all" adds nothing: such a genesis is exactly what it was before committees.
+        return {
+            "merge_by": self.merge_by,
+            "committee_k": self.committee_k,
+            "downlink": self.downlink.to_dict(),
         }
 
 
