@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .canonical import canonical_bytes, json_too_deep, sha256_hex, to_json_value
+from .detached import hashed_payload
 from .errors import DecodeError
 from .keys import SigningKey
 
@@ -235,8 +236,29 @@ class Entry:
 
     @functools.cached_property
     def hash(self) -> str:
-        """SHA-256 hex of `canonical()`."""
-        return sha256_hex(self._canonical)
+        """SHA-256 hex of `canonical()` — with any detached field as its digest
+        (``detached.py``), so that the full and the compact form share one hash."""
+        hashed = hashed_payload(self.kind, self.payload)
+        if hashed is self.payload:
+            return sha256_hex(self._canonical)
+        return sha256_hex(canonical_bytes({**self.to_dict(), "payload": hashed}))
+
+    def compact(self) -> Entry:
+        """This entry with its detached fields as digests (itself if it has none): what a
+        light agent receives; the same hash and signature."""
+        hashed = hashed_payload(self.kind, self.payload)
+        if hashed is self.payload:
+            return self
+        return Entry(
+            self.height,
+            self.prev_hash,
+            self.swarm,
+            self.kind,
+            self.author,
+            self.ts,
+            hashed,
+            self.sig,
+        )
 
     @classmethod
     def from_dict(cls, data: Any) -> Entry:
@@ -266,9 +288,10 @@ def _build(cls: type[Any], d: dict[str, Any], what: str) -> Any:
 
 
 def signing_bytes(swarm: str, kind: str, author: str, ts: int, payload: Mapping[str, Any]) -> bytes:
-    """Canonical bytes of the five signed fields."""
+    """Canonical bytes of the five signed fields (detached fields as their digests)."""
+    signed = hashed_payload(kind, payload)
     return canonical_bytes(
-        {"swarm": swarm, "kind": kind, "author": author, "ts": ts, "payload": payload}
+        {"swarm": swarm, "kind": kind, "author": author, "ts": ts, "payload": signed}
     )
 
 

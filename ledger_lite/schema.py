@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .commits import commits_problem
+from .detached import DETACHABLE, is_digest
 from .entry import KINDS, ROLES, is_hex64, is_id, is_uint
 
 MAX_TEXT = 1024
@@ -107,6 +108,24 @@ def _policy(v: Any) -> str | None:
     return None
 
 
+def _or_digest(check: Check) -> Check:
+    """``check``, or the field's digest form (a compact entry: detached.py)."""
+    return lambda v: None if is_digest(v) else check(v)
+
+
+def _detached(kind: str) -> Check:
+    allowed = DETACHABLE[kind]
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v or any(f not in allowed for f in v):
+            return f"must be a non-empty list drawn from {list(allowed)}"
+        if len(set(v)) != len(v):
+            return "repeats a field"
+        return None
+
+    return check
+
+
 # kind -> (field checks, free-form?) ; free-form payloads accept any JSON object.
 SCHEMAS: dict[str, tuple[Mapping[str, Check], bool]] = {
     "genesis": ({"swarm": _id, "admins": _admins, "policy": _policy, "params": _object}, False),
@@ -123,7 +142,10 @@ SCHEMAS: dict[str, tuple[Mapping[str, Check], bool]] = {
         },
         False,
     ),
-    "round_close": ({"round": _uint, "included": _sorted_ids, "reason": _text}, False),
+    "round_close": (
+        {"round": _uint, "included": _or_digest(_sorted_ids), "reason": _text},
+        False,
+    ),
     "model_attest": ({"round": _uint, "model_hash": _hex64, "state_hash": _hex64}, False),
     "model_final": (
         {"round": _uint, "model_hash": _hex64, "state_hash": _hex64, "attesters": _sorted_ids},
@@ -141,12 +163,22 @@ OPTIONAL: dict[str, Mapping[str, Check]] = {
     # What the merge rule did with each included delta; or why a closed round was finalised
     # on the model it started from (nobody could merge it); in a swarm whose merge committee
     # decides (merge_by = committee), the round's members, so anyone can recount the quorum.
-    "model_final": {"merge": _object, "abandoned": _text, "committee": _sorted_ids},
+    "model_final": {
+        "merge": _object,
+        "abandoned": _text,
+        "committee": _sorted_ids,
+        "detached": _detached("model_final"),
+    },
     # The sha256 of the round's downlink update a committee member published with its merge.
     "model_attest": {"update_sha256": _hex64},
     # The round's delta commits, each signed by its agent, instead of one entry per agent
     # (ledger_lite/commits.py; a swarm whose committee merges).
-    "round_close": {"commits": commits_problem},
+    # Fields hashed and signed as digests (detached.py), so a light agent can take the
+    # entry without them; a full replica still holds and checks them.
+    "round_close": {
+        "commits": _or_digest(commits_problem),
+        "detached": _detached("round_close"),
+    },
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import errors as E
 from .commits import row_tx
+from .detached import is_compact, stray_digest
 from .entry import GENESIS_PREV, KINDS, MAX_ENTRY_BYTES, Entry
 from .errors import Refused
 from .keys import verify
@@ -72,6 +73,9 @@ class LedgerState:
         self.height: int = 0
         self.seen: set[str] = {genesis.tx_id}
         self.key_epoch: int | None = None  # the newest key epoch appended, if any
+        # A light copy (an agent's) takes entries in their compact form (detached.py): it
+        # checks chain, hash and signature, not the rows a full replica checks.
+        self.light = False
 
     @classmethod
     def from_genesis(cls, entry: Entry) -> LedgerState:
@@ -151,6 +155,12 @@ class LedgerState:
         problem = payload_problem(entry.kind, entry.payload)
         if problem:
             raise Refused(E.BAD_PAYLOAD, problem, h)
+        stray = stray_digest(entry.kind, entry.payload)
+        if stray is not None:
+            raise Refused(E.BAD_PAYLOAD, stray, h)
+        if not self.light and is_compact(entry.kind, entry.payload):
+            why = "a compact entry (its detached fields as digests): a light agent's copy"
+            raise Refused(E.BAD_PAYLOAD, why + "; a full replica needs the whole entry", h)
         self._check_author(entry)
         if entry.tx_id in self.seen:
             raise Refused(E.REPLAY, f"transaction {entry.tx_id[:16]}… is already in the chain", h)
@@ -184,7 +194,7 @@ class LedgerState:
         p, h = entry.payload, entry.height
         if entry.kind == "delta_commit" and p["node"] != entry.author:
             raise Refused(E.NODE_MISMATCH, f"delta_commit.node {p['node']!r} is not the author", h)
-        if entry.kind == "round_close" and "commits" in p:
+        if entry.kind == "round_close" and isinstance(p.get("commits"), list):
             self._check_commits(entry)
         if entry.kind == "revoke" and p["node"] not in self.members:
             raise Refused(E.UNKNOWN_NODE, f"cannot revoke {p['node']!r}: never enrolled", h)

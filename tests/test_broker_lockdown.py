@@ -473,12 +473,14 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
         "topic read es/v1/s/round/+/resend/n1",
         "topic read es/v1/s/model/#",
         "topic read es/v1/s/ledger/events",
+        "topic read es/v1/s/ledger/bodies",
         "topic read es/v1/s/ledger/reply/n1",
         "topic read es/v1/s/fleet/cmd/n1",
         "topic read es/v1/s/fleet/cmd/all",
     ]
     gw = blocks["user g"]
     assert "topic write es/v1/s/ledger/events" in gw and "topic write es/v1/s/model/#" in gw
+    assert "topic write es/v1/s/ledger/bodies" in gw
     assert "topic read es/v1/s/ledger/submit" in gw and "topic write es/v1/s/fleet/cmd/+" not in gw
     # Only gateways read the models nodes send when asked; each node sends only as itself.
     assert "topic read es/v1/s/round/+/model/+" in gw

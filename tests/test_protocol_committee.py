@@ -261,6 +261,7 @@ def test_the_gateways_own_merge_alone_never_finalises() -> None:
             "state_hash": S,
             "attesters": sorted([GW, drawn[1]]),
             "committee": sorted([GW, *drawn]),
+            "detached": ["merge"],
         },
     )
     assert c.handle(P.Tick(10 + 1000 + 500)) == []  # in flight: no abandon on top

@@ -46,7 +46,7 @@ from edge_swarm.swarm.mirror import LedgerMirror, MirrorError, event_entry
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.swarm.topics import ALL
 from ledger_lite import Entry, LedgerState, make_tx
-from ledger_lite.commits import commit_payload, row_tx
+from ledger_lite.commits import commit_payload
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,8 @@ class Agent(NodeRuntime, Adopting):
         if self.attack is not None:
             log.warning("THIS AGENT POISONS ITS DELTAS (%s): a test harness", self.attack)
         # A bad codec override is refused at start, before the agent joins anything.
-        self.codec_override = (
-            CodecSpec.from_dict(cfg.codec_override) if cfg.codec_override is not None else None
-        )
+        override = cfg.codec_override
+        self.codec_override = CodecSpec.from_dict(override) if override is not None else None
         self.codec = CodecSpec("float32")
         self.feedback: ErrorFeedback | None = None
         self.mirror = LedgerMirror(cfg.genesis_hash)
@@ -84,6 +83,7 @@ class Agent(NodeRuntime, Adopting):
         self.init_seed = 0
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
+        self._commit_tx: dict[int, str] = {}  # round -> our commit's tx id, until the close
         self.updates: LightUpdates | None = None  # a light agent's (node/updates.py)
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
@@ -185,6 +185,8 @@ class Agent(NodeRuntime, Adopting):
             self._on_checkpoint(msg.payload)
         elif kind == "model_update":
             self._on_update(msg.payload)
+        elif kind == "ledger_bodies" and (why := self.follow.bodies.offer(msg.payload)):
+            self.drops.drop("bad ledger body", why)
         elif kind == "fleet_cmd":
             self.fleet.on_message(msg.payload)
 
@@ -226,13 +228,12 @@ class Agent(NodeRuntime, Adopting):
         for entry in entries:
             self.ledger_copy.append(entry)
             self.clock.on_entry(entry, self.mirror.state, live)  # a gateway's time?
-            self._on_entry(entry)
+            self._on_entry(self.follow.bodies.full(entry))  # a member's: the full form
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
-        for row in entry.payload.get("commits", ()) if entry.kind == "round_close" else ():
-            if row[0] == self.cfg.node_id:  # our commit, folded into the round's close
-                self.submissions.settled(row_tx(self.cfg.swarm, entry.payload["round"], row).tx_id)
+        if entry.kind == "round_close":  # committee mode: a commit is settled by the close
+            self.submissions.settled(self._commit_tx.pop(entry.payload["round"], ""))
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return
@@ -296,11 +297,10 @@ class Agent(NodeRuntime, Adopting):
     def _load_feedback(self, n_params: int, enabled: bool) -> ErrorFeedback:
         path = self.cfg.state_dir / RESIDUAL_FILE
         try:
-            fb = ErrorFeedback.load(path, n_params, enabled=enabled, missing_ok=True)
+            return ErrorFeedback.load(path, n_params, enabled=enabled, missing_ok=True)
         except ValueError as exc:  # a damaged file costs the residual, not the agent
             log.warning("starting with a zero residual: %s is unusable (%s)", path, exc)
-            fb = ErrorFeedback(n_params, enabled=enabled)
-        return fb
+            return ErrorFeedback(n_params, enabled=enabled)
 
     def _public_key(self, node: str) -> str | None:
         state = self.mirror.state
@@ -482,6 +482,8 @@ class Agent(NodeRuntime, Adopting):
         payload = Submission(tx.to_dict()).encode()
         self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         self.submissions.sent(tx.tx_id, payload, time.monotonic())
+        if action.kind == "delta_commit":
+            self._commit_tx[action.payload["round"]] = tx.tx_id
 
     def _answer(self, ack: Ack) -> None:
         self.mqtt.publish(

@@ -3,14 +3,17 @@
 - The retained checkpoint (``model/latest`` and its chunks) only while the agent needs it
   (catching up, or adopting a model it did not merge): an agent that merges every round
   itself would otherwise receive the whole model again each round.
-- In ``merge_by = "committee"``, a round's deltas (``round/{r}/delta/+``) only while the agent
-  is on that round's committee: an agent outside it never receives a peer's update, which is
-  what keeps its cost flat as the fleet grows. In "all" mode every delta, as before.
+- In ``merge_by = "committee"``, a round's deltas (``round/{r}/delta/+``) and the full form of
+  the round's entries (``ledger/bodies``: the commits it merges) only while the agent is on
+  that round's committee: an agent outside it never receives a peer's update nor the
+  fleet's list of commits, which is what keeps its cost flat as the fleet grows. In "all"
+  mode every delta, as before.
 """
 
 from __future__ import annotations
 
 from edge_swarm.io.mqtt import MqttClient
+from edge_swarm.swarm.mirror import BodyStash
 from edge_swarm.swarm.topics import Topics
 
 
@@ -23,6 +26,7 @@ class Follow:
         self._checkpoints = False
         self._all_deltas = False
         self._round: int | None = None  # committee mode: the round whose deltas we take
+        self.bodies = BodyStash()  # full forms of that round's entries
 
     def checkpoints(self, on: bool) -> None:
         if on == self._checkpoints:
@@ -48,7 +52,10 @@ class Follow:
         """Committee mode: round ``rnd`` opened; take its deltas iff this node merges it."""
         if self._round is not None:
             self._mqtt.unsubscribe(self._topics.round_delta_filter(self._round))
+            if not member:
+                self._mqtt.unsubscribe(self._topics.ledger_bodies())
             self._round = None
         if member:
             self._mqtt.subscribe(self._topics.round_delta_filter(rnd), qos=1)
+            self._mqtt.subscribe(self._topics.ledger_bodies(), qos=1)
             self._round = rnd

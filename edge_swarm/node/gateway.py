@@ -34,7 +34,7 @@ from edge_swarm.node.exports import RoundExporter
 from edge_swarm.node.intake import Intake
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import DeltaAsks, ModelAsks
-from edge_swarm.node.queries import entries_reply, proof_reply
+from edge_swarm.node.queries import announce, entries_reply, proof_reply
 from edge_swarm.node.updates import downlink_of
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
@@ -257,7 +257,7 @@ class Gateway(NodeRuntime):
         # a gap, and it asks for what it missed (a copy it has is ignored).
         tip = self.ledger.entries(self.folded, 1)
         if tip:
-            self.mqtt.publish(self.topics.ledger_events(), tip[0].canonical(), qos=1)
+            announce(self.mqtt.publish, self.topics, tip[0])
         if 0 < self.holder.round == self.coordinator.last_final_round:
             self._publish_checkpoint()  # never an older one over the old leader's newer one
 
@@ -355,7 +355,7 @@ class Gateway(NodeRuntime):
         if not live:
             return
         if self.leading:
-            self.mqtt.publish(self.topics.ledger_events(), entry.canonical(), qos=1)
+            announce(self.mqtt.publish, self.topics, entry)
         if entry.kind in ("round_open", "round_close", "model_final") and self.leading:
             log.info("%s %s", entry.kind, json.dumps(p, sort_keys=True)[:200])
         self._act(actions)

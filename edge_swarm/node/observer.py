@@ -31,6 +31,7 @@ from edge_swarm.swarm.checkpoint import (
 )
 from edge_swarm.swarm.chunking import Reassembler, parse_chunk
 from edge_swarm.swarm.messages import Status, Telemetry
+from edge_swarm.swarm.mirror import BodyStash
 from edge_swarm.swarm.topics import TopicError, Topics
 from edge_swarm.trust.epochs import EpochTracker
 from edge_swarm.trust.keyring import EncryptionKey
@@ -110,6 +111,7 @@ class SwarmObserver:
         self.pubkeys: dict[str, str] = {}  # from enrolments seen: telemetry is checked
         self.unverified = 0  # status and telemetry messages whose signature did not check
         self.drops = RateLimitedLog(log)  # bad input and failed handling, counted
+        self._bodies = BodyStash()  # full forms of compact ledger events (ledger/bodies)
         self.swarm = swarm
         self.evaluate = evaluate
         self.on_round = on_round
@@ -138,6 +140,7 @@ class SwarmObserver:
         t = self.topics
         for topic in (
             t.ledger_events(),
+            t.ledger_bodies(),  # a committee round's commits and merge report, in full
             t.model_latest(),
             t.fleet_status_filter(),
             t.fleet_telemetry_filter(),
@@ -167,7 +170,11 @@ class SwarmObserver:
             if kind == "delta" and parsed.round is not None:
                 self._record(parsed.round).envelope_bytes += len(msg.payload)
             elif kind == "ledger_events":
-                self._on_entry(_event_entry(msg.payload))
+                self._on_entry(self._bodies.full(_event_entry(msg.payload)))
+            elif kind == "ledger_bodies":
+                why = self._bodies.offer(msg.payload)  # held until its compact event comes
+                if why is not None:
+                    raise DecodeError(why)
             elif kind == "model_latest":
                 self._on_checkpoint_bytes(msg.payload)
             elif kind == "model_chunk":
@@ -225,8 +232,10 @@ class SwarmObserver:
             )
         elif e.kind == "round_close":
             rec = self._record(p["round"])
-            rec.closed_ms, rec.included, rec.close_reason = e.ts, list(p["included"]), p["reason"]
-            for node, _, n, *_ in p.get("commits", ()):  # folded commits (committee mode)
+            included = p["included"] if isinstance(p["included"], list) else []  # compact: ?
+            rec.closed_ms, rec.included, rec.close_reason = e.ts, included, p["reason"]
+            rows = p.get("commits") if isinstance(p.get("commits"), list) else []
+            for node, _, n, *_ in rows:  # folded commits (committee mode)
                 rec.commits.setdefault(node, {"n_samples": n})
             if not rec.included:
                 rec.final_ms = e.ts

@@ -1,15 +1,34 @@
-"""The gateway's answers to ledger queries: a page of entries, or a signed proof that an
-entry (or an earlier tree) is in the ledger as it is now, RFC 9162 style, so that a device
-can check its commit without holding the chain."""
+"""What a gateway tells the swarm about its ledger: each appended entry (``announce``), and
+its answers to ledger queries: a page of entries, or a signed proof that an entry (or an
+earlier tree) is in the ledger as it is now, RFC 9162 style, so that a device can check its
+commit without holding the chain.
+
+Entries go out in their compact form (``ledger_lite/detached.py``: a committee round's
+commits and merge report as digests, with the same hash and signature), so that what a
+light agent takes per round does not grow with the fleet; the full form of such an entry
+goes first on ``ledger/bodies``, for the round's committee members and observers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from edge_swarm.swarm.messages import Query, Reply
+from edge_swarm.swarm.topics import Topics
 from ledger_lite import Entry, MerkleTree, ProofBundle, SigningKey, sign_tree_head
 
 REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
+
+
+def announce(publish: Callable[..., Any], topics: Topics, entry: Entry) -> None:
+    """Publish an appended entry: its full form on ``ledger/bodies`` when it has a compact
+    one (first, so a member holds the body when the event comes), the compact form on
+    ``ledger/events``."""
+    compact = entry.compact()
+    if compact is not entry:
+        publish(topics.ledger_bodies(), entry.canonical(), qos=1)
+    publish(topics.ledger_events(), compact.canonical(), qos=1)
 
 
 def entries_reply(q: Query, entries: Iterable[Entry], tip_height: int) -> Reply:
@@ -17,6 +36,7 @@ def entries_reply(q: Query, entries: Iterable[Entry], tip_height: int) -> Reply:
     packet limit; the device asks for the next page while it is behind ``tip_height``."""
     page, size = [], 0
     for e in entries:
+        e = e.compact()  # as announced
         size += len(e.canonical())
         if page and size > REPLY_BYTES:
             break

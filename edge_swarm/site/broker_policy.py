@@ -10,10 +10,11 @@ role        may publish                                            may read
 agent       round/+/delta/{id}, round/+/model/{id},                round/+/delta/+,
             round/+/resend/+, ledger/submit, ledger/query,         round/+/resend/{id},
             fleet/status/{id}, fleet/telemetry/{id}                model/#, ledger/events,
+                                                                   ledger/bodies,
                                                                    ledger/reply/{id},
                                                                    fleet/cmd/{id}, fleet/cmd/all
-gateway     ledger/events, ledger/reply/+, model/#,                as an agent, minus other
-            round/+/model/{id}, round/+/resend/+,                  nodes' resend requests, plus
+gateway     ledger/events, ledger/bodies, ledger/reply/+,          as an agent, minus other
+            model/#, round/+/model/{id}, round/+/resend/+,         nodes' resend requests, plus
             fleet/status/{id}, fleet/telemetry/{id}                round/+/model/+,
                                                                    ledger/submit, ledger/query,
                                                                    fleet/status/+,
@@ -75,10 +76,18 @@ def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
             t.ledger_query(),
             *own_status,
         ]
-        read = [t.delta_filter(), t.resend_filter(user), model, t.ledger_events(), *own_in]
+        read = [
+            t.delta_filter(),
+            t.resend_filter(user),
+            model,
+            t.ledger_events(),
+            t.ledger_bodies(),
+            *own_in,
+        ]
     elif role == "gateway":
         write = [
             t.ledger_events(),
+            t.ledger_bodies(),
             f"{t.root}ledger/reply/+",
             model,
             f"{t.root}round/+/model/{user}",

@@ -42,6 +42,9 @@ In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule abov
   entries at any fleet size. A fold of ``round_close`` takes the commits from those rows
   (a follower or a restarted gateway never saw them come in). Commits held for a round not
   yet closed are lost with a restart; their agents send them again until the round closes.
+* Those rows, the included list and the merge report grow with the fleet, so committee
+  entries detach them (``detached``: signed and hashed as Merkle digests,
+  ``ledger_lite/detached.py``): agents receive the compact form, members the full one.
 """
 
 from __future__ import annotations
@@ -389,8 +392,9 @@ class Coordinator:
             reason, included = f"deadline with {len(committed)} < min_peers commits", []
         self._pending = "round_close"
         payload: dict[str, Any] = {"round": cur.number, "included": included, "reason": reason}
-        if self.policy.by_committee:
+        if self.policy.by_committee:  # agents take the compact form (ledger_lite/detached.py)
             payload["commits"] = [list(cur.rows[n]) for n in included]
+            payload["detached"] = ["commits", "included"]
         return [Append("round_close", payload)]
 
     def _maybe_final(self, now_ms: int | None) -> list[Action]:
@@ -438,6 +442,7 @@ class Coordinator:
             "state_hash": winner[1],
             "attesters": attesters,
             "committee": list(committee.members),
+            "detached": ["merge"],  # the merge report the gateway adds: a weight per agent
         }
         self._pending = "model_final"
         return [Append("model_final", payload)]

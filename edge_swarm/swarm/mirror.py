@@ -16,6 +16,7 @@ from ledger_lite.canonical import parse_json
 from ledger_lite.errors import LedgerError
 
 MAX_AHEAD = 4096  # entries buffered beyond a gap; past it the farthest are dropped
+MAX_BODIES = 16  # full forms held for compact entries not applied yet
 
 
 def event_entry(payload: bytes) -> dict[str, Any] | None:
@@ -26,6 +27,33 @@ def event_entry(payload: bytes) -> dict[str, Any] | None:
     except ValueError:  # parse_json raises only DecodeError, a ValueError
         return None
     return obj if isinstance(obj, dict) else None
+
+
+class BodyStash:
+    """Full forms of compact entries (``ledger/bodies``; ``ledger_lite/detached.py``), held
+    by hash until the mirror applies the compact entry: a committee member needs the rows
+    of the round it merges. A body is trusted only through that hash, which covers its
+    detached fields' digests, which the mirror checked the author's signature over."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, Entry] = {}
+
+    def offer(self, payload: bytes) -> str | None:
+        """Take a ``ledger/bodies`` message (untrusted); return why it was dropped, or None."""
+        try:
+            entry = Entry.from_bytes(payload)
+        except LedgerError as exc:
+            return f"unparseable body: {exc}"
+        if entry.compact() is entry:
+            return f"entry {entry.height} is not the full form of a compact entry"
+        while len(self._by_hash) >= MAX_BODIES:
+            del self._by_hash[next(iter(self._by_hash))]
+        self._by_hash[entry.hash] = entry
+        return None
+
+    def full(self, entry: Entry) -> Entry:
+        """The full form of ``entry`` if one came, else ``entry`` itself."""
+        return self._by_hash.pop(entry.hash, entry)
 
 
 class MirrorError(Exception):
@@ -83,6 +111,7 @@ class LedgerMirror:
                         f"genesis {entry.hash[:12]} is not the configured {self.genesis_hash[:12]}"
                     )
                 self.state = LedgerState.from_genesis(entry)
+                self.state.light = True  # entries come compact (ledger_lite/detached.py)
             else:
                 self.state.apply(entry)
         except MirrorError:

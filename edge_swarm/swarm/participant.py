@@ -25,8 +25,9 @@ In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule abov
   A non-member never asks for a ``Merge`` and never attests that round; it still trains and
   commits its delta, and on ``model_final`` adopts the final model (``AdoptCheckpoint``),
   unless it holds those bytes already (a round abandoned on its base model).
-* Its commit is folded into the round's ``round_close`` (``ledger_lite/commits.py``): it
-  learns the round's commits, its own included, from that entry's ``commits`` rows.
+* Its commit is folded into the round's ``round_close`` (``ledger_lite/commits.py``): a
+  member learns the round's commits from that entry's ``commits`` rows; a light agent gets
+  the entry's compact form (the rows and the included list as digests) and needs neither.
 * With a downlink (``swarm/downlink.py``) members attest the update's sha256 too, and a
   light agent takes the model from the update only if ``update_backed``: a quorum of the
   committee attested that update and the final pair. An agent that took an update lacks the
@@ -201,9 +202,12 @@ class Participant:
                 self.trained.add(p["round"])
         elif ev.kind == "round_close":
             rnd = p["round"]
+            # Compact (a light agent's): the included list and the rows are digests.
+            included = p["included"] if isinstance(p["included"], list) else []
             if self.open is not None and self.open.number == rnd:
-                self.open.included = tuple(p["included"])
-            for node, sha, n, *_ in p.get("commits", ()):  # committee mode: folded commits
+                self.open.included = tuple(included)
+            rows = p.get("commits") if isinstance(p.get("commits"), list) else []
+            for node, sha, n, *_ in rows:  # committee mode: folded commits
                 self.commits.setdefault(rnd, {})[node] = sha
                 self.samples.setdefault(rnd, {})[node] = n
                 if node == self.node:
@@ -211,12 +215,12 @@ class Participant:
             commits = self.commits.get(rnd, {})
             if not self.is_member(rnd):
                 return []  # the committee merges: this node adopts at model_final
-            if p["included"] and all(n in commits for n in p["included"]):
+            if included and all(n in commits for n in included):
                 samples = self.samples.get(rnd, {})
                 self._closing[rnd] = Merge(
                     rnd,
-                    tuple((n, commits[n]) for n in p["included"]),
-                    tuple((n, samples.get(n, 0)) for n in p["included"]),
+                    tuple((n, commits[n]) for n in included),
+                    tuple((n, samples.get(n, 0)) for n in included),
                 )
                 return self._maybe_merge(rnd)
         elif ev.kind == "model_attest":

@@ -14,7 +14,9 @@ Every topic of a swarm lives under one root, ``es/v1/{swarm}/``::
     model/update                the committee's latest downlink update (retained; a
                                 swarm with ``merge_by = "committee"``: swarm/downlink.py)
     ledger/submit               transactions sent to the gateways
-    ledger/events               entries appended to the ledger
+    ledger/events               entries appended to the ledger, in their compact form
+    ledger/bodies               the full form of those that have one (ledger_lite/detached.py:
+                                a committee round's commits and merge report), for members
     ledger/query                ledger requests (request/response) ...
     ledger/reply/{client}       ... and the reply addressed to one client
     fleet/status/{node}         a node's status (retained; last will)
@@ -77,6 +79,7 @@ class TopicKind:
     MODEL_OFFER = "model_offer"
     LEDGER_SUBMIT = "ledger_submit"
     LEDGER_EVENTS = "ledger_events"
+    LEDGER_BODIES = "ledger_bodies"
     LEDGER_QUERY = "ledger_query"
     LEDGER_REPLY = "ledger_reply"
     FLEET_STATUS = "fleet_status"
@@ -125,6 +128,7 @@ _FIXED: dict[tuple[str, ...], str] = {
     ("model", "update"): TopicKind.MODEL_UPDATE,
     ("ledger", "submit"): TopicKind.LEDGER_SUBMIT,
     ("ledger", "events"): TopicKind.LEDGER_EVENTS,
+    ("ledger", "bodies"): TopicKind.LEDGER_BODIES,
     ("ledger", "query"): TopicKind.LEDGER_QUERY,
 }
 
@@ -212,6 +216,10 @@ class Topics:
     def ledger_events(self) -> str:
         """Where gateways announce appended entries."""
         return f"{self.root}ledger/events"
+
+    def ledger_bodies(self) -> str:
+        """Where gateways publish the full form of entries whose event is compact."""
+        return f"{self.root}ledger/bodies"
 
     def ledger_query(self) -> str:
         """Where clients send ledger queries."""
