@@ -88,6 +88,9 @@ def test_a_committee_round_ends_every_agent_on_the_final_bytes_and_light_agents_
         assert seen is not None, f"{a} sent no telemetry with peer_deltas"
         if a in light:
             assert seen == 0, f"{a}, never on a committee, received {seen} peers' deltas"
+            # Its commit, folded into the compact round_close, proven against the signed rows.
+            assert result.telemetry_of(a).get("commits_proven", 0) >= 1, a
+            assert "the round closed without our commit" not in logs[a]
         else:
             assert seen > 0, f"{a} merged a round without receiving its deltas?"
 

@@ -30,6 +30,7 @@ from edge_swarm.node.follow import Follow
 from edge_swarm.node.ledger_copy import COPY_FILE, LedgerCopy
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
+from edge_swarm.node.own_commit import OwnCommits
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.node.updates import LightUpdates, downlink_of
@@ -46,7 +47,6 @@ from edge_swarm.swarm.mirror import LedgerMirror, MirrorError, event_entry
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.swarm.topics import ALL
 from ledger_lite import Entry, LedgerState, make_tx
-from ledger_lite.commits import commit_payload
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Agent(NodeRuntime, Adopting):
         self.init_seed = 0
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
-        self._commit_tx: dict[int, str] = {}  # round -> our commit's tx id, until the close
+        self.own_commits = OwnCommits(cfg.node_id)  # settled and proven (node/own_commit.py)
         self.updates: LightUpdates | None = None  # a light agent's (node/updates.py)
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
@@ -196,6 +196,8 @@ class Agent(NodeRuntime, Adopting):
         except MessageError as exc:
             self.drops.drop("bad reply", str(exc))
             return
+        if self.own_commits.on_reply(reply):
+            return
         if reply.refused is not None:
             self.submissions.settled(reply.req)
             log.warning("the ledger refused our submission %s: %s", reply.req[:12], reply.refused)
@@ -232,8 +234,11 @@ class Agent(NodeRuntime, Adopting):
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
-        if entry.kind == "round_close":  # committee mode: a commit is settled by the close
-            self.submissions.settled(self._commit_tx.pop(entry.payload["round"], ""))
+        if entry.kind == "round_close":  # committee mode: settle our commit, prove our row
+            settled, query = self.own_commits.on_close(entry)
+            self.submissions.settled(settled)
+            if query is not None:
+                self.mqtt.publish(self.topics.ledger_query(), query.encode(), qos=1)
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return
@@ -321,22 +326,13 @@ class Agent(NodeRuntime, Adopting):
         self._resume_own_delta()
 
     def _resume_open_commit(self) -> None:
-        """Committee mode, after a restart: our delta kept on disk for the round still open
-        was committed to the coordinator, not to the ledger. Commit those bytes again (it
-        holds them, or lost them in a restart of its own) instead of training another."""
-        m = self.machine
-        if m is None or not m.by_committee or m.open is None or m.open.closed:
+        """Committee mode, after a restart: commit again the delta kept on disk for the round
+        still open (node/own_commit.py) instead of training another."""
+        again = self.own_commits.recommit(self.machine, self.own_delta.kept(), len(self.y))
+        if again is None:
             return
-        kept = self.own_delta.kept()
-        if kept is None or kept[0] != m.open.number or kept[0] in m.trained:
-            return
-        rnd, frame = kept
-        m.trained.add(rnd)
-        sha = hashlib.sha256(frame).hexdigest()
-        log.info("round %d: our delta kept on disk is committed again", rnd)
-        self._submit(
-            P.Append("delta_commit", commit_payload(rnd, self.cfg.node_id, sha, len(self.y)))
-        )
+        rnd, frame, commit = again
+        self._submit(commit)
         topic = self.topics.delta(rnd, self.cfg.node_id)
         self.sender.publish(topic, frame, qos=1)
         self.own_delta.sent(rnd, topic, frame, time.monotonic())
@@ -483,7 +479,8 @@ class Agent(NodeRuntime, Adopting):
         self.mqtt.publish(self.topics.ledger_submit(), payload, qos=1)
         self.submissions.sent(tx.tx_id, payload, time.monotonic())
         if action.kind == "delta_commit":
-            self._commit_tx[action.payload["round"]] = tx.tx_id
+            p = action.payload
+            self.own_commits.committed(p["round"], tx.tx_id, p["envelope_sha256"])
 
     def _answer(self, ack: Ack) -> None:
         self.mqtt.publish(
@@ -497,4 +494,5 @@ class Agent(NodeRuntime, Adopting):
             values["accuracy"] = self.last_accuracy  # local, on its own data
         values["paused"] = 1 if self.state == "paused" else 0
         values["peer_deltas"] = self.peer_deltas
+        values["commits_proven"] = self.own_commits.proven  # rows checked (node/own_commit.py)
         self.publish_telemetry(rnd, values)

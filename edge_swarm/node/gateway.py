@@ -34,7 +34,7 @@ from edge_swarm.node.exports import RoundExporter
 from edge_swarm.node.intake import Intake
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import DeltaAsks, ModelAsks
-from edge_swarm.node.queries import announce, entries_reply, proof_reply
+from edge_swarm.node.queries import announce, answer
 from edge_swarm.node.updates import downlink_of
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import (
@@ -321,10 +321,8 @@ class Gateway(NodeRuntime):
         except (MessageError, ValueError) as exc:
             self.drops.drop("bad query", str(exc))
             return
-        if q.op == "entries":
-            reply = entries_reply(q, self.ledger.entries(q.start, q.limit), self.folded)
-        else:
-            reply = proof_reply(q, self.tree, self.key, self.cfg.swarm, self.cfg.node_id, now_ms)
+        ids = (self.cfg.swarm, self.cfg.node_id)
+        reply = answer(q, self.ledger.entries, self.tree, self.key, ids, self.folded, now_ms)
         self.mqtt.publish(topic, reply.encode(), qos=1)
 
     # -- the ledger and the coordinator

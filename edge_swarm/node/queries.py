@@ -17,6 +17,7 @@ from typing import Any
 from edge_swarm.swarm.messages import Query, Reply
 from edge_swarm.swarm.topics import Topics
 from ledger_lite import Entry, MerkleTree, ProofBundle, SigningKey, sign_tree_head
+from ledger_lite.detached import row_proof
 
 REPLY_BYTES = 96 * 1024  # entries per query reply, in canonical bytes
 
@@ -42,6 +43,39 @@ def entries_reply(q: Query, entries: Iterable[Entry], tip_height: int) -> Reply:
             break
         page.append(e.to_dict())
     return Reply(req=q.req, entries=page, tip_height=tip_height)
+
+
+def answer(
+    q: Query,
+    entries: Callable[[int, int], list[Entry]],
+    tree: MerkleTree,
+    key: SigningKey,
+    ids: tuple[str, str],
+    tip_height: int,
+    now_ms: Callable[[], int],
+) -> Reply:
+    """The reply to any query (``ids``: the swarm and this gateway; ``entries(start, n)``
+    reads the ledger; ``now_ms`` stamps a signed tree head)."""
+    if q.op == "entries":
+        return entries_reply(q, entries(q.start, q.limit), tip_height)
+    if q.op == "contribution":
+        return contribution_reply(q, entries(q.start, 1), tip_height)
+    return proof_reply(q, tree, key, ids[0], ids[1], now_ms)
+
+
+def contribution_reply(q: Query, at: list[Entry], tip_height: int) -> Reply:
+    """The client's row in the round_close at ``q.start`` and its Merkle path to that
+    entry's signed digest of the rows, which the client holds in the compact form: a light
+    agent's proof that its commit was recorded as it made it."""
+    entry = at[0] if at else None
+    rows = entry.payload.get("commits") if entry is not None else None
+    if entry is None or entry.kind != "round_close" or not isinstance(rows, list):
+        return Reply(req=q.req, tip_height=tip_height, refused=f"no round rows at {q.start}")
+    index = next((i for i, row in enumerate(rows) if row[0] == q.client), None)
+    if index is None:
+        return Reply(req=q.req, tip_height=tip_height, refused=f"{q.client} has no row")
+    proof = {"height": entry.height, "index": index, "row": rows[index]}
+    return Reply(req=q.req, tip_height=tip_height, proof={**proof, "path": row_proof(rows, index)})
 
 
 def proof_reply(

@@ -106,7 +106,7 @@ class Submission:
         return cls(tx=_typed(_load(data, 128 * 1024), "tx", dict))
 
 
-QUERY_OPS = ("entries", "inclusion", "consistency")
+QUERY_OPS = ("entries", "inclusion", "consistency", "contribution")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,9 @@ class Query:
 
     ``op`` "entries": entries from ``start`` (at most ``limit``); "inclusion": a signed proof
     that the entry at height ``start`` is in the ledger; "consistency": a signed proof that
-    the ledger of ``start`` entries is a prefix of today's.
+    the ledger of ``start`` entries is a prefix of today's; "contribution": the client's row
+    in the round_close at height ``start`` with its Merkle path to the entry's signed digest
+    (``ledger_lite/detached.py``).
     """
 
     client: str
