@@ -278,10 +278,10 @@ class Agent(NodeRuntime, Adopting):
         init = init_params(spec, int(params["init_seed"]))
         self.holder = ModelHolder(spec, init, rule, downlink)
         if downlink is not None:
-            self.updates = LightUpdates(
-                self.cfg.swarm, spec, downlink[1], self.security == "sealed"
-            )
+            sealed = self.security == "sealed"
+            self.updates = LightUpdates(self.cfg.swarm, spec, downlink[1], sealed)
             self.mqtt.subscribe(self.topics.model_update(), qos=1)
+            self.follow.checkpoints(False)  # asked for only when an update will not do
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.mirror.state)
         policy = P.RoundPolicy.from_params(params)
         self.machine = P.Participant(self.cfg.node_id, self.holder.hash, policy)
