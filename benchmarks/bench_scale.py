@@ -2,7 +2,7 @@
 
 Runs the real swarm — Mosquitto, a gateway process and the agents, K to a process (K = 1
 at N = 8, about N/10 above) — on the standard workload (shared/WORKLOAD.md; digits,
-Dirichlet 0.5, RunConfig's training, merge and float32 deltas; agents short of
+Dirichlet 0.5, RunConfig's training and merge, int8 deltas as `edge-swarm demo`; agents short of
 ``min_samples`` topped up) for a few rounds at each fleet size, once per merge mode, side by
 side in one invocation. Two modes: ``all``, every agent receives, opens and
 merges every peer's delta; ``committee``, the gateway and 2 agents drawn per round merge
@@ -57,11 +57,13 @@ from _swarm_probe import (
 from edge_swarm.io.broker import find_mosquitto
 from edge_swarm.site.demo import RunConfig, RunResult, run_swarm
 from edge_swarm.site.report import print_table, write_json
+from edge_swarm.swarm.quantize import CodecSpec
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_AGENTS = (8, 32, 100, 200)
 DEFAULT_ROUNDS = 5
 DEFAULT_TIMEOUT_S = 600.0  # per run: RunConfig.timeout_s, the wait for its last round
+DEFAULT_DELTAS = CodecSpec("int8")  # `edge-swarm demo`'s default, and the issue's figures
 GOAL_RATIO = 1.3  # issue 16: per-agent bytes at the largest fleet / at N = 8, committee mode
 
 # --------------------------------------------------------------------------- modes
@@ -95,6 +97,17 @@ MODES = {
             "others never receive a peer's delta and adopt the final model (docs/COMMITTEE.md)",
             (("merge_by", "committee"), ("committee_k", 2)),
         ),
+        Mode(
+            "compact",
+            "committee as above with compact codecs: int4 top-10% deltas up, int8 top-10% "
+            "updates down (both with error feedback)",
+            (
+                ("merge_by", "committee"),
+                ("committee_k", 2),
+                ("codec", CodecSpec("int4", topk=0.1)),
+                ("downlink", CodecSpec("int8", topk=0.1)),
+            ),
+        ),
     )
 }
 ALL_MAX_AGENTS = 100  # every agent merging every delta: above this, rounds take minutes
@@ -125,14 +138,32 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _mean(values: Iterable[float]) -> float | None:
+    present = list(values)
+    return statistics.fmean(present) if present else None
+
+
 def device_figures(res: RunResult, probe: Probe, last: int) -> dict[str, Any]:
     """What one device pays: bytes and memory, median over agents."""
     agents = [n for proc in probe.processes for n in proc] or sorted(res.bytes_per_agent_round)
     per = {n: agent_bytes(res.bytes_per_agent_round.get(n, []), last) for n in agents}
     rss = res.peak_rss_kb
+    # Committee mode: agents never drawn in the run (light throughout) and the others.
+    drawn = {
+        m
+        for e in res.events
+        if e.kind == "model_final" and e.payload["round"] <= last
+        for m in e.payload.get("committee", [])
+    }
+    light = [per[n] for n in agents if n not in drawn and per[n]]
+    members = [per[n] for n in agents if n in drawn and per[n]]
     return {
         "bytes_out_per_round": _median(b[0] if b else None for b in per.values()),
         "bytes_in_per_round": _median(b[1] if b else None for b in per.values()),
+        "bytes_mean_per_round": _mean(b[0] + b[1] for b in per.values() if b),
+        "light_agents": len(light) if drawn else None,
+        "light_bytes_per_round": _median(b[0] + b[1] for b in light) if drawn else None,
+        "member_bytes_per_round": _median(b[0] + b[1] for b in members) if drawn else None,
         "agents_with_bytes": sum(1 for b in per.values() if b),
         "peak_rss_mib": _median(rss[n] / 1024 if n in rss else None for n in agents),
         # each process once (a group's agents all report their process's peak)
@@ -201,6 +232,7 @@ def run_one(mode: Mode, n: int, k: int, rounds: int, timeout_s: float, tmp: Path
         broker="mosquitto",
         rounds=rounds,
         timeout_s=timeout_s,
+        codec=DEFAULT_DELTAS,
     )
     cfg = mode.config(base)
     head = {"mode": mode.name, "agents": n, "agents_per_process": k, "rounds": rounds}
@@ -279,19 +311,37 @@ def _or_dash(v: Any, scale: float = 1.0) -> Any:
 def device_table(runs: list[dict[str, Any]]) -> None:
     def cells(r: dict[str, Any]) -> list[Any]:
         if not r["finished"]:
-            return [f"failed: {r['error']}", "", "", "", ""]
+            return [f"failed: {r['error']}", "", "", "", "", "", "", ""]
         return [
             _or_dash(r["bytes_out_per_round"], 1024),
             _or_dash(r["bytes_in_per_round"], 1024),
+            _or_dash(r.get("bytes_mean_per_round"), 1024),
+            _or_dash(r.get("light_bytes_per_round"), 1024),
+            _or_dash(r.get("member_bytes_per_round"), 1024),
             _or_dash(r["peak_rss_mib"]),
             r["included_min"],
             r["final_accuracy"],
         ]
 
     print_table(
-        "what one device pays per round (median over agents; bytes on MQTT, rounds 2..R; "
-        "peak RSS: with K > 1, of the process the agent shares)",
-        ["mode", "N", "K", "rounds", "out KiB", "in KiB", "peak RSS MiB", "peers (min)", "acc."],
+        "what one device pays per round (bytes on MQTT, rounds 2..R: out and in, median over "
+        "agents; out + in: mean over agents, median over light agents (never drawn onto a "
+        "committee in the run) and over drawn ones; peak RSS: with K > 1, of the process "
+        "the agent shares)",
+        [
+            "mode",
+            "N",
+            "K",
+            "rounds",
+            "out KiB",
+            "in KiB",
+            "mean KiB",
+            "light KiB",
+            "drawn KiB",
+            "peak RSS MiB",
+            "peers (min)",
+            "acc.",
+        ],
         [
             [
                 r["mode"],
@@ -449,14 +499,23 @@ def write_results(
         "min_samples": base.min_samples,
         "local_training": base.local.to_dict(),
         "merge_rule": base.merge.to_dict(),
-        "codec": base.codec.to_dict(),
+        "codec": DEFAULT_DELTAS.to_dict(),
+        "downlink": base.downlink.to_dict(),
         "security": base.security,
         "broker": "mosquitto",
         "sys_interval_s": SYS_INTERVAL_S,
         "cpu_sample_s": CPU_SAMPLE_S,
         "goal_ratio": GOAL_RATIO,
     }
-    modes = {m: {"about": MODES[m].about, "settings": dict(MODES[m].settings)} for m in args.modes}
+    modes = {
+        m: {
+            "about": MODES[m].about,
+            "settings": {
+                k: v.to_dict() if isinstance(v, CodecSpec) else v for k, v in MODES[m].settings
+            },
+        }
+        for m in args.modes
+    }
     info = {**machine(None), "cpus": os.cpu_count(), "loadavg_at_start": load}
     out = {"machine": info, "settings": settings, "modes": modes, "runs": runs, "growth": grow}
     print(f"\nJSON: {write_json(args.out, out)}")

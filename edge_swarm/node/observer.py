@@ -73,6 +73,7 @@ class RoundRecord:
     model_hash: str = ""
     accuracy: float | None = None
     envelope_bytes: int = 0  # every delta envelope published in the round, as seen by a subscriber
+    train_s: dict[str, float] = field(default_factory=dict)  # from telemetry (committee mode)
     params: np.ndarray | None = None
 
     @property
@@ -82,7 +83,8 @@ class RoundRecord:
     @property
     def slowest_train_s(self) -> float:
         # metrics are free-form (and events unsigned to the observer): numbers only
-        return max((_seconds(c.get("train_s")) for c in self.commits.values()), default=0.0)
+        reported = [_seconds(c.get("train_s")) for c in self.commits.values()]
+        return max([*reported, *map(_seconds, self.train_s.values())], default=0.0)
 
     @property
     def overhead_s(self) -> float:
@@ -189,6 +191,7 @@ class SwarmObserver:
                 tm = Telemetry.decode(msg.payload)
                 if self._verified(tm, parsed.node):
                     self.telemetry.setdefault(tm.node, []).append(tm)
+                    self._training_time(tm)
         except ValueError as exc:  # each decoder's one error is a ValueError (DecodeError, ...)
             self.drops.drop(f"bad {kind}", f"on {msg.topic}: {exc}")
 
@@ -208,6 +211,14 @@ class SwarmObserver:
             self.unverified += 1
             return False
         return True
+
+    def _training_time(self, tm: Telemetry) -> None:
+        """A committee swarm's commits carry no metrics: a device's training time of a round
+        comes with its telemetry of that round instead (for the overhead figure)."""
+        rnd, train_s = tm.values.get("round"), tm.values.get("train_s")
+        rec = self.rounds.get(rnd) if isinstance(rnd, int) else None
+        if rec is not None and rec.final_ms > 0 and isinstance(train_s, (int, float)):
+            rec.train_s.setdefault(tm.node, float(train_s))  # (a round still open: not yet)
 
     def _record(self, rnd: int) -> RoundRecord:
         return self.rounds.setdefault(rnd, RoundRecord(rnd))
