@@ -124,22 +124,51 @@ def test_a_gateway_whose_merge_lies_is_outvoted_by_the_drawn_agents(tmp_path: Pa
     assert "holding the final model of round 3" in gw_log
 
 
-def test_with_three_gateways_every_gateway_votes_on_the_committee(tmp_path: Path) -> None:
+def test_with_three_gateways_one_lying_the_honest_majority_finalises(tmp_path: Path) -> None:
     """Three gateways replicating the ledger (Raft) and k = 2: a committee of 5, quorum 3.
     Followers attest too (every gateway is a member), so a round finalises with the votes
-    of gateways that do not coordinate."""
+    of gateways that do not coordinate; and gateway-1's merge is spoiled (its change times
+    10, tests only): its vote never counts, the other four decide every round, and every
+    agent ends every round on the final bytes (a light agent refuses the liar's update, if
+    it leads and publishes one, and takes the checkpoint)."""
     cfg = small(tmp_path, "embedded", n_agents=4, rounds=2, merge_by="committee", committee_k=2)
-    result = run_settled(replace(cfg, n_gateways=3))
+    liar = {"name": "scale", "strength": 10.0}
+    result = run_settled(replace(cfg, n_gateways=3, attacks=(("gateway-1", liar),)))
     entries = entries_of(result)
     gateways = {"gateway-1", "gateway-2", "gateway-3"}
+    fin = finals(result)
+    assert sorted(fin) == [1, 2]
     for e in entries:
         if e.kind != "model_final":
             continue
         members, voters = set(e.payload["committee"]), set(e.payload["attesters"])
         assert gateways <= members and len(members) == 5, members
-        assert len(voters) >= 3 and voters <= members
+        assert len(voters) >= 3 and voters <= members and "gateway-1" not in voters
+        assert "abandoned" not in e.payload
     votes = {x.author for x in entries if x.kind == "model_attest" and x.author in gateways}
-    assert len(votes) >= 2, f"only {votes} attested: followers do not vote"
+    assert {"gateway-2", "gateway-3"} <= votes, f"only {votes} attested: followers do not vote"
+    lies = [
+        x.payload["model_hash"]
+        for x in entries
+        if x.kind == "model_attest" and x.author == "gateway-1" and x.payload["round"] in fin
+    ]
+    assert lies and not set(lies) & set(fin.values()), "gateway-1's merge was not spoiled?"
+    agents = sorted(result.layout.agent_configs)
+    logs = {a: (cfg.workdir / "logs" / f"{a}.log").read_text(errors="replace") for a in agents}
+    for rnd, model_hash in fin.items():
+        for a in agents:
+            held = (
+                f"adopted checkpoint of round {rnd} ({model_hash[:12]})",
+                f"round {rnd}: applied the committee's update ({model_hash[:12]})",
+            )
+            attested = any(
+                x.kind == "model_attest"
+                and x.author == a
+                and x.payload["round"] == rnd
+                and x.payload["model_hash"] == model_hash
+                for x in entries
+            )
+            assert attested or any(h in logs[a] for h in held), f"{a} lacks round {rnd}"
 
 
 def _entries_per_round(entries: list, rounds: list[int]) -> dict[int, dict[str, int]]:
