@@ -334,3 +334,25 @@ def test_free_ports_are_distinct() -> None:
     for _ in range(20):
         ports = free_ports(5)
         assert len(set(ports)) == 5
+
+
+def test_json_travels_deflated_and_a_bad_deflated_frame_is_dropped(
+    make_client: Callable[..., MqttClient],
+) -> None:
+    inbox = Inbox()
+    sub = make_client("sub", inbox)
+    pub = make_client("pub")
+    assert sub.subscribe("es/v1/t/+")
+    entry = b'{"author":"gateway-1","kind":"round_open","payload":{"base_model_hash":"' + (
+        b"ab" * 32 + b'","round":3},"sig":"' + b"cd" * 64 + b'"}'
+    )
+    assert pub.publish("es/v1/t/a", entry, wait=True)
+    # Not JSON, so sent as is: a frame claiming to be deflated that is not.
+    assert pub.publish("es/v1/t/a", b"ESZJ\x01not a deflate stream", wait=True)
+    assert pub.publish("es/v1/t/a", b"after", wait=True)
+    assert inbox.wait_payload(b"after")
+    assert [m.payload for m in inbox.messages] == [entry, b"after"]
+    wire = len(b"es/v1/t/a")
+    assert pub.stats.bytes_out < wire * 3 + len(entry) + 27 + 5  # the entry went out smaller
+    assert sub.stats.bytes_in == pub.stats.bytes_out  # counted as the wire carried it
+    assert sub.stats.dropped_invalid == 1 and sub.connected

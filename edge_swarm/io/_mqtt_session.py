@@ -42,6 +42,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
+from edge_swarm.io import json_deflate
 from edge_swarm.io.mqtt_types import ConnectFailure, Message, MqttStats
 
 # The client's logger: one name for everything the MQTT adapter logs, as before the split.
@@ -308,7 +309,12 @@ class _ClientSession:
                 self.max_payload,
             )
             return
-        payload = bytes(m.payload)
+        try:
+            payload = json_deflate.unpack(bytes(m.payload), self.max_payload)
+        except json_deflate.DeflateError as exc:
+            self._counters.add(dropped_invalid=1)
+            self._warn.warn("deflate", "dropped a message on %s: %s", topic, exc)
+            return
         msg = Message(topic=topic, payload=payload, retain=bool(m.retain), qos=int(m.qos))
         try:
             self._handler(msg)
