@@ -108,6 +108,24 @@ MODES = {
                 ("downlink", CodecSpec("int8", topk=0.1)),
             ),
         ),
+        Mode(
+            "gateways",
+            "merge_by = committee of the site's 3 gateways, k = 0 (a majority of them must "
+            "agree; the demo's default with 3 gateways): every agent is light",
+            (("merge_by", "committee"), ("committee_k", 0), ("n_gateways", 3)),
+        ),
+        Mode(
+            "gateways-compact",
+            "the 3 gateways' committee as above with compact codecs: int4 top-10% deltas up, "
+            "int8 top-10% updates down",
+            (
+                ("merge_by", "committee"),
+                ("committee_k", 0),
+                ("n_gateways", 3),
+                ("codec", CodecSpec("int4", topk=0.1)),
+                ("downlink", CodecSpec("int8", topk=0.1)),
+            ),
+        ),
     )
 }
 ALL_MAX_AGENTS = 100  # every agent merging every delta: above this, rounds take minutes

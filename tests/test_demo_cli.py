@@ -62,3 +62,12 @@ def test_a_negative_committee_size_is_refused(
     assert main([*args, "--committee-k", "-1"]) == 2
     assert "--committee-k must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_the_committee_draws_agents_only_where_the_gateways_are_too_few() -> None:
+    from edge_swarm.cli.demo import default_committee_k
+
+    # One or two gateways: two drawn agents, so that no single machine decides the model.
+    assert [default_committee_k(g) for g in (1, 2)] == [2, 2]
+    # Three or more are a majority on their own: every agent stays light.
+    assert [default_committee_k(g) for g in (3, 5)] == [0, 0]

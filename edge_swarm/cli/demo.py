@@ -89,6 +89,8 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.committee_k is None:
+        args.committee_k = default_committee_k(args.gateways)
     if args.committee_k < 0:
         print(
             f"edge-swarm demo: --committee-k must be 0 or more, got {args.committee_k}",
@@ -216,9 +218,20 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_committee_k(gateways: int) -> int:
+    """Agents drawn per round when not told: enough that no single machine decides the model.
+
+    Three gateways or more are a committee on their own (a lying one is outvoted); with fewer,
+    two drawn agents make a majority of three or four that one machine cannot carry alone.
+    """
+    return 0 if gateways >= 3 else 2
+
+
 def _merged_by(cfg: RunConfig) -> str:
     if cfg.merge_by == "all":
         return "every agent"
+    if cfg.committee_k == 0:
+        return "a committee per round: the gateways, a majority of them agreeing"
     return f"a committee per round (the gateways + {cfg.committee_k} drawn agents)"
 
 

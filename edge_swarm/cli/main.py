@@ -200,9 +200,11 @@ def add_committee_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--committee-k",
         type=int,
-        default=2,
+        default=None,
         metavar="K",
-        help="agents drawn onto each round's committee (default 2)",
+        help="agents drawn onto each round's committee beside the gateways (default: 2 with "
+        "fewer than 3 gateways, so that no one machine decides the model; 0 with 3 or more, "
+        "whose majority already ensures it, and every agent stays light)",
     )
     p.add_argument(
         "--downlink",

@@ -113,7 +113,8 @@ def _admin_init(args: argparse.Namespace) -> int:
         codec=parse_codec(args.codec),
         security=args.security,
         merge_by=args.merge_by,
-        committee_k=args.committee_k,
+        # The gateways are not known yet at genesis: two drawn agents keep any site safe.
+        committee_k=2 if args.committee_k is None else args.committee_k,
         downlink=parse_codec(args.downlink),
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
