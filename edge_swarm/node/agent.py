@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from edge_swarm.io.mqtt import Message
-from edge_swarm.learn.data import load_local
 from edge_swarm.learn.model import ModelSpec, init_params
-from edge_swarm.learn.poison import Attack, poison_delta, poison_labels
+from edge_swarm.learn.poison import Attack, poison_delta
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
 from edge_swarm.node.adopting import Adopting
 from edge_swarm.node.agent_ops import agent_operations
@@ -28,6 +27,7 @@ from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing
 from edge_swarm.node.follow import Follow
 from edge_swarm.node.ledger_copy import COPY_FILE, LedgerCopy
+from edge_swarm.node.local_data import LocalData, genesis_prepare
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
 from edge_swarm.node.own_commit import OwnCommits
@@ -63,7 +63,8 @@ class Agent(NodeRuntime, Adopting):
     def __init__(self, cfg: NodeConfig) -> None:
         super().__init__(cfg)
         assert cfg.data_path is not None
-        self.X, self.y = load_local(cfg.data_path)
+        self.data = LocalData(cfg.data_path)  # read again when it changes (node/local_data.py)
+        self.X, self.y = self.data.raw
         # Tests and benchmarks of the robust merge rules only (learn/poison.py).
         self.attack = Attack.from_dict(cfg.attack) if cfg.attack is not None else None
         if self.attack is not None:
@@ -268,10 +269,8 @@ class Agent(NodeRuntime, Adopting):
         self.codec = self.codec_override or CodecSpec.from_dict(
             params.get("codec", {"name": "float32"})
         )
-        if params.get("backbone") is not None:
-            self.X = self.device.backbone_features(params["backbone"], spec, self.X)
-        if self.attack is not None:
-            self.y = poison_labels(self.attack, self.y, spec.n_outputs)
+        self.data.prepare = genesis_prepare(self.device, params.get("backbone"), spec, self.attack)
+        self.X, self.y = self.data.prepare(*self.data.raw)
         self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
         rule = MergeRule.from_dict(params["merge"])
         downlink = downlink_of(params, self.cfg.swarm)
@@ -410,6 +409,7 @@ class Agent(NodeRuntime, Adopting):
                 self.epochs.round_epochs.get(action.round),
             )
             return None
+        self.X, self.y = self.data.refresh() or (self.X, self.y)  # new records train too
         base = self.holder.params
         seed = training_seed(self.init_seed, action.round, self.cfg.node_id)
         t0 = time.perf_counter()

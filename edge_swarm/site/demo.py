@@ -32,6 +32,7 @@ from edge_swarm.learn.model import ModelSpec
 from edge_swarm.learn.train import STANDARD_TRAINING, LocalTraining, evaluate
 from edge_swarm.node.config import BrokerConfig, RuntimeConfig, Timing
 from edge_swarm.node.observer import RoundRecord, SwarmObserver
+from edge_swarm.site.data_arrivals import Arrivals, stage
 from edge_swarm.site.launch import SwarmProcesses, Wrapper
 from edge_swarm.site.provision import OBSERVER_ID, SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
@@ -97,6 +98,12 @@ class RunConfig:
     codec_overrides: tuple[tuple[str, CodecSpec], ...] = ()  # (node, codec) per device
     max_packet: int = 256 * 1024
     n_gateways: int = 1  # more than one: they replicate the ledger by Raft on loopback
+    # New records arriving during the run (site/data_arrivals.py): each agent starts with
+    # data_first of its partition and gets the rest in data_steps parts, one as each
+    # data_every-th round ends. 0 steps: all of it from the start (the standard workload).
+    data_steps: int = 0
+    data_first: float = 0.25
+    data_every: int = 3
     # (node, how to start it): a command in front of it and extra environment, e.g. faketime
     wrappers: tuple[tuple[str, Wrapper], ...] = ()
     timeout_s: float = 900.0
@@ -121,6 +128,7 @@ class RunResult:
     wall_s: float
     events: list[Entry] = field(default_factory=list)  # entries seen on ledger/events
     telemetry: dict[str, dict[str, float]] = field(default_factory=dict)  # latest per node
+    arrivals: Arrivals | None = None  # with cfg.data_steps: the parts and when they came
 
     def telemetry_of(self, node: str) -> dict[str, float]:
         return self.telemetry.get(node, {})
@@ -218,8 +226,11 @@ def start_broker(cfg: RunConfig, workdir: Path) -> Iterator[SiteBroker]:
         broker.stop()
 
 
-def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], SwarmLayout]:
-    """Write partitions and provision the swarm in ``cfg.workdir``."""
+def prepare(
+    cfg: RunConfig, site: SiteBroker
+) -> tuple[Workload, list[Path], SwarmLayout, Arrivals | None]:
+    """Write partitions (staged when data arrives during the run) and provision the swarm
+    in ``cfg.workdir``."""
     workload = WORKLOADS[cfg.workload]()
     backbone = None
     n_inputs = workload.X_train.shape[1]
@@ -233,6 +244,9 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         workload, cfg.n_agents, cfg.alpha, cfg.seed, cfg.workdir / "data", cfg.min_samples
     )
     agent_parts = [p for p in parts if p.name.startswith("agent-")]
+    arrivals = None
+    if cfg.data_steps:
+        arrivals = stage(agent_parts, cfg.data_steps, cfg.data_first, cfg.seed)
     spec = model_spec(n_inputs, int(workload.y_train.max()) + 1, cfg.hidden)
     params = SwarmParams(
         model=spec,
@@ -258,7 +272,7 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         cfg.workdir,
         cfg.swarm,
         params,
-        agent_parts,
+        arrivals.dirs if arrivals is not None else agent_parts,
         broker,
         Timing(),
         codec_overrides=dict(cfg.codec_overrides),
@@ -271,7 +285,25 @@ def prepare(cfg: RunConfig, site: SiteBroker) -> tuple[Workload, list[Path], Swa
         dashboard=None if cfg.dashboard_port is None else f"127.0.0.1:{cfg.dashboard_port}",
         attacks=dict(cfg.attacks),
     )
-    return workload, agent_parts, layout
+    return workload, agent_parts, layout, arrivals
+
+
+def _arriving(
+    arrivals: Arrivals | None, every: int, on_round: Callable[[RoundRecord], None] | None
+) -> Callable[[RoundRecord], None] | None:
+    """``on_round``, releasing the next step of data as every ``every``-th round ends."""
+    if arrivals is None:
+        return on_round
+
+    def hook(rec: RoundRecord) -> None:
+        step = rec.round // every
+        if rec.round % every == 0 and 1 <= step <= arrivals.steps:
+            arrivals.release(step)
+            log.info("round %d ended: data step %d of %d arrived", rec.round, step, arrivals.steps)
+        if on_round is not None:
+            on_round(rec)
+
+    return hook
 
 
 def run_swarm(
@@ -287,7 +319,7 @@ def run_swarm(
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     with start_broker(cfg, cfg.workdir) as site:
         broker = site.config
-        workload, parts, layout = prepare(cfg, site)
+        workload, parts, layout, arrivals = prepare(cfg, site)
 
         X_test = workload.X_test if cfg.backbone is None else _test_features(cfg, workload)
 
@@ -299,7 +331,7 @@ def run_swarm(
             broker.host,
             broker.port,
             accuracy,
-            on_round,
+            _arriving(arrivals, cfg.data_every, on_round),
             mqtt_options=site.client_options("operator"),
             reader=_observer_reader(layout),
         )
@@ -344,6 +376,7 @@ def run_swarm(
         wall_s=wall,
         events=list(observer.entries),
         telemetry={n: dict(r[-1].values) for n, r in observer.telemetry.items() if r},
+        arrivals=arrivals,
     )
 
 
