@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     from edge_swarm.cli.bundle import add_parser as add_bundle
+    from edge_swarm.cli.campaign import add_parser as add_campaign
     from edge_swarm.cli.discover import add_parser as add_discover
     from edge_swarm.cli.fleet import add_parser as add_fleet
     from edge_swarm.cli.model import add_parsers as add_model
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_discover(sub)
     add_model(sub)
     add_fleet(sub)
+    add_campaign(sub)
     add_bundle(sub)
 
     for role in ("agent", "gateway"):

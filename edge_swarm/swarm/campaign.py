@@ -122,9 +122,12 @@ class CampaignBook:
         self.metrics.fold(kind, author, payload)
         rnd = payload.get("round")
         if kind == "round_open" and isinstance(rnd, int) and rnd > self.last_round:
+            for earlier in [r for r in self._round_of if r < rnd]:
+                self._finished(earlier)  # one round at a time: a void one a light copy missed
             self.last_round = rnd
             self._round_of[rnd] = self.current.number
             self.current = replace(self.current, opened=self.current.opened + 1)
+        # A void round is over at its close (compact, a light copy sees that at the next open).
         elif kind == "model_final" or (kind == "round_close" and payload.get("included") == []):
             self._finished(rnd)
         return None
