@@ -274,3 +274,22 @@ def test_a_gateway_restarted_mid_campaign_rebuilds_the_same_campaign(
         assert op.status()["opened"] == 6
 
     run_swarm(cfg, during=restart)
+
+
+def test_rounds_open_no_sooner_than_the_genesis_cadence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    from edge_swarm.site import demo
+    from edge_swarm.site.provision import SwarmParams
+
+    cadence_s = 1.5  # rounds here otherwise follow each other within a fraction of a second
+    monkeypatch.setattr(demo, "SwarmParams", functools.partial(SwarmParams, cadence_s=cadence_s))
+    cfg = config(tmp_path, "embedded", rounds=3)
+    result = run_swarm(cfg)
+    opens = [e.ts for e in entries_of(result) if e.kind == "round_open"]
+    assert len(opens) == 3
+    # Timed on the gateway's monotonic clock; its entries' stamps (its wall clock) show it.
+    gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
+    assert all(g >= cadence_s * 1000 - 50 for g in gaps), gaps
