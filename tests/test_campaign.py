@@ -264,6 +264,13 @@ def test_the_coordinator_ends_a_converged_campaign_with_the_reason() -> None:
     assert led.tick(51) == []  # in flight: asked once
     assert led.append(end) == [P.SwarmDone(4, "campaign 1 ended: " + end.payload["reason"])]
     assert led.tick(60) == []
+    # A new campaign (new data, say) is judged on its own rounds: it trains again, and the
+    # rule ends it once its own rounds stop improving (the model it started from counts).
+    led.admin(op="new", reason="new data")
+    for now, acc in ((70, 0.79), (80, 0.9), (90, 0.9), (100, 0.9)):
+        assert led.round(now, {"val_acc": acc})
+    (end,) = led.tick(110)
+    assert end.payload["reason"].endswith("for 2 rounds (best 0.9000, model of round 5)")
 
 
 def test_a_restarted_coordinator_rebuilds_the_same_campaign_from_the_ledger() -> None:

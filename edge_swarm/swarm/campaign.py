@@ -112,6 +112,8 @@ class CampaignBook:
         self._round_of: dict[int, int] = {}  # round not finished yet -> its campaign
         metric = settings.stop.metric if settings.stop is not None else DEFAULT_METRIC
         self.metrics = MetricBook(metric)
+        # The coordinator asks at every tick between rounds: answer again only on news.
+        self._verdict: tuple[tuple[int, int], str | None] = ((-1, -1), None)
 
     # -- folding
     def fold(self, kind: str, author: str, payload: dict[str, Any]) -> str | None:
@@ -211,7 +213,11 @@ class CampaignBook:
         rule = self.settings.stop
         if rule is None or self.current.ended is not None:
             return None
-        return stop_reason(self.metrics.per_round(since=self.current.after_round), rule)
+        key = (self.metrics.version, self.current.after_round)
+        if self._verdict[0] != key:
+            per_round = self.metrics.per_round(since=self.current.after_round)
+            self._verdict = (key, stop_reason(per_round, rule))
+        return self._verdict[1]
 
     def status(self) -> dict[str, Any]:
         """The current campaign and the settings, as plain values (``campaign status``)."""

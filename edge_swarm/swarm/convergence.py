@@ -167,10 +167,12 @@ class MetricBook:
     def __init__(self, metric: str = DEFAULT_METRIC) -> None:
         self.metric = metric
         self._rounds: dict[int, dict[str, float]] = {}  # scored round -> node -> value
+        self.version = 0  # moves whenever a value is folded in (callers cache on it)
 
     def fold(self, kind: str, author: str, payload: Any) -> None:
         for m in site_metrics(kind, author, payload, self.metric):
             self._rounds.setdefault(m.round, {})[m.node] = m.value
+            self.version += 1
         if len(self._rounds) > MAX_ROUNDS_KEPT:
             for old in sorted(self._rounds)[: len(self._rounds) - MAX_ROUNDS_KEPT]:
                 del self._rounds[old]
