@@ -293,3 +293,36 @@ def test_rounds_open_no_sooner_than_the_genesis_cadence(
     # Timed on the gateway's monotonic clock; its entries' stamps (its wall clock) show it.
     gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
     assert all(g >= cadence_s * 1000 - 50 for g in gaps), gaps
+
+
+def test_the_coordinator_ends_a_converged_campaign_on_the_ledger_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_swarm.site import demo
+    from edge_swarm.site.provision import SwarmParams
+
+    # Until the sites report their held-out val_acc, the agents' training accuracy (in their
+    # delta_commit metrics today) drives the hook; 0.5 in 2 rounds is out of reach.
+    stop = {"patience": 2, "min_delta": 0.5, "metric": "accuracy"}
+
+    def open_ended(**kw: object) -> SwarmParams:
+        return SwarmParams(**{**kw, "rounds": None, "stop": stop})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(demo, "SwarmParams", open_ended)
+    cfg = config(tmp_path, "embedded")
+    seen: dict[str, str] = {}
+
+    def until_converged(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        seen["line"] = wait_finished(procs, 1)
+
+    result = run_swarm(cfg, during=until_converged)
+    log = entries_of(result)
+    (end,) = [e for e in log if e.kind == "campaign"]
+    reason = "converged: mean accuracy improved < 0.5 for 2 rounds (best "
+    assert end.author == "gateway-1" and end.payload["op"] == "end"
+    assert end.payload["reason"].startswith(reason)
+    assert end.payload["reason"] in seen["line"]
+    # Commits of rounds 1-3 scored the models of rounds 0-2: the third report is the second
+    # without a gain, and no round opens after the end.
+    assert [e.payload["round"] for e in log if e.kind == "round_open"] == [1, 2, 3]
+    assert max(e.height for e in log if e.kind == "model_final") < end.height
