@@ -49,6 +49,7 @@ KINDS: frozenset[str] = frozenset(
         "model_attest",
         "model_final",
         "key_epoch",
+        "campaign",
     }
 )
 ROLES: tuple[str, ...] = ("admin", "gateway", "agent", "observer")
@@ -66,6 +67,9 @@ DEFAULT_POLICY: dict[str, list[str]] = {
     "delta_commit": ["agent"],
     "model_attest": ["agent", "gateway"],
     "key_epoch": ["gateway", "admin"],
+    # Admins steer training campaigns; a gateway may only end one, with a reason (the
+    # coordinator's convergence stop): LedgerState._check_semantics holds that line.
+    "campaign": ["admin", "gateway"],
 }
 
 TX_FIELDS = ("swarm", "kind", "author", "ts", "payload", "sig")

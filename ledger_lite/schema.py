@@ -10,6 +10,7 @@ still a well-formed enrolment); unknown fields are refused, except that
 ``config`` and ``fleet_command`` payloads are free-form objects and ``params`` (genesis)
 and ``metrics`` (delta_commit) are free-form objects inside their payload. Hashes and public
 keys are 64 lowercase hex chars; counts, rounds and times are ints in [0, 2**63).
+``WHOLE`` relates the fields of one payload (a campaign's op and its rounds).
 Cross-entry rules (``delta_commit.node == author``, revoking a known node) live in
 `LedgerState.validate`, not here: this module sees one payload at a time.
 """
@@ -113,6 +114,29 @@ def _or_digest(check: Check) -> Check:
     return lambda v: None if is_digest(v) else check(v)
 
 
+CAMPAIGN_OPS = ("extend", "pause", "resume", "end", "new")
+"""What a ``campaign`` entry does to the swarm's training campaign (see edge_swarm's
+swarm/campaign.py)."""
+
+
+def _campaign_op(v: Any) -> str | None:
+    return None if isinstance(v, str) and v in CAMPAIGN_OPS else f"must be one of {CAMPAIGN_OPS}"
+
+
+def _positive_uint(v: Any) -> str | None:
+    return None if is_uint(v) and v >= 1 else "must be an int in [1, 2**63)"
+
+
+def _campaign_problem(p: dict[str, Any]) -> str | None:
+    """Which fields go with which op: extend names its rounds, new may (else open-ended)."""
+    op = p["op"]
+    if op == "extend" and "rounds" not in p:
+        return "campaign: extend needs rounds (how many more)"
+    if op not in ("extend", "new") and "rounds" in p:
+        return f"campaign: {op} takes no rounds"
+    return None
+
+
 def _detached(kind: str) -> Check:
     allowed = DETACHABLE[kind]
 
@@ -154,6 +178,7 @@ SCHEMAS: dict[str, tuple[Mapping[str, Check], bool]] = {
     "key_epoch": ({"swarm": _id, "epoch": _uint, "wrapped": _wrapped}, False),
     "config": ({}, True),
     "fleet_command": ({}, True),
+    "campaign": ({"op": _campaign_op}, False),
 }
 assert set(SCHEMAS) == KINDS, "every kind needs a schema"
 
@@ -179,7 +204,12 @@ OPTIONAL: dict[str, Mapping[str, Check]] = {
         "commits": _or_digest(commits_problem),
         "detached": _detached("round_close"),
     },
+    # Extend by / budget a new campaign at ``rounds``; why it is paused, ended, started.
+    "campaign": {"rounds": _positive_uint, "reason": _text},
 }
+
+# kind -> a check of the payload as a whole, once every field passed its own.
+WHOLE: dict[str, Callable[[dict[str, Any]], str | None]] = {"campaign": _campaign_problem}
 
 
 def payload_problem(kind: str, payload: Any) -> str | None:
@@ -207,4 +237,5 @@ def payload_problem(kind: str, payload: Any) -> str | None:
         problem = check(payload[name])
         if problem:
             return f"{kind}.{name} {problem}"
-    return None
+    whole = WHOLE.get(kind)
+    return None if whole is None else whole(payload)

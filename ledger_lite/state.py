@@ -134,7 +134,8 @@ class LedgerState:
         wrong_prev_hash, wrong_swarm, unknown_kind (or bad_genesis for a second genesis),
         oversized, bad_payload, unknown_author, revoked_author, expired_author,
         role_not_allowed, replay, bad_signature, node_mismatch (delta_commit.node must be
-        the author), unknown_node (revoke of a node never enrolled, or a key_epoch wrapping
+        the author), role_not_allowed (a campaign entry other than an ``end`` with a reason
+        from a non-admin), unknown_node (revoke of a node never enrolled, or a key_epoch wrapping
         for one), wrong_swarm / stale_epoch / revoked_node (a key_epoch for another swarm,
         not after the newest epoch, or wrapping a key for a revoked node).
         """
@@ -196,6 +197,12 @@ class LedgerState:
             raise Refused(E.NODE_MISMATCH, f"delta_commit.node {p['node']!r} is not the author", h)
         if entry.kind == "round_close" and isinstance(p.get("commits"), list):
             self._check_commits(entry)
+        role = self.members[entry.author].role
+        # The coordinating gateway stops a campaign that converged, and says why; only
+        # admins extend, pause, resume or start campaigns.
+        gateway_end = p.get("op") == "end" and p.get("reason", "").strip() != ""
+        if entry.kind == "campaign" and role != "admin" and not gateway_end:
+            raise Refused(E.ROLE_NOT_ALLOWED, f"a {role} may only end a campaign, with a reason", h)
         if entry.kind == "revoke" and p["node"] not in self.members:
             raise Refused(E.UNKNOWN_NODE, f"cannot revoke {p['node']!r}: never enrolled", h)
         if entry.kind == "key_epoch":

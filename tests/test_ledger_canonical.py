@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger_lite import canonical_bytes, sha256_hex
+from ledger_lite import DEFAULT_POLICY, canonical_bytes, sha256_hex
 from ledger_lite.errors import EncodeError
 
 from .test_ledger_support import ADMIN_KEY, genesis
@@ -41,12 +41,16 @@ def test_golden_genesis_hash() -> None:
     assert ADMIN_KEY.public_hex == (
         "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
     )
-    g = genesis()
+    # The policy before campaigns existed: the same bytes, so the same hash, as ever.
+    before_campaigns = {k: v for k, v in DEFAULT_POLICY.items() if k != "campaign"}
+    g = genesis(policy=before_campaigns)
     assert g.canonical().startswith(b'{"author":"admin","height":0,"kind":"genesis","payload":')
     assert g.hash == GOLDEN_GENESIS_HASH
+    assert genesis().hash == GOLDEN_GENESIS_HASH_CAMPAIGNS  # today's default policy
 
 
 GOLDEN_GENESIS_HASH = "7c44b2020e2639abf95758c7961a80307494168915d32d4dc8b9b30b87832cd7"
+GOLDEN_GENESIS_HASH_CAMPAIGNS = "6a3bac0c23b2175b7186e614184ba2052c28eb3e7ad1f3d27088fd63e5e5f073"
 
 
 @given(json_values)

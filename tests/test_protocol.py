@@ -160,7 +160,7 @@ def test_round_budget_ends_the_swarm() -> None:
     c.handle(attest("a", 1, H1))
     (final,) = c.handle(attest("b", 1, H1))
     actions = append(c, final, 30)
-    assert P.SwarmDone(1) in actions and c.done
+    assert P.SwarmDone(1, "campaign 1 spent its budget of 1 rounds") in actions and c.done
     assert c.handle(P.Tick(99_999)) == []
 
 

@@ -215,6 +215,35 @@ def add_committee_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _rounds(text: str) -> int | None:
+    """``--rounds``: a budget, or ``open``."""
+    if text == "open":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor open") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _stop(text: str) -> dict[str, Any]:
+    """``--stop PATIENCE[,MIN_DELTA[,METRIC]]`` as the genesis's ``stop`` object."""
+    parts = text.split(",")
+    try:
+        rule: dict[str, Any] = {"patience": int(parts[0])}
+        if len(parts) > 1:
+            rule["min_delta"] = float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "takes PATIENCE[,MIN_DELTA[,METRIC]], e.g. 3,0.005"
+        ) from None
+    if len(parts) > 2:
+        rule["metric"] = parts[2]
+    return rule
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-swarm",
@@ -302,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     from edge_swarm.cli.bundle import add_parser as add_bundle
+    from edge_swarm.cli.campaign import add_parser as add_campaign
     from edge_swarm.cli.discover import add_parser as add_discover
     from edge_swarm.cli.fleet import add_parser as add_fleet
     from edge_swarm.cli.model import add_parsers as add_model
@@ -309,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_discover(sub)
     add_model(sub)
     add_fleet(sub)
+    add_campaign(sub)
     add_bundle(sub)
 
     for role in ("agent", "gateway"):
@@ -390,7 +421,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="directory for admin.key and bootstrap.jsonl"
     )
     ai.add_argument("--model", default="64,32,10", help="MLP layer sizes (default 64,32,10)")
-    ai.add_argument("--rounds", type=int, default=20)
+    ai.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=20,
+        metavar="N|open",
+        help="the first campaign's round budget (default 20), or open: no budget, until "
+        "`edge-swarm campaign end` or the stop rule (docs/CAMPAIGNS.md)",
+    )
+    ai.add_argument(
+        "--cadence-s",
+        type=float,
+        metavar="S",
+        help="open rounds at least S seconds apart (on the coordinator's monotonic clock)",
+    )
+    ai.add_argument(
+        "--stop",
+        type=_stop,
+        metavar="PATIENCE[,MIN_DELTA[,METRIC]]",
+        help="end a campaign once the sites' mean validation metric (val_acc) has not "
+        "improved by MIN_DELTA (default 0) for PATIENCE rounds, e.g. 3,0.005",
+    )
     ai.add_argument(
         "--security",
         default="sealed",

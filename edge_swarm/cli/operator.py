@@ -116,6 +116,8 @@ def _admin_init(args: argparse.Namespace) -> int:
         # The gateways are not known yet at genesis: two drawn agents keep any site safe.
         committee_k=2 if args.committee_k is None else args.committee_k,
         downlink=parse_codec(args.downlink),
+        cadence_s=args.cadence_s,
+        stop=args.stop,
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
     print(

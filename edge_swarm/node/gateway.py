@@ -284,7 +284,8 @@ class Gateway(NodeRuntime):
             self._on_query(msg.payload)
 
     def on_tick(self, now: int) -> None:
-        self._act(self.coordinator.handle(P.Tick(now)))
+        mono = int(time.monotonic() * 1000)  # the cadence's clock; `now` stamps entries
+        self._act(self.coordinator.handle(P.Tick(now, mono_ms=mono)))
         m = self.pending_merge
         if m is not None:
             missing = [(n, sha) for n, sha in m.included if not self.inbox.has(m.round, n, sha)]
@@ -354,7 +355,7 @@ class Gateway(NodeRuntime):
             return
         if self.leading:
             announce(self.mqtt.publish, self.topics, entry)
-        if entry.kind in ("round_open", "round_close", "model_final") and self.leading:
+        if entry.kind in ("round_open", "round_close", "model_final", "campaign") and self.leading:
             log.info("%s %s", entry.kind, json.dumps(p, sort_keys=True)[:200])
         self._act(actions)
         self._retry_merge()
@@ -377,7 +378,7 @@ class Gateway(NodeRuntime):
             elif isinstance(action, P.PublishCheckpoint):
                 self._finalise(action)
             elif isinstance(action, P.SwarmDone):
-                log.info("swarm finished: %d rounds", action.rounds)
+                log.info("swarm finished: %d rounds (%s)", action.rounds, action.reason)
 
     def _with_merge_report(self, payload: dict[str, Any]) -> dict[str, Any]:
         """model_final also records what the merge rule did with each included delta (this

@@ -74,7 +74,8 @@ class Intake:
             return  # a re-send of a commit the round already holds
         reason = self._coordinator.admit(tx.kind, tx.author, tx.payload, tx.ts, self._now_ms())
         if reason is not None:
-            self._refuse(tx, Refused("out_of_round", reason))
+            code = "not_applicable" if tx.kind == "campaign" else "out_of_round"
+            self._refuse(tx, Refused(code, reason))
             return
         if folded:
             self._fold_commit(tx)

@@ -152,8 +152,15 @@ def append_to_bootstrap(bootstrap: Path, tx: Tx) -> Entry:
     return entry
 
 
-def publish_tx(tx: Tx, host: str, port: int, timeout: float = 15.0) -> Entry:
+def publish_tx(
+    tx: Tx,
+    host: str,
+    port: int,
+    timeout: float = 15.0,
+    mqtt_options: dict[str, Any] | None = None,
+) -> Entry:
     """Submit ``tx`` to a running site over MQTT and wait until the ledger shows it.
+    ``mqtt_options``: MqttClient's keyword arguments (TLS, login) for a locked-down broker.
 
     Raises OperatorError with the ledger's reason if it is refused, or on a timeout.
     """
@@ -167,7 +174,13 @@ def publish_tx(tx: Tx, host: str, port: int, timeout: float = 15.0) -> Entry:
     topics = Topics(tx.swarm)
     drops = RateLimitedLog(log)
     inbox: queue.Queue[Message] = queue.Queue()
-    client = MqttClient(f"{tx.swarm}.operator.{tx.tx_id[:8]}", host, port, on_message=inbox.put)
+    client = MqttClient(
+        f"{tx.swarm}.operator.{tx.tx_id[:8]}",
+        host,
+        port,
+        on_message=inbox.put,
+        **(mqtt_options or {}),
+    )
     client.start()
     try:
         if not client.wait_connected(timeout):

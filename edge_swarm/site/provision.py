@@ -23,6 +23,7 @@ from edge_swarm.node.config import (
     Timing,
     dump_config,
 )
+from edge_swarm.swarm.campaign import CampaignSettings
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.trust.keyring import EncryptionKey
@@ -39,7 +40,8 @@ class SwarmParams:
     model: ModelSpec
     local: LocalTraining
     merge: MergeRule
-    rounds: int = 20
+    # The first campaign's round budget; None: open-ended (docs/CAMPAIGNS.md).
+    rounds: int | None = 20
     min_peers: int = 2
     round_deadline_s: float = 60.0
     attest_timeout_s: float = 20.0
@@ -57,7 +59,15 @@ class SwarmParams:
     merge_by: str = "all"
     committee_k: int = 2
     downlink: CodecSpec = field(default_factory=lambda: CodecSpec("int8"))
+    # Rounds open this many seconds apart at the earliest (the coordinator's monotonic clock).
+    cadence_s: float | None = None
+    # End the campaign on convergence: {patience, min_delta, metric} (swarm/convergence.py).
+    stop: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Refused here, before a genesis every gateway would refuse is written.
+        CampaignSettings.from_params({"rounds": self.rounds, **self._campaign()})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,8 +85,18 @@ class SwarmParams:
             "security": self.security,
             **({"backbone": self.backbone} if self.backbone is not None else {}),
             **(self._committee() if self.merge_by == "committee" else {}),
+            **self._campaign(),
             **self.extra,
         }
+
+    def _campaign(self) -> dict[str, Any]:
+        # Unset fields add nothing: such a genesis is exactly what it was before campaigns.
+        out: dict[str, Any] = {}
+        if self.cadence_s is not None:
+            out["cadence_s"] = self.cadence_s
+        if self.stop is not None:
+            out["stop"] = dict(self.stop)
+        return out
 
     def _committee(self) -> dict[str, Any]:
         # "all" adds nothing: such a genesis is exactly what it was before committees.

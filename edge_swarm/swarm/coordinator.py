@@ -18,6 +18,15 @@ Invariants
   an attestation timeout, counted from the close or from when this coordinator started
   acting, whichever is later, it is finalised on the model it started from, with the reason
   in ``abandoned``; the next round goes on from there.
+* A round opens only while the campaign allows (``swarm/campaign.py``: a fold of the
+  genesis's budget and the ``campaign`` entries): not paused, not ended, budget not spent.
+  ``SwarmDone`` says so once the last round of a spent or ended campaign is over; an
+  extension or a new campaign opens rounds again. With the genesis's stop rule, the leader
+  appends ``campaign{op: end, reason}`` instead of opening a round once the sites'
+  validation metrics on the ledger have converged (``swarm/convergence.py``), so a
+  restarted leader reaches the same verdict from the same entries. The genesis's cadence
+  spaces openings on the ``Tick.mono_ms`` clock, counted afresh when this gateway starts
+  acting (a monotonic reading means nothing to another process).
 
 In ``merge_by = "committee"`` (the genesis's choice; "all" keeps every rule above as it is):
 
@@ -52,6 +61,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from edge_swarm.swarm.campaign import Cadence, CampaignBook, CampaignSettings
 from edge_swarm.swarm.committee_round import CommitteeBook, quorum_winner
 from edge_swarm.swarm.rounds import (
     Action,
@@ -119,6 +129,12 @@ class Coordinator:
         self._done = False
         # Who may sit on a round's committee, and each round's draw (committee mode only).
         self.committees = CommitteeBook(policy.committee_k)
+        # Whether the campaign lets a round open (swarm/campaign.py), and how soon.
+        self.campaign = CampaignBook(
+            CampaignSettings(policy.rounds, policy.cadence_ms, policy.stop)
+        )
+        self.cadence = Cadence(policy.cadence_ms)
+        self._mono_ms: int | None = None  # the last Tick's monotonic reading
 
     # -- inputs
     def handle(self, event: Event) -> list[Action]:
@@ -149,7 +165,7 @@ class Coordinator:
             self._pending, self._keys_ready = None, True
             return self._progress(self._last_tick_ms)  # the answer to a tick: open now
         elif isinstance(event, Tick):
-            self._last_tick_ms = event.now_ms
+            self._last_tick_ms, self._mono_ms = event.now_ms, event.mono_ms
             return self._progress(event.now_ms)
         return []
 
@@ -167,6 +183,7 @@ class Coordinator:
         self.leading = leading
         self._pending = None
         self._keys_ready = not self.policy.sealed
+        self.cadence.restart()  # the old coordinator's last opening is not on our clock
         if leading and self._last_tick_ms is not None:
             self._acting_since_ms = self._last_tick_ms
 
@@ -196,6 +213,8 @@ class Coordinator:
                 return f"{author} is not in round {rnd}'s committee"
         elif kind in COORDINATOR_KINDS:
             return "only the coordinator opens, closes and finalises rounds"
+        elif kind == "campaign":
+            return self.campaign.refusal(payload)  # one that would change nothing
         return None
 
     def holds_commit(self, node: str, rnd: object, sig: str) -> bool:
@@ -232,6 +251,9 @@ class Coordinator:
             self._pending = None
         if self.policy.by_committee:
             self.committees.fold(ev)  # enrolments and revocations: who may be drawn
+        self.campaign.fold(ev.kind, ev.author, p)  # rounds, campaign entries, site metrics
+        if ev.kind == "campaign":
+            return self._check_done() + self._progress(None)
         if ev.kind == "enroll" and p.get("role") == "agent":
             self.agents.add(p["node"])
         elif ev.kind == "revoke":
@@ -253,6 +275,8 @@ class Coordinator:
             self.current.expected = frozenset(active & self.agents)
             self.last_round = p["round"]
             self._keys_ready = not self.policy.sealed  # each round asks again
+            if not self.replaying:
+                self.cadence.opened(self._mono_ms)
         elif (
             ev.kind == "delta_commit" and self._is_open(p["round"]) and not self.policy.by_committee
         ):
@@ -333,10 +357,17 @@ class Coordinator:
         return [Append("model_final", payload)]
 
     def _check_done(self) -> list[Action]:
-        if self.finished_rounds >= self.policy.rounds and not self._done:
-            self._done = True
-            return [] if self.replaying else [SwarmDone(self.finished_rounds)]
-        return []
+        """Say once, when no round is in progress, that the campaign opens no more rounds
+        (its budget is spent, or it ended); again if it is extended or renewed and stops
+        again. A pause is not an end: nothing is said."""
+        if self.campaign.current.state not in ("spent", "ended"):
+            self._done = False
+            return []
+        if self._done or self.current is not None:
+            return []
+        self._done = True
+        why = self.campaign.why_not_open() or ""
+        return [] if self.replaying else [SwarmDone(self.finished_rounds, why)]
 
     def _is_open(self, rnd: int) -> bool:
         return self.current is not None and self.current.number == rnd and not self.current.closed
@@ -346,7 +377,7 @@ class Coordinator:
 
     # -- decisions (only the leading gateway makes them)
     def _progress(self, now_ms: int | None) -> list[Action]:
-        if self._pending is not None or self._done or not self._acting:
+        if self._pending is not None or not self._acting:
             return []
         if self.current is None:
             return self._maybe_open(now_ms)
@@ -355,8 +386,14 @@ class Coordinator:
         return self._maybe_final(now_ms)
 
     def _maybe_open(self, now_ms: int | None) -> list[Action]:
-        if now_ms is None:
+        if now_ms is None or self.campaign.why_not_open() is not None:
             return []
+        stop = self.campaign.stop_reason()  # from the sites' metrics on the ledger
+        if stop is not None:
+            self._pending = "campaign"
+            return [Append("campaign", {"op": "end", "reason": stop})]
+        if self.last_round > 0 and not self.cadence.ready(self._mono_ms):
+            return []  # the genesis's cadence: not yet
         ready = len(self.online & self.agents)
         everyone = bool(self.agents) and self.agents <= self.online
         # The grace only delays the first round, so that a fleet that is still booting

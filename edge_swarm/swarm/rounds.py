@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_swarm.swarm.campaign import CampaignSettings
+from edge_swarm.swarm.convergence import StopRule
+
 # --------------------------------------------------------------------------- events
 
 
@@ -17,10 +20,13 @@ class Tick:
     gateway's wall clock for the ``Coordinator`` (its clock is the swarm's: it stamps the
     ledger's round entries), the device's monotonic clock for a ``Participant``, which never
     reads a wall clock. ``ledger_ms``, for a participant only: its ledger clock's reading at
-    that moment (``swarm.ledger_clock``), None while it has none."""
+    that moment (``swarm.ledger_clock``), None while it has none. ``mono_ms``, for the
+    coordinator only: its monotonic clock, which times the genesis's cadence (None: no
+    reading; under a cadence no round opens until there is one)."""
 
     now_ms: int
     ledger_ms: int | None = None
+    mono_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,9 +215,11 @@ class PublishCheckpoint:
 
 @dataclass(frozen=True)
 class SwarmDone:
-    """The round budget is spent."""
+    """The campaign opens no more rounds: its budget is spent, or it ended (``reason``)
+    (swarm/campaign.py). Not final: an extension or a new campaign goes on."""
 
     rounds: int
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,9 +250,11 @@ committee (the gateways plus ``committee_k`` agents drawn from the round_open ha
 @dataclass(frozen=True)
 class RoundPolicy:
     """Timing, quorum and merging of rounds; all times in milliseconds. Raises ValueError
-    on a value out of range, naming what is allowed."""
+    on a value out of range, naming what is allowed. ``rounds`` is the first campaign's
+    budget (None: open-ended), ``cadence_ms`` the least time between two round openings,
+    ``stop`` the convergence rule (swarm/campaign.py, swarm/convergence.py)."""
 
-    rounds: int = 20
+    rounds: int | None = None
     min_peers: int = 2
     round_deadline_ms: int = 60_000
     attest_timeout_ms: int = 30_000
@@ -252,10 +262,13 @@ class RoundPolicy:
     sealed: bool = False  # a key epoch must fit the members before each round opens
     merge_by: str = "all"  # one of MERGE_BY
     committee_k: int = 2  # agents drawn per round beside the gateways (committee mode)
+    cadence_ms: int = 0
+    stop: StopRule | None = None
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.min_peers < 1:
-            raise ValueError("rounds and min_peers must be at least 1")
+        CampaignSettings(self.rounds, self.cadence_ms, self.stop)  # raises CampaignError
+        if self.min_peers < 1:
+            raise ValueError("min_peers must be at least 1")
         if min(self.round_deadline_ms, self.attest_timeout_ms, self.start_grace_ms) < 0:
             raise ValueError("timeouts must be non-negative")
         if not isinstance(self.merge_by, str) or self.merge_by not in MERGE_BY:
@@ -274,8 +287,11 @@ class RoundPolicy:
     def from_params(cls, params: dict[str, Any]) -> RoundPolicy:
         """Build from the genesis ``params`` (seconds there, milliseconds here). Raises
         ValueError on a value ``__post_init__`` refuses."""
+        campaign = CampaignSettings.from_params(params)
         return cls(
-            rounds=int(params.get("rounds", 20)),
+            rounds=campaign.rounds,
+            cadence_ms=campaign.cadence_ms,
+            stop=campaign.stop,
             min_peers=int(params.get("min_peers", 2)),
             round_deadline_ms=int(float(params.get("round_deadline_s", 60)) * 1000),
             attest_timeout_ms=int(float(params.get("attest_timeout_s", 30)) * 1000),
