@@ -182,6 +182,8 @@ MERGE_HELP = (
     "first) and field=value, e.g. nnm+median,f=2 or multikrum,f=2,clip=2; "
     "see docs/ROBUST.md"
 )
+CONTINUOUS_MAX_ROUNDS = 40  # `demo --continuous`: a cap, should the stop rule never fire
+
 # The poisoning harness's attack names, listed here so that --help does not import numpy.
 ATTACK_NAMES = ("sign_flip", "scale", "noise", "huge", "label_flip")
 
@@ -267,7 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run K agents in each agent process, a thread each, to fit big swarms on one "
         "machine (default 1: a process per agent, as on a real site)",
     )
-    d.add_argument("--rounds", type=int, default=20, help="rounds to train (default 20)")
+    d.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds to train (default 20); with --continuous the most it may train "
+        f"(default {CONTINUOUS_MAX_ROUNDS})",
+    )
+    d.add_argument(
+        "--continuous",
+        action="store_true",
+        help="learn as data arrives: agents start with a quarter of their data, get the rest "
+        "in 3 steps, and the campaign ends when the sites' validation stops improving",
+    )
     add_committee_options(d)
     d.add_argument(
         "--gateways",

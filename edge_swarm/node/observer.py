@@ -12,7 +12,7 @@ import logging
 import math
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,25 @@ class RoundRecord:
     def overhead_s(self) -> float:
         """Round time not spent training: coordination, transfer, merge, attestation."""
         return max(0.0, self.seconds - self.slowest_train_s)
+
+    @property
+    def samples(self) -> int:
+        """Samples the round's included agents trained on, as their commits say."""
+        ns = [c.get("n_samples") for n, c in self.commits.items() if n in self.included]
+        return sum(n for n in ns if isinstance(n, int) and not isinstance(n, bool))
+
+
+def site_scores(rounds: Iterable[RoundRecord]) -> dict[int, dict[str, float]]:
+    """Each final model's validation accuracy per site, by the round that made the model:
+    an agent signs its score of round r's model (``val_acc``, ``val_round``) into its
+    commit of a later round (docs/VALIDATION.md)."""
+    out: dict[int, dict[str, float]] = {}
+    for rec in rounds:
+        for node, c in rec.commits.items():
+            acc, rnd = c.get("val_acc"), c.get("val_round")
+            if isinstance(rnd, int) and _seconds(acc) == acc and 0 <= acc <= 1:
+                out.setdefault(rnd, {})[node] = float(acc)
+    return out
 
 
 class SwarmObserver:
@@ -246,8 +265,10 @@ class SwarmObserver:
             included = p["included"] if isinstance(p["included"], list) else []  # compact: ?
             rec.closed_ms, rec.included, rec.close_reason = e.ts, included, p["reason"]
             rows = p.get("commits") if isinstance(p.get("commits"), list) else []
-            for node, _, n, *_ in rows:  # folded commits (committee mode)
-                rec.commits.setdefault(node, {"n_samples": n})
+            for node, _, n, *rest in rows:  # folded commits (committee mode)
+                # A 6th element is what the agent signed into its commit (its site's score).
+                metrics = rest[2] if len(rest) > 2 and isinstance(rest[2], dict) else {}
+                rec.commits.setdefault(node, {**metrics, "n_samples": n})
             if not rec.included:
                 rec.final_ms = e.ts
                 self._report(rec)

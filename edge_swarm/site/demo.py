@@ -104,6 +104,9 @@ class RunConfig:
     data_steps: int = 0
     data_first: float = 0.25
     data_every: int = 3
+    # The genesis's stop rule (swarm/convergence.py), e.g. {"patience": 5, "min_delta": 0.002}:
+    # the campaign may end before `rounds`, which is then its most.
+    stop: dict[str, Any] | None = None
     # (node, how to start it): a command in front of it and extra environment, e.g. faketime
     wrappers: tuple[tuple[str, Wrapper], ...] = ()
     timeout_s: float = 900.0
@@ -253,6 +256,7 @@ def prepare(
         local=cfg.local,
         merge=cfg.merge,
         rounds=cfg.rounds,
+        stop=cfg.stop,
         min_peers=cfg.min_peers,
         round_deadline_s=cfg.round_deadline_s,
         attest_timeout_s=cfg.attest_timeout_s,
@@ -354,12 +358,15 @@ def run_swarm(
             if during is not None:
                 during(procs, observer)
             if not observer.wait_for(
-                lambda: _finished(observer, cfg.rounds) or bool(procs.failed()), cfg.timeout_s
-            ) or not _finished(observer, cfg.rounds):
+                lambda: (
+                    _finished(observer, last_round(observer, cfg.rounds)) or bool(procs.failed())
+                ),
+                cfg.timeout_s,
+            ) or not _finished(observer, last := last_round(observer, cfg.rounds)):
                 raise RuntimeError(_failure(f"the swarm did not finish {cfg.rounds} rounds", procs))
             wall = time.monotonic() - t0
             # The last telemetry reports follow the last checkpoint by a moment.
-            observer.wait_for(lambda: _telemetry_done(observer, procs, cfg.rounds), timeout=10)
+            observer.wait_for(lambda: _telemetry_done(observer, procs, last), timeout=10)
         finally:
             procs.stop()
             observer.stop()
@@ -394,6 +401,20 @@ def _observer_reader(layout: SwarmLayout) -> tuple[str, EncryptionKey] | None:
     if layout.observer_enc_key is None:
         return None
     return OBSERVER_ID, EncryptionKey.load(layout.observer_enc_key)
+
+
+def campaign_end(entries: list[Entry]) -> str | None:
+    """Why the campaign ended early (a ``campaign`` end entry's reason), or None."""
+    ends = [e for e in entries if e.kind == "campaign" and e.payload.get("op") == "end"]
+    return str(ends[-1].payload.get("reason") or "ended") if ends else None
+
+
+def last_round(observer: SwarmObserver, budget: int) -> int:
+    """The run's last round: the budget's, or the last opened once the campaign has ended
+    (a stop rule, an admin): the round open when it ended still finishes."""
+    if campaign_end(observer.entries) is None:
+        return budget
+    return max((r for r, rec in observer.rounds.items() if rec.opened_ms), default=budget)
 
 
 def _finished(observer: SwarmObserver, rounds: int) -> bool:
