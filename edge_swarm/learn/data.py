@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import zipfile
 from collections.abc import Callable
@@ -296,3 +297,59 @@ def _validate(
     if y.min() < 0 or y.max() > MAX_LABEL:
         raise DataError(f"{path}: labels must be in 0..{MAX_LABEL}")
     return X32, y.astype(np.int64)
+
+
+# -- a site's held-out validation slice (docs/VALIDATION.md)
+
+MIN_MEANINGFUL_VAL = 10
+"""Fewer held-out samples than this give an accuracy too coarse to judge a model by (one
+sample moves it by more than 10 points): the slice is still used, and said to be small."""
+
+
+@dataclass(frozen=True, eq=False)
+class HoldOut:
+    """A device's data split into what it trains on and what it validates models on."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+    @property
+    def meaningful(self) -> bool:
+        """Whether the slice holds enough samples for its accuracy to mean something."""
+        return len(self.y_val) >= MIN_MEANINGFUL_VAL
+
+
+def holdout_mask(X: np.ndarray, y: np.ndarray, fraction: float, key: str) -> np.ndarray:
+    """Which samples are held out (True) for validation: about ``fraction`` of them.
+
+    Each sample's fate is decided by the sha256 of ``key`` and its own bytes (features as
+    float32, label as int64), not by its position: a restart, a reordered data directory or
+    new files added later leave every sample where it was, and two copies of one sample
+    always land on the same side, so a duplicate never carries a held-out sample into
+    training. At least one sample is always left to train on (the one whose hash is highest
+    among them). ``key`` should name the device (its node id and the genesis seed).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    n = len(y)
+    if n == 0 or fraction == 0.0:
+        return np.zeros(n, dtype=bool)
+    prefix = hashlib.sha256(f"edge-swarm holdout|{key}".encode()).digest()
+    rows = np.ascontiguousarray(X, dtype="<f4").reshape(n, -1)
+    labels = np.ascontiguousarray(y, dtype="<i8")
+    draws = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        h = hashlib.sha256(prefix + rows[i].tobytes() + labels[i].tobytes()).digest()
+        draws[i] = int.from_bytes(h[:8], "big") / 2.0**64
+    mask = draws < fraction
+    if mask.all():  # a tiny site: keep one sample to train on
+        mask[int(np.argmax(draws))] = False
+    return mask
+
+
+def holdout(X: np.ndarray, y: np.ndarray, fraction: float, key: str) -> HoldOut:
+    """Split ``(X, y)`` by `holdout_mask`; the training part keeps the data's order."""
+    mask = holdout_mask(X, y, fraction, key)
+    return HoldOut(X[~mask], y[~mask], X[mask], y[mask])

@@ -28,12 +28,13 @@ from edge_swarm.node.fleet import FleetControl, LogRing
 from edge_swarm.node.follow import Follow
 from edge_swarm.node.ledger_copy import COPY_FILE, LedgerCopy
 from edge_swarm.node.local_data import LocalData, genesis_prepare
-from edge_swarm.node.model import ModelHolder
+from edge_swarm.node.model import ModelHolder, load_feedback
 from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
 from edge_swarm.node.own_commit import OwnCommits
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.node.updates import LightUpdates, downlink_of
+from edge_swarm.node.validation import SiteValidation
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.checkpoint import Checkpoint
 from edge_swarm.swarm.chunk_resend import encode_delta_request
@@ -74,6 +75,7 @@ class Agent(NodeRuntime, Adopting):
         self.codec_override = CodecSpec.from_dict(override) if override is not None else None
         self.codec = CodecSpec("float32")
         self.feedback: ErrorFeedback | None = None
+        self.val = SiteValidation.none()  # the held-out slice, from the genesis on
         self.mirror = LedgerMirror(cfg.genesis_hash)
         self.ledger_copy = LedgerCopy(cfg.state_dir / COPY_FILE)  # node/ledger_copy.py
         self._sealed_checkpoint: bytes | None = None  # one we hold no key for yet
@@ -269,9 +271,12 @@ class Agent(NodeRuntime, Adopting):
         self.codec = self.codec_override or CodecSpec.from_dict(
             params.get("codec", {"name": "float32"})
         )
-        self.data.prepare = genesis_prepare(self.device, params.get("backbone"), spec, self.attack)
+        prepare = genesis_prepare(self.device, params.get("backbone"), spec, self.attack)
+        self.val = SiteValidation.at_genesis(params, self.cfg.node_id)  # node/validation.py
+        self.data.prepare = self.val.holding_out(prepare)  # the slice is never trained on
         self.X, self.y = self.data.prepare(*self.data.raw)
-        self.feedback = self._load_feedback(spec.n_params, bool(params.get("error_feedback", True)))
+        enabled = bool(params.get("error_feedback", True))
+        self.feedback = load_feedback(self.cfg.state_dir / RESIDUAL_FILE, spec.n_params, enabled)
         rule = MergeRule.from_dict(params["merge"])
         downlink = downlink_of(params, self.cfg.swarm)
         init = init_params(spec, int(params["init_seed"]))
@@ -294,17 +299,10 @@ class Agent(NodeRuntime, Adopting):
         if self.machine is not None and self.machine.by_committee and self.synced:
             self.follow.round_deltas(rnd, self.machine.is_member(rnd))
 
-    def _serve(self, rnd: int) -> None:
+    def _serve(self, rnd: int) -> None:  # every final model we take: scored, maybe served
         assert self.holder is not None
-        self.device.serve(self.holder.spec, self.holder.params, rnd)
-
-    def _load_feedback(self, n_params: int, enabled: bool) -> ErrorFeedback:
-        path = self.cfg.state_dir / RESIDUAL_FILE
-        try:
-            return ErrorFeedback.load(path, n_params, enabled=enabled, missing_ok=True)
-        except ValueError as exc:  # a damaged file costs the residual, not the agent
-            log.warning("starting with a zero residual: %s is unusable (%s)", path, exc)
-            return ErrorFeedback(n_params, enabled=enabled)
+        self.val.score(self.holder.spec, self.holder.params, rnd)
+        self.device.serve(self.holder.spec, self.holder.params, rnd, self.val)
 
     def _public_key(self, node: str) -> str | None:
         state = self.mirror.state
@@ -461,6 +459,7 @@ class Agent(NodeRuntime, Adopting):
             "train_s": round(self.last_train_s, 6),
             "envelope_bytes": len(frame),
             "codec": self.codec.codec_id,
+            **self.val.report(self.holder.spec, base, self.holder.round),  # the base's score
         }
         return P.TrainingDone(action.round, sha, len(self.y), summary)
 
@@ -495,4 +494,5 @@ class Agent(NodeRuntime, Adopting):
         values["paused"] = 1 if self.state == "paused" else 0
         values["peer_deltas"] = self.peer_deltas
         values["commits_proven"] = self.own_commits.proven  # rows checked (node/own_commit.py)
+        values.update(self.val.telemetry() | self.device.telemetry())  # validation, gate
         self.publish_telemetry(rnd, values)

@@ -26,7 +26,7 @@ from edge_swarm.swarm.rounds import Action, CommitReceived
 from edge_swarm.swarm.topics import Topics
 from ledger_lite import Entry, Tx
 from ledger_lite import verify as verify_signature
-from ledger_lite.commits import commit_payload, commit_row
+from ledger_lite.commits import commit_row, folded_problem
 from ledger_lite.errors import LedgerError, Refused
 from ledger_lite.store import NoSpace
 
@@ -97,8 +97,7 @@ class Intake:
         except Refused as exc:
             self._refuse(tx, exc)
             return
-        if p != commit_payload(p["round"], tx.author, p["envelope_sha256"], p["n_samples"]):
-            why = "a folded commit carries exactly round, node, envelope_sha256, n_samples"
+        if (why := folded_problem(p, tx.author)) is not None:
             self._refuse(tx, Refused("bad_payload", why))
             return
         assert self._act is not None

@@ -10,7 +10,9 @@ holds the model but not that state (``state_known`` False) until a checkpoint br
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,21 @@ from edge_swarm.learn.model import ModelSpec, model_hash
 from edge_swarm.learn.poison import Attack, poison_delta
 from edge_swarm.swarm.checkpoint import Checkpoint
 from edge_swarm.swarm.downlink import Downlink, make_update
+from edge_swarm.swarm.feedback import ErrorFeedback
 from edge_swarm.swarm.merge import Contribution, MergeRule, MergeState, merge
 from edge_swarm.swarm.quantize import CodecSpec
+
+log = logging.getLogger(__name__)
+
+
+def load_feedback(path: Path, n_params: int, enabled: bool) -> ErrorFeedback:
+    """An agent's error-feedback residual from ``path``; a zero one when the file is
+    missing, and when it is damaged (which costs the residual, not the agent)."""
+    try:
+        return ErrorFeedback.load(path, n_params, enabled=enabled, missing_ok=True)
+    except ValueError as exc:
+        log.warning("starting with a zero residual: %s is unusable (%s)", path, exc)
+        return ErrorFeedback(n_params, enabled=enabled)
 
 
 def merge_report(rule: MergeRule, result: Any) -> dict[str, Any]:

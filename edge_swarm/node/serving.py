@@ -4,19 +4,31 @@ A device whose profile says ``[runtime] serve = true`` writes every final model 
 (backbone + head) as a file for its engine and loads it with that runtime. A file that does
 not load — truncated by a full disk, corrupted, of the wrong shape — is refused with the
 runtime's reason and the device keeps answering with its last good model.
+
+The safety gate (docs/VALIDATION.md): a new final model is rolled out only if it is not
+worse on the device's own held-out slice than the model it serves by more than the
+genesis's ``serve_margin``. One that is held back is still written (``model-rNNNN``) so an
+operator can roll it out by command (``fleet cmd rollout --round N``, which the gate does
+not judge: the operator's word); the device says why in its log and its telemetry
+(``serve_held_round``, its score and the served model's), which ``fleet ls`` shows.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_swarm.learn.model import ModelSpec
 from edge_swarm.node.config import NodeConfig
+
+if TYPE_CHECKING:
+    from edge_swarm.node.validation import SiteValidation
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +54,17 @@ class ModelServer:
 
     def install_layers(self, layers: list, rnd: int) -> bool:
         """Write the model for this engine (``model-rNNNN``) and serve it if it loads."""
+        path, sha = self.write_layers(layers, rnd)
+        return self.install_file(path, sha, int(layers[0].weight.shape[0]), rnd)
+
+    def write_layers(self, layers: list, rnd: int) -> tuple[Path, str]:
+        """Write round ``rnd``'s model for this engine without serving it: (path, sha256)."""
         from edge_swarm.node.exports import export_layers
 
         stem = f"model-r{rnd:04d}"
-        ext = EXTENSIONS[self.engine]
         written = export_layers(layers, self.out_dir, stem)
-        path = self.out_dir / f"{stem}{ext}"
-        return self.install_file(path, written[path], int(layers[0].weight.shape[0]), rnd)
+        path = self.out_dir / f"{stem}{EXTENSIONS[self.engine]}"
+        return path, written[path]
 
     def install_file(
         self, path: Path, expect_sha256: str | None, expect_inputs: int | None, rnd: int
@@ -91,6 +107,40 @@ class ModelServer:
         return "done", f"serving round {rnd}"
 
 
+@dataclass(frozen=True)
+class HeldBack:
+    """A final model the gate did not roll out: its round and score, and the served one's."""
+
+    round: int
+    val_acc: float
+    served_round: int
+    served_acc: float
+    margin: float
+
+    def reason(self, n_val: int) -> str:
+        return (
+            f"not serving round {self.round}'s model: it scores {self.val_acc:.4f} on our "
+            f"{n_val} held-out samples against {self.served_acc:.4f} for round "
+            f"{self.served_round}'s, which we keep serving (worse by more than the margin "
+            f"{self.margin}; an operator may still roll it out: fleet cmd rollout --round "
+            f"{self.round})"
+        )
+
+
+def gate(
+    rnd: int, scores: Mapping[int, float], served_round: int | None, margin: float
+) -> HeldBack | None:
+    """Whether the final model of round ``rnd`` is held back: it is when both it and the
+    model served (of ``served_round``) have a score and it is worse by more than ``margin``.
+    No score, nothing served yet: no evidence against it, it goes out. Pure."""
+    new = scores.get(rnd)
+    old = scores.get(served_round) if served_round is not None else None
+    if new is None or old is None or served_round == rnd or new >= old - margin:
+        return None
+    assert served_round is not None
+    return HeldBack(rnd, new, served_round, old, margin)
+
+
 class DeviceModel:
     """What a device's profile asks of the swarm's model besides training: features from the
     genesis's frozen backbone, and serving every model the device commits."""
@@ -100,6 +150,7 @@ class DeviceModel:
         self.backbone_ref: Any = None  # learn.backbone.BackboneRef, when the swarm has one
         self.server: ModelServer | None = None  # when [runtime] serve is on
         self._served_backbone: list[Any] | None = None
+        self.held: HeldBack | None = None  # the last model the gate held back
 
     def backbone_features(self, ref_dict: object, spec: ModelSpec, X: np.ndarray) -> np.ndarray:
         """The frozen backbone's features of the local data, computed once with this
@@ -131,8 +182,9 @@ class DeviceModel:
         self.backbone_ref = ref
         return feats
 
-    def serve(self, spec: ModelSpec, params: np.ndarray, rnd: int) -> None:
-        """Serve the model just committed, if this device's profile says so."""
+    def serve(self, spec: ModelSpec, params: np.ndarray, rnd: int, val: SiteValidation) -> None:
+        """Serve the model just committed, if this device's profile says so and the gate
+        lets it through (``val``: the device's scores and the genesis's margin)."""
         if not self.cfg.runtime.serve:
             return
         from edge_swarm.node.exports import backbone_layers, model_layers
@@ -144,4 +196,24 @@ class DeviceModel:
             )
             if self.backbone_ref is not None and self.cfg.backbone_dir is not None:
                 self._served_backbone = backbone_layers(self.cfg.backbone_dir, self.backbone_ref)
-        self.server.install_layers(model_layers(spec, params, self._served_backbone), rnd)
+        layers = model_layers(spec, params, self._served_backbone)
+        served = self.server.round if self.server.current is not None else None
+        held = gate(rnd, val.scores, served, val.serve_margin)
+        if held is None:
+            self.server.install_layers(layers, rnd)
+            return
+        self.held = held
+        self.server.write_layers(layers, rnd)  # for an operator's rollout
+        log.warning("%s", held.reason(val.n))
+
+    def telemetry(self) -> dict[str, float]:
+        """What the gate did, for the device's telemetry (``fleet ls``): the round served,
+        and the last one held back while the served model is older than it."""
+        if self.server is None or self.server.current is None:
+            return {}
+        out: dict[str, float] = {"serving_round": self.server.round}
+        h = self.held
+        if h is not None and h.round > self.server.round:  # not since rolled out by command
+            out |= {"serve_held_round": h.round, "serve_held_acc": h.val_acc}
+            out["serve_kept_acc"] = h.served_acc
+        return out

@@ -69,6 +69,10 @@ class RunConfig:
     # Committee mode: the codec of the committee's one merged update per round, which light
     # agents apply instead of downloading the model (swarm/downlink.py; nearest rounding).
     downlink: CodecSpec = CodecSpec("int8")
+    # Validation on every site (docs/VALIDATION.md): the share of each agent's data held out
+    # to score every final model on; how much worse a served model may get before it is held.
+    val_fraction: float = 0.2
+    serve_margin: float = 0.02
     seed: int = 0
     rounds: int = 20
     hidden: tuple[int, ...] = (32,)
@@ -269,6 +273,8 @@ def prepare(
         merge_by=cfg.merge_by,
         committee_k=cfg.committee_k,
         downlink=cfg.downlink,
+        val_fraction=cfg.val_fraction,
+        serve_margin=cfg.serve_margin,
         extra={"workload": cfg.workload},
     )
     broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)

@@ -63,11 +63,18 @@ class SwarmParams:
     cadence_s: float | None = None
     # End the campaign on convergence: {patience, min_delta, metric} (swarm/convergence.py).
     stop: dict[str, Any] | None = None
+    # Validation on every site (docs/VALIDATION.md): the share of each agent's data held out
+    # of training to score every final model on, and how much worse on it a new model may
+    # be before a device that serves models holds it back.
+    val_fraction: float = 0.2
+    serve_margin: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Refused here, before a genesis every gateway would refuse is written.
         CampaignSettings.from_params({"rounds": self.rounds, **self._campaign()})
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.serve_margin <= 1:
+            raise ValueError("val_fraction must be in [0, 1) and serve_margin in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +93,8 @@ class SwarmParams:
             **({"backbone": self.backbone} if self.backbone is not None else {}),
             **(self._committee() if self.merge_by == "committee" else {}),
             **self._campaign(),
+            "val_fraction": self.val_fraction,
+            "serve_margin": self.serve_margin,
             **self.extra,
         }
 

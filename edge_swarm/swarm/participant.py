@@ -62,7 +62,7 @@ from edge_swarm.swarm.rounds import (
     TrainingDone,
     attest_payload,
 )
-from ledger_lite.commits import commit_payload
+from ledger_lite.commits import commit_payload, val_metrics
 
 
 class Participant:
@@ -282,8 +282,9 @@ class Participant:
         return [Train(cur.number, cur.base_hash)]
 
     def _on_trained(self, ev: TrainingDone) -> list[Action]:
-        if self.by_committee:  # folded into round_close: the row has no room for metrics
-            payload = commit_payload(ev.round, self.node, ev.envelope_sha256, ev.n_samples)
+        if self.by_committee:  # folded into round_close: the row carries validation only
+            val = val_metrics(ev.metrics)
+            payload = commit_payload(ev.round, self.node, ev.envelope_sha256, ev.n_samples, val)
             return [Append("delta_commit", payload)]
         payload = {
             "round": ev.round,
