@@ -87,6 +87,8 @@ def folded_problem(payload: Mapping[str, Any], author: str) -> str | None:
     metrics = p.get("metrics")
     if metrics and (why := val_metrics_problem(metrics)) is not None:
         return why
+    if metrics and not metrics["val_round"] < p["round"]:
+        return "metrics.val_round must be a round before the commit's own"
     if p != commit_payload(p["round"], author, p["envelope_sha256"], p["n_samples"], metrics):
         return "a folded commit carries exactly round, node, envelope_sha256, n_samples, metrics"
     return None

@@ -54,6 +54,13 @@ ACCURACY = {
     2: {"agent-01": 0.744, "agent-02": 0.701, "agent-03": 0.520},
     3: {"agent-01": 0.903, "agent-02": 0.871, "agent-03": 0.655},
 }
+# Each site's held-out accuracy of round r's final model, reported with its commit to r + 1.
+VALIDATION = {
+    0: {"agent-01": 0.100, "agent-02": 0.133, "agent-03": 0.0},
+    1: {"agent-01": 0.633, "agent-02": 0.600, "agent-03": 0.4},
+    2: {"agent-01": 0.867, "agent-02": 0.733, "agent-03": 0.8},
+}
+VAL_N = {"agent-01": 30, "agent-02": 15, "agent-03": 5}
 INCLUDED = {1: list(AGENTS), 2: ["agent-01", "agent-02"], 3: list(AGENTS)}  # 03 late in 2
 DURATION_MS = {1: 41_500, 2: 38_000, 3: 45_250}
 REASON = {1: "all in", 2: "deadline", 3: "<script>alert('reason')</script>"}
@@ -67,6 +74,16 @@ REQUIRE_CHROMIUM_ENV = "EDGE_SWARM_REQUIRE_CHROMIUM"
 
 def accuracy(rnd: int) -> dict[str, float]:
     return ACCURACY.get(rnd, ACCURACY[3])  # later rounds (added by some tests) as round 3
+
+
+def validation(rnd: int) -> dict[str, float]:
+    return VALIDATION.get(rnd, VALIDATION[2])
+
+
+def expected_circles(rounds: int = 3) -> dict[tuple[str, int], str]:
+    """The chart's points: each site's score of each final model reported so far (round r's
+    comes with round r + 1's commits)."""
+    return {(n, r): f"{validation(r)[n]:.3f}" for r in range(rounds) for n in AGENTS}
 
 
 def expected_mean(rnd: int) -> float:
@@ -90,7 +107,13 @@ def add_round(s: Swarm, rnd: int, *, close: bool = True) -> None:
             "node": node,
             "envelope_sha256": f"{i + 1:02x}" * 32,
             "n_samples": SAMPLES[node],
-            "metrics": {"accuracy": accuracy(rnd)[node], "loss": 1.0 - accuracy(rnd)[node]},
+            "metrics": {
+                "accuracy": accuracy(rnd)[node],
+                "loss": 1.0 - accuracy(rnd)[node],
+                "val_acc": validation(rnd - 1)[node],
+                "val_n": VAL_N[node],
+                "val_round": rnd - 1,
+            },
         }
         s.submit(node, "delta_commit", commit, ts=t + 1_000 * (i + 1))
     if not close:
@@ -166,9 +189,10 @@ class Elements(HTMLParser):
         key = f"data-{attr}"
         return [a[key] for t, a, tb in self.tags if t == "tr" and tb == table and key in a]
 
-    def circles(self) -> dict[int, str | None]:
+    def circles(self) -> dict[tuple[str | None, int], str | None]:
+        """The validation chart's points: (site, round) -> accuracy."""
         return {
-            int(a["data-round"] or -1): a.get("data-accuracy")
+            (a.get("data-site"), int(a["data-round"] or -1)): a.get("data-accuracy")
             for t, a, _ in self.tags
             if t == "circle"
         }
@@ -360,7 +384,7 @@ def test_the_page_holds_every_view(source: DashboardSource) -> None:
         assert ids.get(eid) == tag, eid
     assert page.rows("devices", "node") == sorted(DEVICES)
     assert page.rows("rounds", "round") == ["1", "2", "3"]
-    assert page.circles() == {n: f"{expected_mean(n):.3f}" for n in ACCURACY}
+    assert page.circles() == expected_circles()
     assert page.rows("contributions", "node") == ["agent-01", "agent-02", "agent-03"]
     assert len(page.rows("ledger-tail", "height")) == TAIL
     # Three contribution bars, the widest for the biggest contributor.
@@ -375,7 +399,7 @@ def test_an_empty_ledger_renders() -> None:
     state = source.state()
     assert state["height"] == -1 and state["rounds"] == [] and state["devices"] == []
     html = render_page(state, "n0nce")
-    assert "no accuracy reported yet" in html and Elements(html).circles() == {}
+    assert "no validation reported yet" in html and Elements(html).circles() == {}
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -416,7 +440,7 @@ def test_get_the_page_and_the_state(server: DashboardServer, source: DashboardSo
     assert re.findall(r"https?://[^\s\"'<>]+", html) == ["http://www.w3.org/2000/svg"]
     assert not {"link", "img", "iframe"} & {t for t, _, _ in Elements(html).tags}
     assert " src=" not in html and "@import" not in html and "url(" not in html
-    assert Elements(html).circles() == {n: f"{expected_mean(n):.3f}" for n in ACCURACY}
+    assert Elements(html).circles() == expected_circles()
 
     status, headers, body = fetch(server.url + "api/state?x=1")
     assert status == 200 and headers["Content-Type"] == "application/json"
@@ -598,7 +622,7 @@ def test_chromium_dom_holds_the_ledger(tmp_path: Path, server: DashboardServer) 
     page = Elements(run.stdout)
     assert page.ids()["accuracy-chart"] == "svg"
     assert page.rows("devices", "node") == sorted(DEVICES)
-    assert page.circles() == {n: f"{expected_mean(n):.3f}" for n in ACCURACY}
+    assert page.circles() == expected_circles()
     assert page.rows("rounds", "round") == ["1", "2", "3"]
 
 
@@ -623,7 +647,39 @@ def test_chromium_script_refreshes_from_the_api(tmp_path: Path, swarm: Swarm) ->
     assert status and "; updated " in status[1], f"the refresh did not run: {status}"
     page = Elements(run.stdout)
     assert page.rows("devices", "node") == sorted({**DEVICES, **late})
-    assert page.circles() == {n: f"{expected_mean(n):.3f}" for n in ACCURACY}
+    assert page.circles() == expected_circles()
     assert page.rows("ledger-tail", "height") == [
         str(h) for h in range(swarm.ledger.height, swarm.ledger.height - TAIL, -1)
     ]
+
+
+def test_each_rounds_model_is_shown_as_each_site_scored_it(source: DashboardSource) -> None:
+    state = source.state()
+    by_round = {r["round"]: r for r in state["rounds"]}
+    for rnd in (1, 2):  # round 3's scores come with round 4's commits: not yet
+        assert by_round[rnd]["val_mean"] == pytest.approx(sum(VALIDATION[rnd].values()) / 3)
+        worst = min(VALIDATION[rnd], key=VALIDATION[rnd].__getitem__)
+        assert by_round[rnd]["val_worst"] == f"{worst} {VALIDATION[rnd][worst]:.3f}"
+    assert by_round[3]["val_mean"] is None
+    val = state["validation"]
+    assert val["rounds"] == [0, 1, 2] and val["sites_total"] == 3
+    assert [s["site"] for s in state["validation_sites"]] == list(AGENTS)
+    assert [s["val_n"] for s in state["validation_sites"]] == [VAL_N[n] for n in AGENTS]
+    assert val["mean"] == pytest.approx([sum(VALIDATION[r].values()) / 3 for r in (0, 1, 2)])
+    page = Elements(render_page(state, "n0nce"))
+    assert page.rows("validation-sites", "site") == list(AGENTS)
+
+
+def test_a_devices_serving_gate_is_shown_and_coerced() -> None:
+    held = {
+        "serving_round": 3,
+        "serve_held_round": 5,
+        "serve_held_acc": 0.41,
+        "serve_kept_acc": 0.938,
+        "val_acc": 0.9,
+    }
+    row = DeviceRow.from_status("a", {"state": "online", **held})
+    assert row.serving == "r3; held back r5: val 0.410 < 0.938" and row.val_acc == 0.9
+    odd = DeviceRow.from_status("a", {"serving_round": "x", "val_acc": 7, "serve_held_acc": 2})
+    assert odd.serving == "" and odd.val_acc is None
+    assert DeviceRow.from_status("a", {"serving_round": 4, "serve_held_round": 5}).serving == "r4"

@@ -1,5 +1,6 @@
-"""``edge-swarm audit``: per round, who contributed, with how many samples, and which model
-came out — read from a ledger file, after the chain has been verified from genesis."""
+"""``edge-swarm audit``: per round, who contributed, with how many samples, which model came
+out and how it scored on each site's held-out slice — read from a ledger file, after the
+chain has been verified from genesis."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def run_audit(args: argparse.Namespace) -> int:
     rows = []
     for r in sorted(rounds):
         a = rounds[r]
+        if a.opened_height < 0:
+            continue  # only site scores filed under it: round 0's, the initial model's
         samples = {n: a.commits[n]["n_samples"] for n in a.included if n in a.commits}
         contributors = ", ".join(f"{n} ({samples.get(n, 'no commit')})" for n in a.included) or "-"
         rows.append(
@@ -73,7 +76,44 @@ def run_audit(args: argparse.Namespace) -> int:
         rows,
     )
     print_merge_summary(rounds)
+    print_validation(rounds)
     return 0
+
+
+MAX_SITE_COLUMNS = 12  # more sites: the summary columns only (--json lists each)
+
+
+def print_validation(rounds: dict[int, RoundAudit]) -> None:
+    """The table of each round's final model as every site scored it on its held-out slice
+    (nothing if no site reported a score: a swarm without val_fraction)."""
+    scored = [a for _, a in sorted(rounds.items()) if a.validation]
+    if not scored:
+        return
+    sites = sorted({n for a in scored for n in a.validation})
+    shown = sites if len(sites) <= MAX_SITE_COLUMNS else []  # --json has every site
+    rows = []
+    for a in scored:
+        worst = a.val_worst()
+        rows.append(
+            [
+                "0 (init)" if a.round == 0 else a.round,
+                f"{a.val_mean():.3f}",
+                worst[0] if worst else "",
+                *(_score_cell(a, n) for n in shown),
+            ]
+        )
+    slices = {n: a.validation[n][1] for a in scored for n in a.validation}  # the latest size
+    print_table(
+        "validation: each round's final model on each site's held-out slice, as the site "
+        "reported it with its next commit ('-': no report)",
+        ["round", "mean", "worst", *shown],
+        rows,
+    )
+    print("held-out samples per site: " + ", ".join(f"{n} {k}" for n, k in sorted(slices.items())))
+
+
+def _score_cell(a: RoundAudit, node: str) -> str:
+    return f"{a.validation[node][0]:.3f}" if node in a.validation else "-"
 
 
 def print_merge_summary(rounds: dict[int, RoundAudit]) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_swarm.dashboard.views import serving_text
 from edge_swarm.io.mqtt import Message, MqttClient, handle_until
 from edge_swarm.node.vitals import RateLimitedLog
 from edge_swarm.swarm.commands import Ack, CommandError, make_command
@@ -306,13 +307,20 @@ def _rows(fleet: FleetClient) -> list[list[object]]:
                 d.state if d.verified else f"{d.state} (unverified!)",
                 d.round,
                 "" if "peak_rss_kb" not in tm else round(tm["peak_rss_kb"] / 1024, 1),
-                tm.get("accuracy", ""),
+                _val_cell(tm),
+                serving_text(tm),
                 tm.get("cpu_temp_c", ""),
                 tm.get("disk_free_mib", ""),
                 tm.get("clock_skew_s", ""),
             ]
         )
     return rows
+
+
+def _val_cell(tm: dict[str, float]) -> str:
+    """``0.968 (r19)``: the device's held-out accuracy of the last final model it took."""
+    acc, rnd = tm.get("val_acc"), tm.get("val_round")
+    return "" if acc is None else f"{acc:.3f} (r{int(rnd or 0)})"
 
 
 # "clock skew s": how far the device's wall clock is from the ledger's (the gateways')
@@ -322,7 +330,8 @@ COLUMNS = [
     "state",
     "round",
     "RSS MiB",
-    "local acc",
+    "val acc (of round)",  # the global model on the device's own held-out slice
+    "serving",  # the round served; a newer one the safety gate held back, and why
     "CPU °C",
     "disk free MiB",
     "clock skew s",
@@ -373,7 +382,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--listen", type=float, default=2.0, help="seconds to gather statuses (2)")
         p.set_defaults(func=run_fleet)
 
-    common(fsub.add_parser("ls", help="a table of the devices: state, round, memory, accuracy"))
+    ls_help = "a table of the devices: state, round, memory, validation accuracy, serving"
+    common(fsub.add_parser("ls", help=ls_help))
     common(fsub.add_parser("watch", help="the same table, live, until Ctrl-C"))
     c = fsub.add_parser("cmd", help="send an admin-signed command; show each device's answer")
     common(c)

@@ -12,7 +12,7 @@ from edge_swarm.dashboard.page import (
     CHART_W,
     DASH,
     REFRESH_S,
-    chart_points,
+    chart_series,
     render_page,
 )
 from edge_swarm.dashboard.server import (
@@ -70,7 +70,7 @@ __all__ = [
     "LedgerLine",
     "Response",
     "RoundView",
-    "chart_points",
+    "chart_series",
     "render_page",
     "summarize",
     "weighted_accuracy",

@@ -19,7 +19,8 @@ Invariants
   so an injected ``<script>`` would not run.
 - No external resources (fonts, scripts, images): the LAN at a clinic is offline.
 - `_cell` here and ``cell()`` in `_SCRIPT` format a value the same way; so do
-  `chart_points` and ``drawChart()``. Change them together.
+  `chart_series` and ``drawChart()`` (one line a site, then the dashed mean). Change them
+  together.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from edge_swarm.dashboard.views import TAIL, _number
+from edge_swarm.dashboard.views import PALETTE, TAIL, _number
 
 REFRESH_S = 5
 """How often the page's script fetches ``/api/state`` (seconds)."""
@@ -40,7 +41,7 @@ REFRESH_S = 5
 class _Column:
     title: str
     key: str
-    fmt: str = "text"  # text | f1 | f3 | list | bar: `_cell` and the script's cell() agree
+    fmt: str = "text"  # text | f1 | f3 | list | bar | swatch: `_cell` and cell() agree
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,24 @@ _TABLES = (
             _C("state", "state"),
             _C("round", "round"),
             _C("memory MiB", "memory_mib", "f1"),
-            _C("accuracy", "accuracy", "f3"),
+            _C("val acc", "val_acc", "f3"),
+            _C("serving", "serving"),
             _C("sent bytes", "bytes_out"),
             _C("CPU °C", "cpu_temp_c", "f1"),
             _C("clock skew s", "clock_skew_s", "f1"),
+        ),
+    ),
+    _Table(
+        "validation-sites",
+        "Validation per site (the chart's legend)",
+        "validation_sites",
+        (("site", "site"),),
+        (
+            _C("", "color", "swatch"),
+            _C("site", "site"),
+            _C("held-out samples", "val_n"),
+            _C("latest round scored", "latest_round"),
+            _C("its accuracy", "latest", "f3"),
         ),
     ),
     _Table(
@@ -81,7 +96,8 @@ _TABLES = (
             _C("participants", "participants", "list"),
             _C("close reason", "close_reason"),
             _C("time s", "duration_s", "f1"),
-            _C("mean accuracy", "mean_accuracy", "f3"),
+            _C("site validation (mean)", "val_mean", "f3"),
+            _C("worst site", "val_worst"),
             _C("samples", "samples"),
             _C("down-weighted by the merge rule", "down_weighted", "list"),
             _C("model", "model_hash"),
@@ -139,6 +155,12 @@ def _bar(value: Any, top: float) -> str:
     )
 
 
+def _swatch(color: Any) -> str:
+    fill = color if color in PALETTE else PALETTE[-1]  # only our own colours reach the page
+    rect = f'<rect width="12" height="12" fill="{fill}"></rect>'
+    return f'<svg class="swatch" width="12" height="12">{rect}</svg>'
+
+
 def _render_table(t: _Table, rows: Sequence[Mapping[str, Any]]) -> str:
     cols = json.dumps([[c.key, c.fmt] for c in t.columns])
     attrs = json.dumps([list(a) for a in t.attrs])
@@ -154,6 +176,8 @@ def _render_table(t: _Table, rows: Sequence[Mapping[str, Any]]) -> str:
         cells = "".join(
             f"<td>{_bar(r.get(c.key), tops[c.key])}</td>"
             if c.fmt == "bar"
+            else f"<td>{_swatch(r.get(c.key))}</td>"
+            if c.fmt == "swatch"
             else f"<td>{escape(_cell(r.get(c.key), c.fmt))}</td>"
             for c in t.columns
         )
@@ -165,24 +189,33 @@ def _render_table(t: _Table, rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def chart_points(rounds: Sequence[Mapping[str, Any]]) -> list[tuple[int, float, float, float]]:
-    """(round, accuracy, x, y) for each round with a mean accuracy, in round order; x spans
-    the rounds shown, y maps accuracy 0..1 to the bottom..top of the plot."""
-    pts = [(r["round"], r["mean_accuracy"]) for r in rounds if r.get("mean_accuracy") is not None]
-    if not pts:
+def chart_series(val: Mapping[str, Any]) -> list[tuple[str, list[tuple[int, float, float, float]]]]:
+    """(site, [(round, accuracy, x, y)]) for each site of ``state["validation"]``, then
+    ("", the mean's points); x spans the rounds shown, y maps accuracy 0..1 to the bottom..top
+    of the plot. Rounds a site did not report are skipped (its line joins the ones around)."""
+    rounds = list(val.get("rounds") or [])
+    if not rounds:
         return []
-    lo, hi = pts[0][0], pts[-1][0]
+    lo, hi = rounds[0], rounds[-1]
     span_x, span_y = CHART_W - 2 * CHART_PAD, CHART_H - 2 * CHART_PAD
-    out = []
-    for rnd, acc in pts:
-        x = CHART_PAD + (span_x * (rnd - lo) / (hi - lo) if hi > lo else span_x / 2)
-        out.append((rnd, acc, round(x, 1), round(CHART_H - CHART_PAD - acc * span_y, 1)))
-    return out
+
+    def points(accs: Sequence[Any]) -> list[tuple[int, float, float, float]]:
+        out = []
+        for rnd, acc in zip(rounds, accs, strict=False):
+            if acc is None:
+                continue
+            x = CHART_PAD + (span_x * (rnd - lo) / (hi - lo) if hi > lo else span_x / 2)
+            out.append((rnd, acc, round(x, 1), round(CHART_H - CHART_PAD - acc * span_y, 1)))
+        return out
+
+    series = [(s["site"], points(s["acc"])) for s in val.get("sites") or []]
+    return [*series, ("", points(val.get("mean") or []))]
 
 
-def _render_chart(rounds: Sequence[Mapping[str, Any]]) -> str:
-    """The accuracy-per-round chart: static axes, and a ``#accuracy-points`` group that the
-    script redraws with the same geometry."""
+def _render_chart(val: Mapping[str, Any]) -> str:
+    """Each site's held-out accuracy of each round's final model, one line a site plus their
+    mean (dashed): static axes, and a ``#accuracy-points`` group the script redraws with the
+    same geometry."""
     axes = []
     for acc in (0.0, 0.5, 1.0):
         y = CHART_H - CHART_PAD - acc * (CHART_H - 2 * CHART_PAD)
@@ -191,17 +224,29 @@ def _render_chart(rounds: Sequence[Mapping[str, Any]]) -> str:
             f'</line><text class="axis" x="{CHART_PAD - 6}" y="{y + 4}" '
             f'text-anchor="end">{acc:.1f}</text>'
         )
-    pts = chart_points(rounds)
+    series = chart_series(val)
     dyn = []
-    if pts:
+    for i, (site, pts) in enumerate(series):
+        if not pts:
+            continue
         line = " ".join(f"{x},{y}" for _, _, x, y in pts)
-        dyn.append(f'<polyline class="line" points="{line}"></polyline>')
+        if not site:  # the mean
+            dyn.append(f'<polyline class="mean" points="{line}"></polyline>')
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        dyn.append(
+            f'<polyline class="site" data-site="{escape(site)}" stroke="{color}" '
+            f'points="{line}"></polyline>'
+        )
         for rnd, acc, x, y in pts:
             dyn.append(
-                f'<circle data-round="{rnd}" data-accuracy="{acc:.3f}" cx="{x}" cy="{y}" r="4">'
-                f"<title>round {rnd}: {acc:.3f}</title></circle>"
+                f'<circle data-site="{escape(site)}" data-round="{rnd}" '
+                f'data-accuracy="{acc:.3f}" cx="{x}" cy="{y}" r="3" fill="{color}">'
+                f"<title>{escape(site)}, round {rnd}: {acc:.3f}</title></circle>"
             )
-        for rnd, _, x, _ in (pts[0], pts[-1]) if len(pts) > 1 else pts[:1]:
+    rounds = list(val.get("rounds") or [])
+    if rounds:
+        for rnd, x in _round_ticks(rounds):
             dyn.append(
                 f'<text class="axis" x="{x}" y="{CHART_H - CHART_PAD + 18}" '
                 f'text-anchor="middle">round {rnd}</text>'
@@ -209,14 +254,21 @@ def _render_chart(rounds: Sequence[Mapping[str, Any]]) -> str:
     else:
         dyn.append(
             f'<text class="axis" x="{CHART_W / 2}" y="{CHART_H / 2}" text-anchor="middle">'
-            "no accuracy reported yet</text>"
+            "no validation reported yet</text>"
         )
     return (
         f'<svg id="accuracy-chart" viewBox="0 0 {CHART_W} {CHART_H}" width="{CHART_W}" '
-        f'height="{CHART_H}" data-pad="{CHART_PAD}" role="img" '
-        f'aria-label="mean local accuracy per round">{"".join(axes)}'
-        f'<g id="accuracy-points">{"".join(dyn)}</g></svg>'
+        f'height="{CHART_H}" data-pad="{CHART_PAD}" data-palette="{",".join(PALETTE)}" '
+        f'role="img" aria-label="held-out accuracy of each round\'s model on each site">'
+        f'{"".join(axes)}<g id="accuracy-points">{"".join(dyn)}</g></svg>'
     )
+
+
+def _round_ticks(rounds: Sequence[int]) -> list[tuple[int, float]]:
+    lo, hi = rounds[0], rounds[-1]
+    if hi == lo:
+        return [(lo, CHART_PAD + (CHART_W - 2 * CHART_PAD) / 2)]
+    return [(lo, float(CHART_PAD)), (hi, float(CHART_W - CHART_PAD))]
 
 
 def _status_line(state: Mapping[str, Any]) -> str:
@@ -232,8 +284,9 @@ def render_page(state: Mapping[str, Any], nonce: str) -> str:
     page's own <style> and <script> for the Content-Security-Policy header."""
     swarm = escape(state["swarm"] or "swarm")
     parts = [(t.id, t.title, _render_table(t, state[t.key])) for t in _TABLES]
-    chart = _render_chart(state["rounds"])
-    parts.insert(1, ("chart", "Mean local accuracy per round", chart))  # under the devices
+    chart = _render_chart(state["validation"])
+    title = "Validation: each round's model on each site's held-out data (dashed: the mean)"
+    parts.insert(1, ("chart", title, chart))  # under the devices
     body = "".join(
         f'<section aria-labelledby="h-{tid}"><h2 id="h-{tid}">{escape(title)}</h2>{html}</section>'
         for tid, title, html in parts
@@ -270,8 +323,9 @@ tr[data-state=offline],tr[data-state=unknown]{color:var(--muted)}
 tr[data-state=paused] td:nth-child(3){color:#b08800}
 tr[data-state=online] td:nth-child(3){color:#1a7f37}
 svg text.axis{fill:var(--muted);font-size:11px}
-svg .grid{stroke:var(--line)}svg .line{fill:none;stroke:var(--accent);stroke-width:2}
-svg circle{fill:var(--accent)}svg.bar rect{fill:var(--accent)}
+svg .grid{stroke:var(--line)}svg .site{fill:none;stroke-width:1.5}
+svg .mean{fill:none;stroke:var(--fg);stroke-width:2;stroke-dasharray:6 4}
+svg.bar rect{fill:var(--accent)}
 #accuracy-chart{max-width:100%;height:auto}
 """
 
@@ -301,6 +355,13 @@ _SCRIPT = """
     s.appendChild(svg("rect", {width: w, height: __BAR_H__}));
     return s;
   }
+  function swatch(color) {
+    const palette = document.getElementById("accuracy-chart").dataset.palette.split(",");
+    const s = svg("svg", {class: "swatch", width: 12, height: 12});
+    s.appendChild(svg("rect", {width: 12, height: 12,
+      fill: palette.includes(color) ? color : palette[palette.length - 1]}));
+    return s;
+  }
   function fillTable(table, rows) {
     const cols = JSON.parse(table.dataset.cols), attrs = JSON.parse(table.dataset.attrs);
     const top = {};
@@ -311,37 +372,48 @@ _SCRIPT = """
       for (const [a, k] of attrs) tr.setAttribute("data-" + a, String(r[k]));
       for (const [k, f] of cols) {
         const td = document.createElement("td");
-        if (f === "bar") td.appendChild(bar(r[k], top[k])); else td.textContent = cell(r[k], f);
+        if (f === "bar") td.appendChild(bar(r[k], top[k]));
+        else if (f === "swatch") td.appendChild(swatch(r[k]));
+        else td.textContent = cell(r[k], f);
         tr.appendChild(td);
       }
       return tr;
     }));
   }
-  function drawChart(chart, rounds) {
+  function drawChart(chart, val) {
     const W = chart.viewBox.baseVal.width, H = chart.viewBox.baseVal.height;
     const pad = Number(chart.dataset.pad), g = chart.querySelector("#accuracy-points");
-    const pts = rounds.filter((r) => r.mean_accuracy !== null);
+    const palette = chart.dataset.palette.split(","), rounds = val.rounds || [];
     const kids = [], r1 = (x) => Math.round(x * 10) / 10;
-    if (!pts.length) {
+    if (!rounds.length) {
       kids.push(svg("text", {class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle"},
-        "no accuracy reported yet"));
-    } else {
-      const lo = pts[0].round, hi = pts[pts.length - 1].round;
-      const xy = pts.map((p) => [p,
-        r1(pad + (hi > lo ? (W - 2 * pad) * (p.round - lo) / (hi - lo) : (W - 2 * pad) / 2)),
-        r1(H - pad - p.mean_accuracy * (H - 2 * pad))]);
-      const line = xy.map(([, x, y]) => x + "," + y).join(" ");
-      kids.push(svg("polyline", {class: "line", points: line}));
-      for (const [p, x, y] of xy) {
-        const c = svg("circle", {"data-round": p.round,
-          "data-accuracy": p.mean_accuracy.toFixed(3), cx: x, cy: y, r: 4});
-        c.appendChild(svg("title", {}, "round " + p.round + ": " + p.mean_accuracy.toFixed(3)));
+        "no validation reported yet"));
+      g.replaceChildren(...kids);
+      return;
+    }
+    const lo = rounds[0], hi = rounds[rounds.length - 1];
+    const X = (r) => r1(pad + (hi > lo ? (W - 2 * pad) * (r - lo) / (hi - lo) : (W - 2 * pad) / 2));
+    const Y = (a) => r1(H - pad - a * (H - 2 * pad));
+    const pts = (accs) => rounds.map((r, i) => [r, accs[i]]).filter(([, a]) =>
+      a !== null && a !== undefined);
+    val.sites.forEach((s, i) => {
+      const p = pts(s.acc), color = palette[i % palette.length];  // as the legend's swatch
+      if (!p.length) return;
+      kids.push(svg("polyline", {class: "site", "data-site": s.site, stroke: color,
+        points: p.map(([r, a]) => X(r) + "," + Y(a)).join(" ")}));
+      for (const [r, a] of p) {
+        const c = svg("circle", {"data-site": s.site, "data-round": r,
+          "data-accuracy": a.toFixed(3), cx: X(r), cy: Y(a), r: 3, fill: color});
+        c.appendChild(svg("title", {}, s.site + ", round " + r + ": " + a.toFixed(3)));
         kids.push(c);
       }
-      for (const [p, x] of xy.length > 1 ? [xy[0], xy[xy.length - 1]] : xy)
-        kids.push(svg("text", {class: "axis", x: x, y: H - pad + 18, "text-anchor": "middle"},
-          "round " + p.round));
-    }
+    });
+    const m = pts(val.mean || []);
+    if (m.length) kids.push(svg("polyline", {class: "mean",
+      points: m.map(([r, a]) => X(r) + "," + Y(a)).join(" ")}));
+    for (const r of hi > lo ? [lo, hi] : [lo])
+      kids.push(svg("text", {class: "axis", x: hi > lo ? (r === lo ? pad : W - pad) : W / 2,
+        y: H - pad + 18, "text-anchor": "middle"}, "round " + r));
     g.replaceChildren(...kids);
   }
   async function refresh() {
@@ -351,7 +423,7 @@ _SCRIPT = """
       if (!res.ok) throw new Error("HTTP " + res.status);
       const s = await res.json();
       for (const t of document.querySelectorAll("table[data-key]")) fillTable(t, s[t.dataset.key]);
-      drawChart(document.getElementById("accuracy-chart"), s.rounds);
+      drawChart(document.getElementById("accuracy-chart"), s.validation);
       const online = s.devices.filter((d) => d.state === "online").length;
       status.textContent = "ledger height " + s.height + ", tip " + (s.tip || DASH) + "; " +
         online + " of " + s.devices_total + " devices online; updated " +

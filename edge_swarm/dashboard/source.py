@@ -44,19 +44,22 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from edge_swarm.dashboard.views import (
     HASH_CHARS,
+    ID_CHARS,
     TAIL,
     Contribution,
     DeviceRow,
     LedgerLine,
     RoundView,
+    _cut,
     _shares,
+    validation_series,
 )
-from edge_swarm.swarm.audit import audit_rounds
+from edge_swarm.swarm.audit import audit_rounds, site_scores
 from ledger_lite import Entry
 from ledger_lite.entry import is_uint
 
@@ -108,6 +111,9 @@ class DashboardSource:
         self._shares: dict[int, dict[str, int]] = {}
         self._totals: dict[str, tuple[int, int]] = {}  # node -> (rounds, samples)
         self._tail: deque[LedgerLine] = deque(maxlen=TAIL)
+        # round -> site -> (val_acc, val_n): each site's score of that round's final model,
+        # which arrives with a later round's commits (docs/VALIDATION.md)
+        self._val: dict[int, dict[str, tuple[float, int]]] = {}
 
     @property
     def height(self) -> int:
@@ -152,7 +158,7 @@ class DashboardSource:
         devices.sort(key=lambda d: d.id)
         self.refresh()
         with self._lock:
-            rounds = [self._rounds[r] for r in sorted(self._rounds)[-MAX_ROUNDS:]]
+            rounds = [self._scored(self._rounds[r]) for r in sorted(self._rounds)[-MAX_ROUNDS:]]
             contributions = [Contribution(n, r, s) for n, (r, s) in self._totals.items() if r]
             contributions.sort(key=lambda c: (-c.samples, c.node))
             return {
@@ -162,13 +168,30 @@ class DashboardSource:
                 "devices_total": len(devices),
                 "devices": [asdict(d) for d in devices[:MAX_DEVICES]],
                 "rounds": [r.to_dict() for r in rounds],
+                "validation": (val := validation_series(self._val)),
+                "validation_sites": val["sites"],
                 "contributions": [asdict(c) for c in contributions[:MAX_DEVICES]],
                 "ledger_tail": [asdict(line) for line in reversed(self._tail)],  # newest first
             }
 
+    def _scored(self, view: RoundView) -> RoundView:
+        """A round's view with its sites' scores of its final model, as reported so far."""
+        val = self._val.get(view.round)
+        if not val:
+            return view
+        worst = min(val, key=lambda n: (val[n][0], n))
+        mean = sum(a for a, _ in val.values()) / len(val)
+        return replace(
+            view, val_mean=mean, val_worst=f"{_cut(worst, ID_CHARS)} {val[worst][0]:.3f}"
+        )
+
     def _fold(self, e: Entry, touched: set[int]) -> None:
         self._height, self._tip, self._swarm = e.height, e.hash, e.swarm
         self._tail.append(LedgerLine.of(e))
+        for score in site_scores(e):
+            self._val.setdefault(score.round, {})[score.node] = (score.val_acc, score.val_n)
+        while len(self._val) > MAX_ROUNDS + 1:  # bounded, however long the swarm runs
+            del self._val[min(self._val)]
         rnd = e.payload.get("round")
         if e.kind in _ROUND_KINDS and is_uint(rnd):
             self._by_round.setdefault(rnd, []).append(e)

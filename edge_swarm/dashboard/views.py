@@ -36,6 +36,10 @@ SUMMARY_CHARS = 100
 ID_CHARS = 128  # device ids from devices() are not ledger ids: cut, so a row stays a row
 HASH_CHARS = 12
 MAX_LISTED = 64  # nodes listed in one round's down-weighted cell
+MAX_CHART_ROUNDS = 50  # rounds in the validation chart (the newest)
+MAX_CHART_SITES = 32  # sites drawn in it, by id (the round table's mean counts them all)
+PALETTE = ("#1f6feb", "#d1242f", "#1a7f37", "#bf8700", "#8250df", "#0a7ea4", "#e16f24", "#6e7781")
+"""Site colours in the validation chart, by the site's place in its (sorted) list."""
 DEVICE_STATES = ("online", "offline", "paused")
 
 
@@ -63,6 +67,8 @@ class DeviceRow:
     bytes_out: int | None
     cpu_temp_c: float | None
     clock_skew_s: float | None = None  # its wall clock minus the ledger's (the gateways')
+    val_acc: float | None = None  # the last final model on its own held-out slice
+    serving: str = ""  # the round it serves, and a newer one its safety gate held back
 
     @classmethod
     def from_status(cls, node: Any, status: Any) -> DeviceRow:
@@ -82,7 +88,59 @@ class DeviceRow:
             bytes_out=None if out is None else int(out),
             cpu_temp_c=_number(s.get("cpu_temp_c")),
             clock_skew_s=_number(s.get("clock_skew_s")),
+            val_acc=_fraction(s.get("val_acc")),
+            serving=serving_text(s),
         )
+
+
+def _fraction(value: Any) -> float | None:
+    v = _number(value)
+    return v if v is not None and 0.0 <= v <= 1.0 else None
+
+
+def serving_text(values: Mapping[str, Any]) -> str:
+    """``r19``, or ``r3; held back r5: val 0.412 < 0.938`` when a device's serving gate kept
+    an older model (node/serving.py's telemetry); "" for a device that serves no model.
+    Never raises: the values come off the network (signed, but any device may be wrong)."""
+    served = _number(values.get("serving_round"))
+    if served is None:
+        return ""
+    out = f"r{int(served)}"
+    held = _number(values.get("serve_held_round"))
+    new, kept = _fraction(values.get("serve_held_acc")), _fraction(values.get("serve_kept_acc"))
+    if held is not None and new is not None and kept is not None:
+        out += f"; held back r{int(held)}: val {new:.3f} < {kept:.3f}"
+    return out
+
+
+Scores = Mapping[int, Mapping[str, tuple[float, int]]]  # round -> site -> (val_acc, val_n)
+
+
+def validation_series(scores: Scores) -> dict[str, Any]:
+    """The chart's data: for the newest `MAX_CHART_ROUNDS` rounds scored, each site's held-out
+    accuracy of that round's final model (None where it reported none), at most
+    `MAX_CHART_SITES` sites by id, and the mean over every site that reported."""
+    rounds = sorted(scores)[-MAX_CHART_ROUNDS:]
+    sites = sorted({n for r in rounds for n in scores[r]})
+    series = []
+    for i, node in enumerate(sites[:MAX_CHART_SITES]):
+        accs = [scores[r][node][0] if node in scores[r] else None for r in rounds]
+        last = next(r for r in reversed(rounds) if node in scores[r])
+        series.append(
+            {
+                "site": _cut(node, ID_CHARS),
+                "color": PALETTE[i % len(PALETTE)],  # ours, never from the network
+                "acc": accs,
+                "latest": scores[last][node][0],
+                "latest_round": last,
+                "val_n": scores[last][node][1],
+            }
+        )
+    means = [
+        sum(a for a, _ in scores[r].values()) / len(scores[r]) if scores[r] else None
+        for r in rounds
+    ]
+    return {"rounds": rounds, "sites": series, "sites_total": len(sites), "mean": means}
 
 
 def weighted_accuracy(commits: Mapping[str, Mapping[str, Any]]) -> float | None:
@@ -118,6 +176,9 @@ class RoundView:
     model_hash: str  # prefix; "" until final
     # Included nodes the merge rule gave under half their sample share (audit's rule).
     down_weighted: tuple[str, ...] = ()
+    # Its final model on the sites' held-out slices (reported with the next round's commits).
+    val_mean: float | None = None
+    val_worst: str = ""  # "agent-05 0.906": the site that scored it lowest
 
     @classmethod
     def from_audit(cls, a: RoundAudit, entries: Sequence[Entry]) -> RoundView:

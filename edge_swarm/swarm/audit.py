@@ -1,13 +1,62 @@
-"""The audit fold: per round, who contributed, with how many samples, what the merge rule did
-and which model came out. Pure: a list of ledger entries in, values out (``cli.audit`` reads
-the file, verifies it and prints)."""
+"""The audit fold: per round, who contributed, with how many samples, what the merge rule did,
+which model came out and how that model scored on each site's held-out slice. Pure: a list of
+ledger entries in, values out (``cli.audit`` reads the file, verifies it and prints).
+
+A site's score of round r's final model travels in its commit to a later round (the one that
+starts from that model), as ``metrics: {val_acc, val_n, val_round}`` of a ``delta_commit``
+entry or the sixth element of a ``round_close`` row (docs/VALIDATION.md); `site_scores` reads
+both, and the fold files each score under ``val_round``, the round whose model it scores.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ledger_lite import Entry
+from ledger_lite.entry import is_id, is_uint
+
+
+@dataclass(frozen=True)
+class SiteScore:
+    """One site's held-out accuracy of the final model of round ``round``."""
+
+    node: str
+    round: int
+    val_acc: float
+    val_n: int
+
+
+def _score(node: Any, metrics: Any) -> SiteScore | None:
+    """A SiteScore from a commit's metrics, or None if they hold none (never raises: in an
+    "all" swarm a delta_commit's metrics are the agent's free-form object)."""
+    if not isinstance(metrics, Mapping) or not is_id(node):
+        return None
+    acc, n, rnd = metrics.get("val_acc"), metrics.get("val_n"), metrics.get("val_round")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not math.isfinite(acc):
+        return None
+    if not 0 <= acc <= 1 or not is_uint(n) or not n or not is_uint(rnd):
+        return None
+    return SiteScore(node, rnd, float(acc), n)
+
+
+def site_scores(e: Entry) -> Iterator[SiteScore]:
+    """The site scores an entry carries: a delta_commit's, or each row's of a round_close
+    (rows of 6 elements; a compact entry's rows are a digest and carry none here). A score
+    of a round not before the commit's own is no score (no site can have that model yet)."""
+    p = e.payload
+    found: list[SiteScore | None] = []
+    if e.kind == "delta_commit":
+        found.append(_score(e.author, p.get("metrics")))
+    elif e.kind == "round_close" and isinstance(p.get("commits"), list):
+        rows = [r for r in p["commits"] if isinstance(r, list) and len(r) == 6]
+        found.extend(_score(r[0], r[5]) for r in rows)
+    rnd = p.get("round")
+    for score in found:
+        if score is not None and is_uint(rnd) and score.round < rnd:
+            yield score
 
 
 @dataclass
@@ -24,6 +73,20 @@ class RoundAudit:
     merge: dict[str, Any] | None = None  # model_final's record of what the merge rule did
     abandoned: str = ""  # why the round was finalised on its base model (nobody could merge)
     committee: list[str] = field(default_factory=list)  # merge_by = committee: who merged it
+    # Each site's held-out accuracy of this round's final model: node -> (val_acc, val_n).
+    validation: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def val_mean(self) -> float | None:
+        """The mean over sites (each site counts once) of their scores of this round's model."""
+        accs = [a for a, _ in self.validation.values()]
+        return sum(accs) / len(accs) if accs else None
+
+    def val_worst(self) -> tuple[str, float] | None:
+        """The site that scored this round's model lowest, and its score."""
+        if not self.validation:
+            return None
+        node = min(self.validation, key=lambda n: (self.validation[n][0], n))
+        return node, self.validation[node][0]
 
     def merge_weights(self) -> dict[str, float]:
         """{node: share} from model_final's merge report ({} without one); an entry whose
@@ -75,6 +138,10 @@ class RoundAudit:
             "abandoned": self.abandoned,
             "committee": self.committee,
             "down_weighted": self.down_weighted(),
+            "validation": {
+                n: {"val_acc": a, "val_n": k} for n, (a, k) in sorted(self.validation.items())
+            },
+            "val_mean": self.val_mean(),
         }
 
 
@@ -83,6 +150,9 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
     rounds: dict[int, RoundAudit] = {}
     for e in entries:
         p = e.payload
+        for score in site_scores(e):  # filed under the round whose model it scores
+            rec = rounds.setdefault(score.round, RoundAudit(score.round))
+            rec.validation[score.node] = (score.val_acc, score.val_n)
         if e.kind not in ("round_open", "delta_commit", "round_close", "model_final"):
             continue
         rec = rounds.setdefault(p["round"], RoundAudit(p["round"]))
@@ -93,7 +163,7 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
         elif e.kind == "round_close":
             rec.included, rec.close_reason = list(p["included"]), p["reason"]
             # A committee swarm folds the commits into round_close (ledger_lite/commits.py).
-            for node, sha, n, *_ in p.get("commits", ()):
+            for node, sha, n, *_ in p.get("commits", ()):  # [node, sha, n, ts, sig(, metrics)]
                 rec.commits[node] = {"round": p["round"], "envelope_sha256": sha, "n_samples": n}
         else:
             rec.model_hash, rec.attesters, rec.final_height = (
