@@ -2,8 +2,9 @@
 
 A real swarm (gateway and agents as processes) runs with gateway-1 serving its dashboard;
 after round 3 a screenshot is taken and the DOM Chromium built is read back: the device table
-lists every agent online, and the accuracy chart holds, for every finished round, the mean
-local accuracy the agents reported on the ledger (weighted by their samples).
+lists every agent online with its validation accuracy, and the validation chart holds, per
+site and per round, the held-out accuracy of that round's final model that each site signed
+into its next commit on the ledger (docs/VALIDATION.md).
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ from .waiting import dashboard_url
 pytestmark = pytest.mark.network
 
 
-def weighted_accuracy(entries: list, rnd: int) -> float:
-    commits = [e.payload for e in entries if e.kind == "delta_commit" and e.payload["round"] == rnd]
-    total = sum(c["n_samples"] for c in commits)
-    return sum(c["metrics"]["accuracy"] * c["n_samples"] for c in commits) / total
+def site_scores(entries: list) -> dict[tuple[str, int], str]:
+    """(site, round) -> its held-out accuracy of that round's final model, from the ledger:
+    the rows of round_close (committee) or the delta_commit entries ("all")."""
+    out = {}
+    for e in entries:
+        rows = e.payload.get("commits") if e.kind == "round_close" else None
+        if e.kind == "delta_commit":
+            rows = [[e.author, 0, 0, 0, 0, e.payload["metrics"]]]
+        for row in rows if isinstance(rows, list) else []:
+            m = row[5] if len(row) == 6 else {}
+            if "val_acc" in m:
+                out[(row[0], m["val_round"])] = f"{m['val_acc']:.3f}"
+    return out
 
 
 def test_the_dashboard_shows_the_running_swarm(tmp_path: Path) -> None:
@@ -58,12 +68,15 @@ def test_the_dashboard_shows_the_running_swarm(tmp_path: Path) -> None:
         row = re.search(rf'<tr data-node="agent-0{i}"([^>]*)>(.*?)</tr>', table.group(0), re.S)
         assert row is not None, f"agent-0{i} missing from the device table"
         assert 'data-state="online"' in row.group(1) and "online" in row.group(2)
-    points = {
-        int(r): a
-        for r, a in re.findall(r'<circle data-round="(\d+)" data-accuracy="([0-9.]+)"', dom)
-    }
-    entries = seen["entries"]
-    finished = [e.payload["round"] for e in entries if e.kind == "model_final"]  # type: ignore[union-attr]
-    assert len(finished) >= 3
-    for rnd in finished[:3]:
-        assert points.get(rnd) == f"{weighted_accuracy(entries, rnd):.3f}", (rnd, points)  # type: ignore[arg-type]
+        assert re.search(r"<td>0\.\d{3}</td>|<td>1\.000</td>", row.group(2)), "no val acc"
+    circle = r'<circle data-site="([^"]+)" data-round="(\d+)" data-accuracy="([0-9.]+)"'
+    points = {(site, int(r)): a for site, r, a in re.findall(circle, dom)}
+    scores = site_scores(seen["entries"])  # type: ignore[arg-type]
+    # Every site scored rounds 0 (the initial model), 1 and 2 by the time round 3 was final.
+    for rnd in (0, 1, 2):
+        for i in range(1, cfg.n_agents + 1):
+            site = f"agent-0{i}"
+            assert (site, rnd) in scores, (site, rnd)
+            assert points.get((site, rnd)) == scores[(site, rnd)], (site, rnd, points)
+    legend = re.search(r'<table[^>]*id="validation-sites".*?</table>', dom, re.S)
+    assert legend is not None and all(f'data-site="agent-0{i}"' in legend.group(0) for i in (1, 4))

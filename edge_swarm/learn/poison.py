@@ -51,6 +51,7 @@ class Attack:
 
     name: str
     strength: float = 0.0  # 0: the attack's default
+    from_round: int = 0  # honest before this round (a swarm that goes bad midway; tests)
 
     def __post_init__(self) -> None:
         if self.name not in ATTACKS:
@@ -59,15 +60,19 @@ class Attack:
         if not np.isfinite(s) or s <= 0:
             raise ValueError(f"attack strength must be a positive number, got {self.strength!r}")
         object.__setattr__(self, "strength", s)
+        if isinstance(self.from_round, bool) or not isinstance(self.from_round, int):
+            raise ValueError(f"attack from_round must be a round number, got {self.from_round!r}")
 
     @classmethod
     def from_dict(cls, obj: Any) -> Attack:
-        if not isinstance(obj, dict) or set(obj) - {"name", "strength"} or "name" not in obj:
-            raise ValueError('attack is a table { name = "...", strength = ... }')
-        return cls(str(obj["name"]), float(obj.get("strength", 0.0)))
+        keys = {"name", "strength", "from_round"}
+        if not isinstance(obj, dict) or set(obj) - keys or "name" not in obj:
+            raise ValueError('attack is a table { name = "...", strength = ..., from_round = ... }')
+        return cls(str(obj["name"]), float(obj.get("strength", 0.0)), obj.get("from_round", 0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "strength": self.strength}
+        out: dict[str, Any] = {"name": self.name, "strength": self.strength}
+        return out | ({"from_round": self.from_round} if self.from_round else {})
 
 
 def poison_delta(attack: Attack, delta: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -417,7 +417,7 @@ class Agent(NodeRuntime, Adopting):
         # What rounding leaves out now is added to the next delta (error feedback).
         rng = np.random.default_rng(seed + 1)  # stochastic rounding, reproducible per round
         delta = new - base
-        if self.attack is not None:
+        if self.attack is not None and action.round >= self.attack.from_round:
             delta = poison_delta(self.attack, delta, np.random.default_rng(seed + 2))
         body, _ = self.feedback.compress(delta, self.codec, rng)
         header = EnvelopeHeader(

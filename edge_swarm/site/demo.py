@@ -73,6 +73,7 @@ class RunConfig:
     # to score every final model on; how much worse a served model may get before it is held.
     val_fraction: float = 0.2
     serve_margin: float = 0.02
+    serve: bool = False  # the agents serve every final model the gate lets through
     seed: int = 0
     rounds: int = 20
     hidden: tuple[int, ...] = (32,)
@@ -291,7 +292,7 @@ def prepare(
         if cfg.n_gateways > 1
         else None,
         backbone_dir=cfg.backbone,
-        runtime=RuntimeConfig(engine=cfg.engine),
+        runtime=RuntimeConfig(engine=cfg.engine, serve=cfg.serve),
         dashboard=None if cfg.dashboard_port is None else f"127.0.0.1:{cfg.dashboard_port}",
         attacks=dict(cfg.attacks),
     )
