@@ -299,3 +299,15 @@ def test_every_replica_verifies_each_sites_report_in_the_round_close(tmp_path: P
     from ledger_lite.verify import verify_file
 
     assert verify_file(tmp_path / "ledger.db").ok
+
+
+def test_an_attack_may_start_at_a_round() -> None:
+    """The harness that makes a swarm worse midway (the serving gate's end-to-end test)."""
+    from edge_swarm.learn.poison import Attack
+
+    a = Attack.from_dict({"name": "sign_flip", "strength": 2.0, "from_round": 3})
+    assert a.from_round == 3 and Attack.from_dict(a.to_dict()) == a
+    assert Attack.from_dict({"name": "scale"}).to_dict() == {"name": "scale", "strength": 10.0}
+    for bad in ({"name": "scale", "from_round": "3"}, {"name": "scale", "when": 3}):
+        with pytest.raises(ValueError):
+            Attack.from_dict(bad)
