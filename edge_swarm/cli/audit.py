@@ -37,9 +37,10 @@ def run_audit(args: argparse.Namespace) -> int:
     rounds = read_rounds(args.ledger)
     if args.round is not None:
         rounds = {k: v for k, v in rounds.items() if k == args.round}
-    if args.json:
+    if args.json:  # one line per round the ledger opened (round 0's scores: the table)
         for r in sorted(rounds):
-            print(json.dumps(rounds[r].to_dict(), sort_keys=True))
+            if rounds[r].opened_height >= 0:
+                print(json.dumps(rounds[r].to_dict(), sort_keys=True))
         return 0
     rows = []
     for r in sorted(rounds):
