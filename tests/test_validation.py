@@ -311,3 +311,24 @@ def test_an_attack_may_start_at_a_round() -> None:
     for bad in ({"name": "scale", "from_round": "3"}, {"name": "scale", "when": 3}):
         with pytest.raises(ValueError):
             Attack.from_dict(bad)
+
+
+def test_new_data_joins_each_side_by_its_hash_and_no_old_sample_moves(tmp_path: Path) -> None:
+    """With node/local_data.py: the slice is taken again from every new read of the data."""
+    from edge_swarm.node.local_data import LocalData
+
+    X, y = _rows(300)
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "a.npz", X=X[:200], y=y[:200])
+    data = LocalData(tmp_path / "d")
+    val = SiteValidation.at_genesis({"val_fraction": 0.25, "init_seed": 7}, "agent-01")
+    data.prepare = val.holding_out(lambda A, b: (A, b))
+    X_train, y_train = data.prepare(*data.raw)
+    before_val, before_train = set(_keys(val.X_val, val.y_val)), set(_keys(X_train, y_train))
+    np.savez(tmp_path / "d" / "b.npz", X=X[200:], y=y[200:])  # new records arrive
+    grown = data.refresh()
+    assert grown is not None
+    after_val, after_train = set(_keys(val.X_val, val.y_val)), set(_keys(*grown))
+    assert before_val <= after_val and before_train <= after_train  # nobody changed side
+    assert not after_val & after_train and len(after_val) + len(after_train) == 300
+    assert val.n > len(before_val)
