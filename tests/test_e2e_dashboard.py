@@ -42,7 +42,8 @@ def site_scores(entries: list) -> dict[tuple[str, int], str]:
 
 def test_the_dashboard_shows_the_running_swarm(tmp_path: Path) -> None:
     binary = find_chromium()
-    cfg = small(tmp_path, "embedded", rounds=40, dashboard_port=0)  # the gateway picks one
+    # Port 0: the gateway picks one. Each site holds a fifth out and scores every model on it.
+    cfg = small(tmp_path, "embedded", rounds=40, dashboard_port=0, val_fraction=0.2)
     seen: dict[str, object] = {}
 
     def look(procs: SwarmProcesses, obs: SwarmObserver) -> None:

@@ -55,7 +55,7 @@ def reports(entries: list, swarm: str) -> dict[int, dict[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("merge_by", ["all", "committee"])
 def test_every_site_reports_every_final_model_in_the_ledger(tmp_path: Path, merge_by: str) -> None:
-    cfg = small(tmp_path, "embedded", n_agents=4, rounds=3, merge_by=merge_by)
+    cfg = small(tmp_path, "embedded", n_agents=4, rounds=3, merge_by=merge_by, val_fraction=0.2)
     result = run_settled(cfg)
     entries = entries_of(result)
     agents = sorted(result.layout.agent_configs)
@@ -96,6 +96,7 @@ def test_a_serving_device_refuses_a_worse_model_and_keeps_serving_the_old_one(
         rounds=5,
         merge=MergeRule("fedavg", aggregator="mean"),
         serve=True,
+        val_fraction=0.2,
         attacks=(("agent-03", bad), ("agent-04", bad)),
     )
     seen: dict[str, Any] = {}

@@ -107,8 +107,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def plot_accuracy(path: Path, title: str, rounds: list[RoundRecord], base: Baselines) -> Path:
-    """Accuracy per round of the swarm against pooled and alone; written as PNG."""
+def plot_accuracy(
+    path: Path,
+    title: str,
+    rounds: list[RoundRecord],
+    base: Baselines,
+    site_val: dict[int, float] | None = None,
+) -> Path:
+    """Accuracy per round of the swarm against pooled and alone; written as PNG. With
+    ``site_val`` (round -> the sites' mean validation of that round's model), also that
+    curve and, on a second axis, the samples each round trained on (data arriving)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,6 +137,15 @@ def plot_accuracy(path: Path, title: str, rounds: list[RoundRecord], base: Basel
         lw=0.8,
         label=f"alone, worst ({base.alone_worst:.3f})",
     )
+    if site_val:
+        vx = sorted(site_val)
+        ax.plot(vx, [site_val[r] for r in vx], marker=".", color="tab:purple",
+                label="sites' held-out validation, mean")  # fmt: skip
+        ax2 = ax.twinx()
+        ax2.step([r.round for r in rounds], [r.samples for r in rounds], where="mid",
+                 color="tab:gray", alpha=0.6, label="samples trained on")  # fmt: skip
+        ax2.set_ylabel("samples trained on", color="tab:gray")
+        ax2.set_ylim(0, max([r.samples for r in rounds], default=1) * 1.1)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
