@@ -26,7 +26,7 @@ from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
 from ledger_lite import SigningKey, SqliteStore
 from ledger_lite.cli import main as ledger_cli
 
-from .waiting import run_settled
+from .waiting import kill_once_finished, run_settled
 
 pytestmark = pytest.mark.network
 
@@ -222,6 +222,7 @@ def test_a_frozen_agent_is_left_behind_by_the_deadline(tmp_path: Path) -> None:
     def freeze_one(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         assert obs.wait_for(lambda: obs.final_round() >= 1, timeout=60)
         procs.agents["agent-02"].freeze()
+        kill_once_finished(cfg, procs, obs, ["agent-02"])  # it never reports the last round
 
     result = run_swarm(cfg, during=freeze_one)
     late = [r for r in result.rounds if r.close_reason == "deadline"]
