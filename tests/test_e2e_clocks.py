@@ -13,6 +13,7 @@ either is absent, unless ``EDGE_SWARM_REQUIRE_FAKETIME=1`` / ``EDGE_SWARM_REQUIR
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from edge_swarm.io.broker import find_mosquitto
-from edge_swarm.node.config import load_config
+from edge_swarm.node.config import Timing, load_config
 from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site import demo
 from edge_swarm.site.demo import RunConfig
 from edge_swarm.site.launch import SwarmProcesses, Wrapper
 
@@ -38,7 +40,11 @@ FAST, SLOW = "agent-02", "agent-03"
 SKEW_S = {FAST: 600.0, SLOW: -86_400.0}  # the device's wall clock minus the gateway's
 FAKE = {FAST: "+10m", SLOW: "-1d"}  # the same, as faketime's offsets
 TOLERANCE_S = 5.0  # what process start-up and delivery add to a measured skew
-LISTEN_S = 12.0  # fleet ls listens this long: telemetry (every 10 s) is not retained
+# The nodes' telemetry period here (Timing.telemetry_every_s, 10 s on a device), shrunk so
+# that the operator's listen is short: fleet ls hears two reports of each node in LISTEN_S
+# (telemetry is not retained).
+TELEMETRY_S = 2.0
+LISTEN_S = 2.5 * TELEMETRY_S
 
 
 def need_tools() -> str:
@@ -109,8 +115,12 @@ def dashboard(url: str) -> tuple[str, dict]:
         return html, json.loads(api.read())
 
 
-def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> None:
+def test_devices_with_wrong_wall_clocks_train_in_every_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     faketime = need_tools()
+    # run_swarm writes the nodes' configs with Timing() from edge_swarm.site.demo.
+    monkeypatch.setattr(demo, "Timing", functools.partial(Timing, telemetry_every_s=TELEMETRY_S))
     cfg = RunConfig(
         workdir=tmp_path,
         n_agents=4,
@@ -129,6 +139,8 @@ def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> 
         return any("clock_skew_s" in t.values for t in obs.telemetry.get(node, []))
 
     def operator_looks(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        for p in procs.agents.values():  # LISTEN_S is short only for this period
+            assert load_config(p.config).timing.telemetry_every_s == TELEMETRY_S, p.config
         reported = obs.wait_for(lambda: all(skew_reported(obs, n) for n in SKEW_S), 60)
         assert reported, {n: procs.agents[n].tail(8) for n in SKEW_S}
         seen["fleet ls"] = fleet_ls(cfg, procs, obs)
