@@ -29,7 +29,7 @@ from edge_swarm.cli.main import main
 from edge_swarm.io.broker import EmbeddedBroker, free_port
 from edge_swarm.node.config import BrokerConfig
 from edge_swarm.node.observer import SwarmObserver
-from edge_swarm.site.demo import RunConfig, SiteBroker, prepare, run_swarm
+from edge_swarm.site.demo import RunConfig, RunResult, SiteBroker, prepare, run_swarm
 from edge_swarm.site.launch import (
     GroupMember,
     NodeProcess,
@@ -38,6 +38,7 @@ from edge_swarm.site.launch import (
 )
 from ledger_lite import SqliteStore
 
+from .side_runs import side_by_side
 from .waiting import run_settled
 
 AGENTS = [f"agent-{i:02d}" for i in range(1, 7)]
@@ -130,18 +131,23 @@ def test_the_demo_refuses_fewer_than_one_agent_per_process(
 # --------------------------------------------------------------------------- swarms
 
 
-@pytest.mark.network
-def test_six_agents_in_two_processes_train_together_each_with_its_own_log(
-    tmp_path: Path,
-) -> None:
-    cfg = small(tmp_path)
+def grouped_run(workdir: Path) -> tuple[RunResult, SwarmProcesses]:
+    """Six agents in two processes of three, to the end; the run and its processes."""
     seen: dict[str, SwarmProcesses] = {}
 
     def look(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         seen["procs"] = procs
 
-    result = run_settled(cfg, look)
-    procs = seen["procs"]
+    return run_settled(small(workdir), look), seen["procs"]
+
+
+@side_by_side(grouped_run)
+@pytest.mark.network
+def test_six_agents_in_two_processes_train_together_each_with_its_own_log(
+    side_run: tuple[RunResult, SwarmProcesses],
+) -> None:
+    result, procs = side_run
+    cfg = result.config
     assert [g.nodes for g in procs.groups] == [tuple(AGENTS[:3]), tuple(AGENTS[3:])]
     pids = {n: h.proc.pid for n, h in procs.agents.items() if h.proc is not None}
     assert len(set(pids.values())) == 2 and pids["agent-01"] == pids["agent-03"]
@@ -174,9 +180,9 @@ def test_six_agents_in_two_processes_train_together_each_with_its_own_log(
     assert "running 3 agents: agent-04, agent-05, agent-06" in (logs / "group-02.log").read_text()
 
 
-@pytest.mark.network
-def test_killing_one_group_takes_down_exactly_its_agents(tmp_path: Path) -> None:
-    cfg = small(tmp_path, rounds=5)
+def killed_group_run(workdir: Path) -> tuple[RunResult, SwarmProcesses, int]:
+    """agent-05's process SIGKILLed while round 1 is open; the run, its processes, and when
+    the kill came (ms, the gateways' clock)."""
     seen: dict[str, SwarmProcesses] = {}
     killed_ms: list[int] = []
 
@@ -186,14 +192,23 @@ def test_killing_one_group_takes_down_exactly_its_agents(tmp_path: Path) -> None
         killed_ms.append(int(time.time() * 1000))  # the gateways' clock (ledger ts), here
         assert [n for n, h in procs.agents.items() if h.alive] == AGENTS[:3]
 
-    result = run_swarm(cfg, during=kill_group)
+    result = run_swarm(small(workdir, rounds=5), during=kill_group)
+    return result, seen["procs"], killed_ms[0]
+
+
+@side_by_side(killed_group_run)
+@pytest.mark.network
+def test_killing_one_group_takes_down_exactly_its_agents(
+    side_run: tuple[RunResult, SwarmProcesses, int],
+) -> None:
+    result, procs, killed_ms = side_run
     assert [r.round for r in result.rounds] == [1, 2, 3, 4, 5]
-    after = [r for r in result.rounds if r.opened_ms > killed_ms[0]]
+    after = [r for r in result.rounds if r.opened_ms > killed_ms]
     assert len(after) >= 2, [(r.round, r.opened_ms) for r in result.rounds]
     for rec in after:  # the other group trains on, without the killed agents
         assert rec.included == AGENTS[:3], rec.round
         assert rec.accuracy is not None
-    first, second = seen["procs"].groups
+    first, second = procs.groups
     assert first.proc is not None and first.proc.returncode == 0  # ran to the end
     assert second.proc is not None and second.proc.returncode == -9
 

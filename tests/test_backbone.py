@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -36,6 +37,11 @@ from edge_swarm.learn.runtimes import (
 )
 from edge_swarm.node.config import NodeConfig, RuntimeConfig, dump_config, load_config
 from edge_swarm.node.serving import ModelServer
+
+from .side_runs import side_by_side
+
+if TYPE_CHECKING:
+    from edge_swarm.site.demo import RunResult
 
 ENGINES = ("numpy", "onnxruntime", "tflite")
 
@@ -156,18 +162,14 @@ def test_runtime_profile_round_trips(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a real swarm
 
 
-@pytest.mark.network
-def test_a_swarm_fine_tunes_a_head_and_every_export_agrees_with_numpy(
-    made: tuple, tmp_path: Path
-) -> None:
+def fine_tune_run(workdir: Path, made: tuple) -> RunResult:
     require("onnxruntime")
     require("tflite")
     from edge_swarm.site.demo import RunConfig, run_swarm
-    from ledger_lite import SqliteStore
 
-    out, ref, backbone_layers, _ = made
+    out = made[0]
     cfg = RunConfig(
-        workdir=tmp_path,
+        workdir=workdir,
         n_agents=3,
         rounds=3,
         backbone=out,
@@ -176,11 +178,23 @@ def test_a_swarm_fine_tunes_a_head_and_every_export_agrees_with_numpy(
         start_grace_s=20.0,
         timeout_s=150.0,
     )
-    result = run_swarm(cfg)
+    return run_swarm(cfg)
+
+
+@side_by_side(fine_tune_run)
+@pytest.mark.network
+def test_a_swarm_fine_tunes_a_head_and_every_export_agrees_with_numpy(
+    made: tuple, side_run: RunResult
+) -> None:
+    from ledger_lite import SqliteStore
+
+    _, ref, backbone_layers, _ = made
+    result = side_run
+    cfg = result.config
     assert result.final_accuracy > 0.8, [r.accuracy for r in result.rounds]
     genesis = SqliteStore(result.layout.ledger_path).load()[0]
     assert genesis.payload["params"]["backbone"] == ref.to_dict()  # named by its hashes
-    agent_log = (tmp_path / "logs" / "agent-01.log").read_text()
+    agent_log = (cfg.workdir / "logs" / "agent-01.log").read_text()
     assert "backbone features of" in agent_log and "with tflite" in agent_log
     exports = result.layout.ledger_path.parent / "exports"
     X = result.workload.X_test
@@ -198,15 +212,16 @@ def test_a_swarm_fine_tunes_a_head_and_every_export_agrees_with_numpy(
     assert abs(acc - final.accuracy) < 1e-9  # the exported file is the model the ledger made
 
 
-@pytest.mark.network
-def test_an_agent_with_the_wrong_backbone_refuses_to_start(made: tuple, tmp_path: Path) -> None:
-    """agent-03 joins a running swarm with a backbone that is not the genesis's: it stops
-    with a message naming the file and the hash, and the swarm goes on without it."""
+def wrong_backbone_run(
+    workdir: Path, made: tuple
+) -> tuple[RunResult, subprocess.CompletedProcess[str]]:
+    """agent-03 started, on a running swarm, with a backbone that is not the genesis's: the
+    run, and how agent-03's process ended."""
     from edge_swarm.site.demo import RunConfig, run_swarm
 
     out, _, layers, _ = made
     cfg = RunConfig(
-        workdir=tmp_path,
+        workdir=workdir,
         n_agents=3,
         rounds=3,
         backbone=out,
@@ -215,19 +230,30 @@ def test_an_agent_with_the_wrong_backbone_refuses_to_start(made: tuple, tmp_path
         start_grace_s=2.0,
         timeout_s=120.0,
     )
-    wrong = tmp_path / "wrong-backbone"
+    wrong = workdir / "wrong-backbone"
     write_backbone([replace(layers[0], bias=layers[0].bias + 0.5), layers[1]], wrong)
     runs: list[subprocess.CompletedProcess[str]] = []
 
     def join_with_the_wrong_backbone(procs, obs) -> None:  # type: ignore[no-untyped-def]
         agent_cfg = load_config(procs.agents["agent-03"].config)
-        bad = tmp_path / "agent-03-wrong.toml"
+        bad = workdir / "agent-03-wrong.toml"
         bad.write_text(dump_config(replace(agent_cfg, backbone_dir=wrong)))
         argv = [sys.executable, "-m", "edge_swarm", "agent", "--config", str(bad)]
         runs.append(subprocess.run(argv, capture_output=True, text=True, timeout=60))
 
     result = run_swarm(cfg, during=join_with_the_wrong_backbone)
     (run,) = runs
+    return result, run
+
+
+@side_by_side(wrong_backbone_run)
+@pytest.mark.network
+def test_an_agent_with_the_wrong_backbone_refuses_to_start(
+    side_run: tuple[RunResult, subprocess.CompletedProcess[str]],
+) -> None:
+    """agent-03 joins a running swarm with a backbone that is not the genesis's: it stops
+    with a message naming the file and the hash, and the swarm goes on without it."""
+    result, run = side_run
     assert run.returncode != 0
     assert "backbone.npz" in run.stderr and "sha256" in run.stderr, run.stderr[-2000:]
     assert all("agent-03" not in r.included for r in result.rounds)

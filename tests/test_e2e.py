@@ -26,7 +26,8 @@ from edge_swarm.swarm.codec import EnvelopeHeader, encode_envelope
 from ledger_lite import SigningKey, SqliteStore
 from ledger_lite.cli import main as ledger_cli
 
-from .waiting import run_settled
+from .side_runs import side_by_side
+from .waiting import kill_once_finished, run_settled
 
 pytestmark = pytest.mark.network
 
@@ -95,6 +96,13 @@ def log_of(result: RunResult, node: str) -> str:
     return (result.config.workdir / "logs" / f"{node}.log").read_text()
 
 
+@pytest.fixture
+def broker_run(broker: str, side_run: RunResult) -> RunResult:
+    """The swarm of a test parametrized by ``broker`` (``side_run``), on that broker."""
+    assert side_run.config.broker == broker
+    return side_run
+
+
 # --------------------------------------------------------------------------- clean runs
 
 
@@ -159,13 +167,10 @@ def test_audit_lists_contributors_per_round(
 # --------------------------------------------------------------------------- faults
 
 
-@pytest.mark.parametrize("broker", BROKERS)
-def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(
-    broker: str, tmp_path: Path
-) -> None:
+def late_start_run(workdir: Path, broker: str) -> RunResult:
     need(broker)
     cfg = small(
-        tmp_path,
+        workdir,
         broker,
         rounds=6,
         start_grace_s=1.0,
@@ -186,7 +191,13 @@ def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(
             for p in running:
                 p.thaw()
 
-    result = run_settled(cfg, during=late_start)
+    return run_settled(cfg, during=late_start)
+
+
+@side_by_side(late_start_run)
+@pytest.mark.parametrize("broker", BROKERS)
+def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(broker_run: RunResult) -> None:
+    result = broker_run
     log = log_of(result, "agent-04")
     assert "adopted checkpoint of round" in log
     joined = [r for r in result.rounds if "agent-04" in r.included]
@@ -198,16 +209,21 @@ def test_agent_started_after_round_3_loads_the_checkpoint_and_joins(
             assert e.payload["model_hash"] == fin[e.payload["round"]]
 
 
-@pytest.mark.parametrize("broker", BROKERS)
-def test_sigkill_of_an_agent_mid_round_does_not_stop_the_swarm(broker: str, tmp_path: Path) -> None:
+def sigkill_run(workdir: Path, broker: str) -> RunResult:
     need(broker)
-    cfg = small(tmp_path, broker, rounds=6)
+    cfg = small(workdir, broker, rounds=6)
 
     def kill_one(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         assert obs.wait_for(lambda: 3 in obs.rounds and obs.rounds[3].opened_ms > 0, timeout=60)
         procs.agents["agent-02"].kill()
 
-    result = run_swarm(cfg, during=kill_one)
+    return run_swarm(cfg, during=kill_one)
+
+
+@side_by_side(sigkill_run)
+@pytest.mark.parametrize("broker", BROKERS)
+def test_sigkill_of_an_agent_mid_round_does_not_stop_the_swarm(broker_run: RunResult) -> None:
+    result = broker_run
     assert [r.round for r in result.rounds] == [1, 2, 3, 4, 5, 6]
     for rec in result.rounds[3:]:
         assert rec.included == ["agent-01", "agent-03", "agent-04"]
@@ -222,6 +238,7 @@ def test_a_frozen_agent_is_left_behind_by_the_deadline(tmp_path: Path) -> None:
     def freeze_one(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         assert obs.wait_for(lambda: obs.final_round() >= 1, timeout=60)
         procs.agents["agent-02"].freeze()
+        kill_once_finished(cfg, procs, obs, ["agent-02"])  # it never reports the last round
 
     result = run_swarm(cfg, during=freeze_one)
     late = [r for r in result.rounds if r.close_reason == "deadline"]
@@ -462,7 +479,7 @@ def _same_bytes_every_round(result: RunResult) -> None:
         assert attests == {a: model_hash for a in agents}, f"round {rnd}"
 
 
-def test_mixed_codecs_end_every_round_on_identical_bytes(tmp_path: Path) -> None:
+def mixed_codecs_run(workdir: Path) -> RunResult:
     from edge_swarm.swarm.quantize import CodecSpec
 
     overrides = (
@@ -471,8 +488,13 @@ def test_mixed_codecs_end_every_round_on_identical_bytes(tmp_path: Path) -> None
         ("agent-04", CodecSpec("int4", topk=0.1)),
         ("agent-05", CodecSpec("int4", topk=0.1)),
     )
-    cfg = small(tmp_path, "embedded", n_agents=6, rounds=3, codec=CodecSpec("int8"))
-    result = run_settled(replace(cfg, codec_overrides=overrides))
+    cfg = small(workdir, "embedded", n_agents=6, rounds=3, codec=CodecSpec("int8"))
+    return run_settled(replace(cfg, codec_overrides=overrides))
+
+
+@side_by_side(mixed_codecs_run)
+def test_mixed_codecs_end_every_round_on_identical_bytes(side_run: RunResult) -> None:
+    result = side_run
     _same_bytes_every_round(result)
     # Each device really sent its own codec: envelope sizes differ by codec.
     sizes = {}
@@ -483,12 +505,14 @@ def test_mixed_codecs_end_every_round_on_identical_bytes(tmp_path: Path) -> None
     assert result.rounds[-1].accuracy is not None and result.rounds[-1].accuracy > 0.5
 
 
-def test_a_broker_with_a_256_kib_packet_limit_carries_a_large_model(tmp_path: Path) -> None:
-    need("mosquitto")
-    # 64-512-128-10: 100,234 parameters, a 400 kB float32 envelope and an 800 kB checkpoint
-    # (parameters and server momentum): both travel in chunks under the 256 KiB limit.
-    cfg = small(tmp_path, "mosquitto", rounds=3, hidden=(512, 128), max_packet=256 * 1024)
-    result = run_settled(cfg)
+@pytest.mark.parametrize("clean_run", [BROKERS[1]], indirect=True)
+def test_a_broker_with_a_256_kib_packet_limit_carries_a_large_model(clean_run: RunResult) -> None:
+    # The Mosquitto reference run: 64-512-128-10, 100,234 parameters, a 400 kB float32
+    # envelope and an 800 kB checkpoint (parameters and server momentum), through a broker
+    # whose packet limit is 256 KiB: both travel in chunks.
+    result = clean_run
+    assert (result.config.broker, result.config.hidden) == ("mosquitto", (512, 128))
+    assert result.config.max_packet == 256 * 1024  # Mosquitto's max_packet_size
     _same_bytes_every_round(result)
     # The observer evaluated every round from the retained, chunked checkpoint.
     assert all(r.accuracy is not None for r in result.rounds)
@@ -498,7 +522,9 @@ def test_a_broker_with_a_256_kib_packet_limit_carries_a_large_model(tmp_path: Pa
 # --------------------------------------------------------------------------- proofs
 
 
-def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_path: Path) -> None:
+def proofs_run(workdir: Path) -> dict[str, bool]:
+    """A device asks for proofs on the running site, then the operator enrols a new one;
+    what was checked, by name."""
     import queue
 
     from edge_swarm.swarm.messages import Query, Reply
@@ -511,7 +537,7 @@ def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_pat
         verify_tree_head,
     )
 
-    cfg = small(tmp_path, "embedded", rounds=3)
+    cfg = small(workdir, "embedded", rounds=3)
     checked: dict[str, bool] = {}
 
     def ask_for_proofs(procs: SwarmProcesses, obs: SwarmObserver) -> None:
@@ -564,15 +590,28 @@ def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(tmp_pat
         checked["enrolled"] = entry.kind == "enroll" and entry.payload["node"] == "pi-new"
 
     run_swarm(cfg, during=proofs_then_enroll)
+    return checked
+
+
+@side_by_side(proofs_run)
+def test_a_device_checks_its_commit_is_in_the_ledger_with_a_signed_proof(
+    side_run: dict[str, bool],
+) -> None:
+    checked = side_run
     assert checked == {"inclusion": True, "forged": False, "consistency": True, "enrolled": True}
 
 
-def test_a_swarm_trains_through_a_locked_down_broker(tmp_path: Path) -> None:
+def locked_down_run(workdir: Path) -> RunResult:
     need("mosquitto")
+    return run_settled(small(workdir, "mosquitto-tls", rounds=3))
+
+
+@side_by_side(locked_down_run)
+def test_a_swarm_trains_through_a_locked_down_broker(side_run: RunResult) -> None:
     # TLS from the swarm's own CA, a password per device and an ACL that confines each
     # device to its own topics (edge_swarm/trust/broker_config.py): the protocol still runs.
-    result = run_settled(small(tmp_path, "mosquitto-tls", rounds=3))
+    result = side_run
     _same_bytes_every_round(result)
     assert all(r.accuracy is not None for r in result.rounds)
-    conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+    conf = (result.config.workdir / "broker" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "acl_file" in conf and "certfile" in conf

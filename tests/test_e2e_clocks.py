@@ -6,6 +6,12 @@ the time it last saved. Here two of four agent processes run under libfaketime
 day slow. The site is the locked-down one (Mosquitto with TLS from the swarm's CA), so the
 slow device also checks the broker's certificate against a clock from yesterday.
 
+The agents load the library themselves (``LD_PRELOAD``, ``FAKETIME``), not through the
+``faketime`` command: that one makes a semaphore and a shared memory object named by its
+pid, and leaves both in /dev/shm when it is killed. Once pids wrap, a new ``faketime`` whose
+pid matches a leftover fails (``sem_open: File exists``) and its agent runs on the true
+clock.
+
 Needs ``faketime`` (Debian's package) and ``mosquitto``: skipped with a message where
 either is absent, unless ``EDGE_SWARM_REQUIRE_FAKETIME=1`` / ``EDGE_SWARM_REQUIRE_MOSQUITTO=1``
 (CI, ``.ci/run``), where that fails.
@@ -13,6 +19,7 @@ either is absent, unless ``EDGE_SWARM_REQUIRE_FAKETIME=1`` / ``EDGE_SWARM_REQUIR
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,8 +31,9 @@ from pathlib import Path
 import pytest
 
 from edge_swarm.io.broker import find_mosquitto
-from edge_swarm.node.config import load_config
+from edge_swarm.node.config import Timing, load_config
 from edge_swarm.node.observer import SwarmObserver
+from edge_swarm.site import demo
 from edge_swarm.site.demo import RunConfig
 from edge_swarm.site.launch import SwarmProcesses, Wrapper
 
@@ -38,7 +46,11 @@ FAST, SLOW = "agent-02", "agent-03"
 SKEW_S = {FAST: 600.0, SLOW: -86_400.0}  # the device's wall clock minus the gateway's
 FAKE = {FAST: "+10m", SLOW: "-1d"}  # the same, as faketime's offsets
 TOLERANCE_S = 5.0  # what process start-up and delivery add to a measured skew
-LISTEN_S = 12.0  # fleet ls listens this long: telemetry (every 10 s) is not retained
+# The nodes' telemetry period here (Timing.telemetry_every_s, 10 s on a device), shrunk so
+# that the operator's listen is short: fleet ls hears two reports of each node in LISTEN_S
+# (telemetry is not retained).
+TELEMETRY_S = 2.0
+LISTEN_S = 2.5 * TELEMETRY_S
 
 
 def need_tools() -> str:
@@ -46,20 +58,36 @@ def need_tools() -> str:
         if os.environ.get("EDGE_SWARM_REQUIRE_MOSQUITTO") == "1":
             pytest.fail("EDGE_SWARM_REQUIRE_MOSQUITTO=1 but the mosquitto binary is missing")
         pytest.skip("mosquitto binary not found (apt-get install mosquitto)")
-    faketime = shutil.which("faketime")
-    if faketime is None:
+    library = libfaketime()
+    if library is None:
         if os.environ.get(REQUIRE_FAKETIME_ENV) == "1":
-            pytest.fail(f"{REQUIRE_FAKETIME_ENV}=1 but the faketime binary is missing")
+            pytest.fail(f"{REQUIRE_FAKETIME_ENV}=1 but libfaketime is missing")
         pytest.skip(
-            "faketime not found (apt-get install faketime; .ci/run installs it): "
+            "libfaketime not found (apt-get install faketime; .ci/run installs it): "
             f"set {REQUIRE_FAKETIME_ENV}=1 to make this a failure"
         )
-    return faketime
+    return library
 
 
-def skewed(faketime: str, offset: str) -> Wrapper:
-    # Only the wall clock moves: a device's monotonic clock is right whatever its time says.
-    return Wrapper((faketime, "-f", offset), (("FAKETIME_DONT_FAKE_MONOTONIC", "1"),))
+def libfaketime() -> str | None:
+    """The library the ``faketime`` command preloads: below the prefix it is installed in
+    (Debian: /usr/lib/<arch>/faketime/libfaketime.so.1)."""
+    command = shutil.which("faketime")
+    if command is None:
+        return None
+    prefix = Path(command).resolve().parents[1]
+    for pattern in ("lib*/*/faketime/libfaketime.so.1", "lib*/faketime/libfaketime.so.1"):
+        found = sorted(prefix.glob(pattern))
+        if found:
+            return str(found[0])
+    return None
+
+
+def skewed(library: str, offset: str) -> Wrapper:
+    """A node whose wall clock is `offset` (faketime's syntax) off. Only the wall clock moves:
+    a device's monotonic clock is right whatever its time says."""
+    env = {"LD_PRELOAD": library, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    return Wrapper((), tuple(env.items()))
 
 
 def table_column(text: str, node: str, header: str) -> str:
@@ -109,8 +137,12 @@ def dashboard(url: str) -> tuple[str, dict]:
         return html, json.loads(api.read())
 
 
-def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> None:
-    faketime = need_tools()
+def test_devices_with_wrong_wall_clocks_train_in_every_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = need_tools()
+    # run_swarm writes the nodes' configs with Timing() from edge_swarm.site.demo.
+    monkeypatch.setattr(demo, "Timing", functools.partial(Timing, telemetry_every_s=TELEMETRY_S))
     cfg = RunConfig(
         workdir=tmp_path,
         n_agents=4,
@@ -120,7 +152,7 @@ def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> 
         attest_timeout_s=10.0,
         start_grace_s=20.0,
         timeout_s=150.0,
-        wrappers=tuple((n, skewed(faketime, FAKE[n])) for n in (FAST, SLOW)),
+        wrappers=tuple((n, skewed(library, FAKE[n])) for n in (FAST, SLOW)),
         dashboard_port=0,  # the gateway picks a free one and logs it
     )
     seen: dict[str, str] = {}
@@ -129,6 +161,8 @@ def test_devices_with_wrong_wall_clocks_train_in_every_round(tmp_path: Path) -> 
         return any("clock_skew_s" in t.values for t in obs.telemetry.get(node, []))
 
     def operator_looks(procs: SwarmProcesses, obs: SwarmObserver) -> None:
+        for p in procs.agents.values():  # LISTEN_S is short only for this period
+            assert load_config(p.config).timing.telemetry_every_s == TELEMETRY_S, p.config
         reported = obs.wait_for(lambda: all(skew_reported(obs, n) for n in SKEW_S), 60)
         assert reported, {n: procs.agents[n].tail(8) for n in SKEW_S}
         seen["fleet ls"] = fleet_ls(cfg, procs, obs)

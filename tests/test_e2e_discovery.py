@@ -21,6 +21,7 @@ from edge_swarm.swarm.adverts import SERVICE_MQTT, broker_txt
 from ledger_lite import SqliteStore
 
 from .lan_site import BrokerProcess, Site, make_site
+from .side_runs import side_by_side
 from .waiting import poll_until
 
 pytestmark = pytest.mark.network
@@ -56,7 +57,9 @@ def log_of(root: Path, node: str) -> str:
     return (root / "logs" / f"{node}.log").read_text()
 
 
-def test_agents_find_their_broker_and_ignore_a_rogue_and_another_swarm(tmp_path: Path) -> None:
+def rogue_run(tmp_path: Path) -> tuple[Site, Site, int, list[str]]:
+    """Two swarms and a rogue broker on the LAN, to the end of their rounds: the sites, the
+    port of clinic-a's broker, and the topics the rogue's broker saw."""
     port_a, port_b = free_ports(2)
     a = make_site(tmp_path / "a", "clinic-a", broker=BrokerConfig("127.0.0.1", port_a))
     b = make_site(tmp_path / "b", "clinic-b", broker=BrokerConfig("127.0.0.1", port_b), seed=1)
@@ -120,6 +123,16 @@ def test_agents_find_their_broker_and_ignore_a_rogue_and_another_swarm(tmp_path:
         rogue_ad.close()
         rogue_tap.stop()
         rogue_broker.stop()
+    return a, b, port_a, seen_by_rogue
+
+
+# Made beside the site of the next test (tests/side_runs.py): each one's nodes see the other's
+# adverts on the LAN too, another swarm, ignored as such.
+@side_by_side(rogue_run)
+def test_agents_find_their_broker_and_ignore_a_rogue_and_another_swarm(
+    side_run: tuple[Site, Site, int, list[str]],
+) -> None:
+    a, b, port_a, seen_by_rogue = side_run
     # Each swarm trained with its own agents only, every round.
     for site in (a, b):
         entries = ledger_of(site)
@@ -130,12 +143,14 @@ def test_agents_find_their_broker_and_ignore_a_rogue_and_another_swarm(tmp_path:
     # Nobody of clinic-a spoke to the rogue's broker, and the agents said why they ignored it.
     assert not [t for t in seen_by_rogue if "clinic" in t], seen_by_rogue[:5]
     for node in a.layout.agent_configs:
-        text = log_of(tmp_path / "a", node)
+        text = log_of(a.layout.root, node)
         assert "ignoring clinic-a-broker-rogue._mqtt._tcp.local. (wrong genesis)" in text, node
         assert f"found the broker of swarm clinic-a at 127.0.0.1:{port_a}" in text
 
 
-def test_agents_follow_the_broker_to_a_new_address(tmp_path: Path) -> None:
+def moving_broker_run(tmp_path: Path) -> tuple[Site, int, int]:
+    """A site whose broker host is replaced after round 2, to the end of its rounds: the
+    site, and the broker's old and new ports."""
     port_1, port_2 = free_ports(2)
     # The gateway too finds the broker by discovery, so that it can follow it.
     site = make_site(
@@ -182,8 +197,14 @@ def test_agents_follow_the_broker_to_a_new_address(tmp_path: Path) -> None:
         first.stop()
         if second is not None:
             second.stop()
+    return site, port_1, port_2
+
+
+@side_by_side(moving_broker_run)
+def test_agents_follow_the_broker_to_a_new_address(side_run: tuple[Site, int, int]) -> None:
+    site, port_1, port_2 = side_run
     finals = [e.payload["round"] for e in ledger_of(site) if e.kind == "model_final"]
     assert finals == [1, 2, 3, 4, 5]
     for node in (*site.layout.agent_configs, "gateway-1"):
-        text = log_of(tmp_path, node)
+        text = log_of(site.layout.root, node)
         assert f"broker moved: 127.0.0.1:{port_1} -> 127.0.0.2:{port_2}" in text, node

@@ -35,7 +35,7 @@ from edge_swarm.trust.keyring import EncryptionKey, KeyEpoch, Keyring, NotRecipi
 from ledger_lite import SigningKey
 
 from .test_e2e import entries_of, log_of, small
-from .waiting import run_settled
+from .waiting import kill_once_finished, run_settled
 
 pytestmark = pytest.mark.network
 
@@ -141,6 +141,7 @@ def revoked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, Sn
         forged.append(frame)
         topic = obs.topics.delta(opened.payload["round"], REVOKED)
         assert sniffer.client.publish(topic, frame, qos=1, wait=10)
+        kill_once_finished(cfg, procs, obs, [REVOKED])  # it will never report the last round
 
     try:
         result = run_settled(cfg, during=during)

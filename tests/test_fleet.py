@@ -11,11 +11,12 @@ import pytest
 
 from edge_swarm.cli.fleet import FleetClient
 from edge_swarm.node.observer import SwarmObserver
-from edge_swarm.site.demo import run_swarm
+from edge_swarm.site.demo import RunConfig, RunResult, run_swarm
 from edge_swarm.site.launch import SwarmProcesses
 from edge_swarm.swarm.commands import Ack, make_command
 from ledger_lite import SigningKey, SqliteStore
 
+from .side_runs import side_by_side
 from .test_e2e import small
 
 pytestmark = pytest.mark.network
@@ -31,8 +32,12 @@ def statuses(answers: dict[str, Ack | str]) -> dict[str, str]:
     return {n: a.status if isinstance(a, Ack) else a for n, a in answers.items()}
 
 
-def test_pause_resume_and_refusals_on_a_running_swarm(tmp_path: Path) -> None:
-    cfg = small(tmp_path, "embedded", rounds=30, start_grace_s=5.0)
+def steered_run(workdir: Path) -> tuple[RunConfig, RunResult, dict[str, object]]:
+    """A swarm paused, refused forged, expired, foreign and replayed commands, asked for its
+    logs and resumed, all from the operator's client; what each step got back, by name."""
+    # A round that was open when the agents paused is sat out, and closes only at its
+    # deadline: a short one (no check here needs every agent in every round).
+    cfg = small(workdir, "embedded", rounds=30, start_grace_s=5.0, round_deadline_s=5.0)
     agents = {f"agent-{i:02d}" for i in range(1, cfg.n_agents + 1)}
     seen: dict[str, object] = {}
 
@@ -96,8 +101,15 @@ def test_pause_resume_and_refusals_on_a_running_swarm(tmp_path: Path) -> None:
         finally:
             fleet.stop()
 
-    result = run_swarm(cfg, during=steer)
-    assert [r.round for r in result.rounds] == list(range(1, 31))
+    return cfg, run_swarm(cfg, during=steer), seen
+
+
+@side_by_side(steered_run)
+def test_pause_resume_and_refusals_on_a_running_swarm(
+    side_run: tuple[RunConfig, RunResult, dict[str, object]],
+) -> None:
+    cfg, result, seen = side_run
+    assert [r.round for r in result.rounds] == list(range(1, cfg.rounds + 1))
     assert seen["pause_s"] < ANSWER_S
     reasons = {
         k: set(v.values())
@@ -124,8 +136,9 @@ def test_pause_resume_and_refusals_on_a_running_swarm(tmp_path: Path) -> None:
     assert later_opens and min(later_opens) >= resumed_at - 1000  # ledger times, ms
 
 
-def test_a_killed_device_shows_offline_then_online_again(tmp_path: Path) -> None:
-    cfg = small(tmp_path, "embedded", rounds=8, start_grace_s=5.0, round_deadline_s=5.0)
+def kill_and_restart_run(workdir: Path) -> RunResult:
+    """agent-03 SIGKILLed, seen offline by the operator, started again, seen online."""
+    cfg = small(workdir, "embedded", rounds=8, start_grace_s=5.0, round_deadline_s=5.0)
 
     def kill_and_restart(procs: SwarmProcesses, obs: SwarmObserver) -> None:
         fleet = FleetClient(cfg.swarm, "127.0.0.1", obs.mqtt.port)
@@ -140,5 +153,10 @@ def test_a_killed_device_shows_offline_then_online_again(tmp_path: Path) -> None
         finally:
             fleet.stop()
 
-    result = run_swarm(cfg, during=kill_and_restart)
+    return run_swarm(cfg, during=kill_and_restart)
+
+
+@side_by_side(kill_and_restart_run)
+def test_a_killed_device_shows_offline_then_online_again(side_run: RunResult) -> None:
+    result = side_run  # the operator's checks ran in it: they passed
     assert result.rounds[-1].model_hash

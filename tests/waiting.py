@@ -10,6 +10,9 @@
   last round's late attestations are still on their way, and a replica that was restarted
   may still be catching up. A test that reads ledger files afterwards must first wait for
   both (while the site runs), or it reads whatever the shutdown happened to cut off.
+- `kill_once_finished(cfg, procs, obs, nodes)`: `run_swarm` waits (up to 10 s) for the last
+  round's telemetry of every agent still running; an agent that cannot send it (frozen,
+  revoked) is killed once the rounds are done, so that the run does not sit that wait out.
 """
 
 from __future__ import annotations
@@ -210,3 +213,20 @@ def dashboard_url(procs: SwarmProcesses, timeout: float = 60.0) -> str:
         return None
 
     return wait_until(url, timeout, "the gateway's dashboard line in its log")
+
+
+def kill_once_finished(
+    cfg: RunConfig, procs: SwarmProcesses, obs: SwarmObserver, nodes: Iterable[str]
+) -> None:
+    """Once the swarm has finished its rounds, SIGKILL the agents `nodes`: agents still
+    running that will never report the last round (one frozen, one revoked), for which
+    `run_swarm` would wait out its 10 s bound on the last telemetry. To be called at the end
+    of a ``during`` callback. Kills nothing if the rounds do not finish within
+    ``cfg.timeout_s``: the run then fails as it would have, naming the processes' state.
+    Not before: an agent killed sooner is seen offline, and closes rounds without waiting."""
+    finished = obs.wait_for(
+        lambda: obs.final_round() >= cfg.rounds or bool(procs.failed()), cfg.timeout_s
+    )
+    if finished and obs.final_round() >= cfg.rounds:
+        for node in nodes:
+            procs.agents[node].kill()
