@@ -117,7 +117,8 @@ def test_a_running_campaign_is_extended_then_ended_by_admin_entries_over_mqtt(
         assert "campaign 1 spent its budget of 2 rounds" in wait_finished(procs, 1)
         assert op.status()["state"] == "spent"
 
-        rc, out, err = op.run("extend", "3", "--reason", "more data came")
+        # A budget the swarm cannot spend before the end lands, however loaded the machine.
+        rc, out, err = op.run("extend", "100", "--reason", "more data came")
         assert rc == 0, err
         assert "campaign extend: ledger entry" in out and "running" in out
         assert obs.wait_for(lambda: obs.final_round() >= 3, WAIT_S)
@@ -135,19 +136,19 @@ def test_a_running_campaign_is_extended_then_ended_by_admin_entries_over_mqtt(
     assert isinstance(st, dict)
     assert (st["state"], st["budget"], st["ended"], st["ended_by"]) == (
         "ended",
-        5,
+        102,
         "the study is over",
         "admin",
     )
     log = entries_of(result)  # the gateway's file: it said "finished" after the last entry
     ops = [(e.author, e.payload) for e in log if e.kind == "campaign"]
     assert ops == [
-        ("admin", {"op": "extend", "rounds": 3, "reason": "more data came"}),
+        ("admin", {"op": "extend", "rounds": 100, "reason": "more data came"}),
         ("admin", {"op": "end", "reason": "the study is over"}),
     ]
     end_at = next(e.height for e in log if e.kind == "campaign" and e.payload["op"] == "end")
     opened = [e.payload["round"] for e in log if e.kind == "round_open"]
-    assert opened == list(range(1, len(opened) + 1)) and 3 <= len(opened) <= 5
+    assert opened == list(range(1, len(opened) + 1)) and 3 <= len(opened) < 102
     # No round opened after the end (the one in progress, if any, was let finish).
     assert not [e for e in log if e.kind == "round_open" and e.height > end_at]
     assert st["opened"] == len(opened)
