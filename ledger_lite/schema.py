@@ -52,6 +52,16 @@ def _text(v: Any) -> str | None:
     return None
 
 
+def _bits(v: Any) -> str | None:
+    # A bitmap over the agents of a round (secure aggregation's included set): 1 bit each.
+    ok = isinstance(v, str) and len(v) % 2 == 0 and len(v) <= 2048
+    return (
+        None
+        if ok and all(c in "0123456789abcdef" for c in v)
+        else "must be even hex, at most 2048 chars"
+    )
+
+
 def _role(v: Any) -> str | None:
     return None if isinstance(v, str) and v in ROLES else f"must be one of {list(ROLES)}"
 
@@ -193,6 +203,7 @@ OPTIONAL: dict[str, Mapping[str, Check]] = {
         "abandoned": _text,
         "committee": _sorted_ids,
         "detached": _detached("model_final"),
+        "privacy": _object,  # the privacy spent so far (edge_swarm/node/private_merge.py)
     },
     # The sha256 of the round's downlink update a committee member published with its merge.
     "model_attest": {"update_sha256": _hex64},
@@ -203,7 +214,11 @@ OPTIONAL: dict[str, Mapping[str, Check]] = {
     "round_close": {
         "commits": _or_digest(commits_problem),
         "detached": _detached("round_close"),
+        "included_bits": _bits,  # secure aggregation: the included set, for light agents
     },
+    # Privacy (edge_swarm/swarm/privacy.py): the agents the coordinator saw online, as a
+    # bitmap over the roster, so that every node draws the same secure-aggregation graph.
+    "round_open": {"agents_bits": _bits},
     # Extend by / budget a new campaign at ``rounds``; why it is paused, ended, started.
     "campaign": {"rounds": _positive_uint, "reason": _text},
 }

@@ -464,6 +464,8 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
         "topic write es/v1/s/round/+/delta/n1",
         "topic write es/v1/s/round/+/model/n1",
         "topic write es/v1/s/round/+/resend/+",
+        "topic write es/v1/s/round/+/share/+",  # secure aggregation: seed shares, reveals
+        "topic write es/v1/s/round/+/reveal/n1",
         "topic write es/v1/s/ledger/submit",
         "topic write es/v1/s/ledger/query",
         "topic write es/v1/s/fleet/status/n1",
@@ -471,6 +473,8 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
         "topic write es/v1/s/fleet/ack/n1",
         "topic read es/v1/s/round/+/delta/+",
         "topic read es/v1/s/round/+/resend/n1",
+        "topic read es/v1/s/round/+/share/n1",
+        "topic read es/v1/s/round/+/reveal/+",
         "topic read es/v1/s/model/#",
         "topic read es/v1/s/ledger/events",
         "topic read es/v1/s/ledger/bodies",
@@ -484,6 +488,8 @@ def test_acl_gives_each_role_exactly_its_topics() -> None:
     assert "topic read es/v1/s/ledger/submit" in gw and "topic write es/v1/s/fleet/cmd/+" not in gw
     # Only gateways read the models nodes send when asked; each node sends only as itself.
     assert "topic read es/v1/s/round/+/model/+" in gw
+    assert "topic read es/v1/s/round/+/reveal/+" in gw  # the committee unmasks
+    assert not any("share" in line for line in gw)  # seed shares are for neighbours only
     assert "topic write es/v1/s/round/+/model/g" in gw
     assert not any("model/+" in line for line in blocks["user n1"])
     assert blocks["user op"][0] == "topic write es/v1/s/fleet/cmd/+"

@@ -78,7 +78,29 @@ def run_audit(args: argparse.Namespace) -> int:
     )
     print_merge_summary(rounds)
     print_validation(rounds)
+    print_privacy(rounds)
+    for r, a in sorted(rounds.items()):
+        if a.abandoned:
+            print(f"round {r} abandoned: {a.abandoned}")
     return 0
+
+
+def print_privacy(rounds: dict[int, RoundAudit]) -> None:
+    """The privacy spent round by round, as the coordinator recorded it (DP swarms only)."""
+    rows = [
+        [
+            r,
+            f"{p.get('n')} of {p.get('expected')}",
+            p.get("z"),
+            f"{p.get('epsilon', float('nan')):.3f}",
+            p.get("delta"),
+        ]
+        for r, a in sorted(rounds.items())
+        if (p := a.privacy) is not None
+    ]
+    if rows:
+        cols = ["round", "agents noised", "noise multiplier", "epsilon so far", "at delta"]
+        print_table("differential privacy spent (model_final.privacy)", cols, rows)
 
 
 MAX_SITE_COLUMNS = 12  # more sites: the summary columns only (--json lists each)

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_swarm.cli.audit import print_merge_summary, read_rounds
 from edge_swarm.cli.main import CONTINUOUS_MAX_ROUNDS
+from edge_swarm.cli.privacy_options import describe, privacy_policy
 from edge_swarm.node.observer import RoundRecord, site_scores
 from edge_swarm.site.demo import (
     DEFAULT_MERGE,
@@ -31,6 +32,7 @@ from edge_swarm.site.report import (
     write_json,
 )
 from edge_swarm.swarm.merge import parse_merge
+from edge_swarm.swarm.privacy import check_merge
 from edge_swarm.swarm.quantize import CodecSpec
 
 _SECURITY = {
@@ -134,9 +136,16 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    rounds = args.rounds or (CONTINUOUS_MAX_ROUNDS if args.continuous else 20)
+    try:
+        privacy = privacy_policy(args, rounds)
+        if privacy is not None:
+            check_merge(privacy, rule.aggregation, rule.clip, args.merge_by)
+    except ValueError as exc:
+        print(f"edge-swarm demo: {exc}", file=sys.stderr)
+        return 2
     backbone = _backbone(args, workdir)
     broker = args.broker or _default_broker(args.agents)
-    rounds = args.rounds or (CONTINUOUS_MAX_ROUNDS if args.continuous else 20)
     cfg = RunConfig(
         workdir=workdir,
         backbone=backbone,
@@ -154,6 +163,7 @@ def run_demo(args: argparse.Namespace) -> int:
         error_feedback=not args.no_error_feedback,
         security=args.security,
         merge=rule,
+        privacy=privacy,
         attacks=attacks,
         **(CONTINUOUS if args.continuous else {}),
     )
@@ -164,7 +174,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"workload {cfg.workload}, Dirichlet({cfg.alpha}) label split, {_rounds(cfg)}\n"
         f"  local training: {cfg.local}\n  merge rule: {cfg.merge}, by {_merged_by(cfg)}\n"
         f"  delta codec: {args.codec}, error feedback {'on' if cfg.error_feedback else 'off'}\n"
-        f"  deltas: {_SECURITY[cfg.security]}\n"
+        f"  deltas: {_SECURITY[cfg.security]}\n  {describe(privacy, cfg.rounds)}\n"
         + (
             f"  model: a head over the frozen backbone in {backbone} (run by {cfg.engine})\n"
             if backbone is not None

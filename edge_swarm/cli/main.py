@@ -8,18 +8,21 @@ Only this module configures logging.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from edge_swarm.cli.privacy_options import add_privacy_options
+
 log = logging.getLogger("edge_swarm")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_DATEFMT = "%H:%M:%S"
-# Measured (issue 16): the embedded amqtt broker carries 32 agents; at 64 it times out
-# acknowledgements and rounds finalise without a majority; Mosquitto carries 100.
+# Measured (issue 16): the embedded amqtt broker carries 32 agents; at 64 rounds lose their
+# majority to timed-out acknowledgements; Mosquitto carries 100.
 EMBEDDED_BROKER_MAX_AGENTS = 32
 
 
@@ -157,22 +160,16 @@ def _broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from edge_swarm.cli.demo import run_demo
+def _lazy(name: str) -> Any:
+    """``cli/{name}.py``'s ``run_{name}``, imported only when the subcommand runs."""
 
-    return run_demo(args)
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(f"edge_swarm.cli.{name}"), f"run_{name}")(args))
 
-
-def _audit(args: argparse.Namespace) -> int:
-    from edge_swarm.cli.audit import run_audit
-
-    return run_audit(args)
+    return run
 
 
-def _operator(args: argparse.Namespace) -> int:
-    from edge_swarm.cli.operator import run_operator
-
-    return run_operator(args)
+_demo, _audit, _operator = _lazy("demo"), _lazy("audit"), _lazy("operator")
 
 
 MERGE_HELP = (
@@ -189,7 +186,8 @@ ATTACK_NAMES = ("sign_flip", "scale", "noise", "huge", "label_flip")
 
 
 def add_committee_options(p: argparse.ArgumentParser) -> None:
-    """Who merges each round: the genesis's merge_by, committee_k and downlink codec."""
+    """Who merges each round (merge_by, committee_k, the downlink codec), and privacy."""
+    add_privacy_options(p)
     p.add_argument(
         "--merge-by",
         choices=["committee", "all"],
@@ -212,8 +210,8 @@ def add_committee_options(p: argparse.ArgumentParser) -> None:
         "--downlink",
         default="int8",
         metavar="CODEC",
-        help="committee mode: the codec of the one merged update per round the other agents "
-        "apply instead of downloading the model, as --codec (default int8)",
+        help="committee mode: the codec of the one merged update per round the others apply "
+        "instead of the model, as --codec (default int8)",
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge_swarm.cli.privacy_options import privacy_policy
 from edge_swarm.site.operator import (
     EnrollRequest,
     OperatorError,
@@ -105,6 +106,10 @@ def _admin_init(args: argparse.Namespace) -> int:
         rule = parse_merge(args.merge, DEFAULT_MERGE)
     except ValueError as exc:
         raise OperatorError(f"--merge {args.merge}: {exc}") from None
+    try:
+        privacy = privacy_policy(args, args.rounds)
+    except ValueError as exc:
+        raise OperatorError(str(exc)) from None
     params = SwarmParams(
         model=ModelSpec(sizes=sizes),
         local=DEFAULT_LOCAL,
@@ -118,6 +123,7 @@ def _admin_init(args: argparse.Namespace) -> int:
         downlink=parse_codec(args.downlink),
         cadence_s=args.cadence_s,
         stop=args.stop,
+        privacy=privacy,
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
     print(

@@ -99,6 +99,7 @@ _TABLES = (
             _C("site validation (mean)", "val_mean", "f3"),
             _C("worst site", "val_worst"),
             _C("samples", "samples"),
+            _C("privacy spent ε", "epsilon", "f3"),
             _C("down-weighted by the merge rule", "down_weighted", "list"),
             _C("model", "model_hash"),
         ),

@@ -242,3 +242,24 @@ class DashboardServer:
             log.error("dashboard: %s would be %d bytes, over MAX_BODY", path, len(response[2]))
             return 500, _TEXT, b"response too large\n", {}
         return response
+
+
+def start_for_gateway(where: str, entries: Any, devices: Any) -> DashboardServer | None:
+    """A gateway's page on ``where`` (``host:port``): the ledger's ``entries`` reader and a
+    ``devices()`` snapshot. None, after one logged line, when it cannot listen there: a taken
+    port must not stop the gateway's real work."""
+    from edge_swarm.dashboard.source import DashboardSource
+
+    host, _, port = where.rpartition(":")
+    source = DashboardSource(entries, devices, entries_from=entries)
+    try:
+        server = DashboardServer(source, host=host, port=int(port)).start()
+    except OSError as exc:
+        logging.getLogger("edge_swarm.node.gateway").error(
+            "dashboard not started on %s: %s", where, exc
+        )
+        return None
+    logging.getLogger("edge_swarm.node.gateway").info(
+        "dashboard on http://%s:%d/", host, server.port
+    )
+    return server

@@ -179,6 +179,7 @@ class RoundView:
     # Its final model on the sites' held-out slices (reported with the next round's commits).
     val_mean: float | None = None
     val_worst: str = ""  # "agent-05 0.906": the site that scored it lowest
+    epsilon: float | None = None  # DP: the privacy spent up to this round (model_final)
 
     @classmethod
     def from_audit(cls, a: RoundAudit, entries: Sequence[Entry]) -> RoundView:
@@ -198,6 +199,7 @@ class RoundView:
             down_weighted=tuple(
                 _cut(str(n), ID_CHARS) for n in list(a.down_weighted())[:MAX_LISTED]
             ),
+            epsilon=_number((a.privacy or {}).get("epsilon")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,7 +265,10 @@ def _summary(kind: str, p: Mapping[str, Any]) -> str:
     if kind == "model_attest":
         return f"{rnd}, model {model}"
     if kind == "model_final":
-        return f"{rnd}, model {model}, {_n(p.get('attesters'))} attester(s)"
+        spent = p.get("privacy")
+        eps = _number(spent.get("epsilon")) if isinstance(spent, Mapping) else None
+        tail = "" if eps is None else f", epsilon {eps:.3f}"
+        return f"{rnd}, model {model}, {_n(p.get('attesters'))} attester(s){tail}"
     if kind == "key_epoch":
         return f"epoch {p.get('epoch')} for {_n(p.get('wrapped'))} node(s)"
     return "fields: " + ", ".join(sorted(p)[:8])  # config, fleet_command: free-form

@@ -22,6 +22,7 @@ from edge_swarm.learn.poison import Attack, poison_delta
 from edge_swarm.learn.train import LocalTraining, train_local, training_seed
 from edge_swarm.node.adopting import Adopting
 from edge_swarm.node.agent_ops import agent_operations
+from edge_swarm.node.agent_resume import Resuming
 from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.fleet import FleetControl, LogRing
@@ -32,6 +33,7 @@ from edge_swarm.node.model import ModelHolder, load_feedback
 from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
 from edge_swarm.node.own_commit import OwnCommits
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
+from edge_swarm.node.secure_rounds import RevealsPending, upload_body
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.node.updates import LightUpdates, downlink_of
 from edge_swarm.node.validation import SiteValidation
@@ -56,7 +58,7 @@ KEPT_DELTA_FILE = "delta.bin"  # our last envelope, kept until its round is merg
 MAX_BEFORE_GENESIS = 64  # envelopes held while the ledger copy has not even its genesis
 
 
-class Agent(NodeRuntime, Adopting):
+class Agent(NodeRuntime, Adopting, Resuming):
     """One edge device taking part in the swarm."""
 
     role = "agent"
@@ -237,6 +239,8 @@ class Agent(NodeRuntime, Adopting):
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
+        if entry.kind == "round_close" and self.secure is not None and self.synced:
+            self.secure.reveal(entry.payload["round"], entry.payload)  # node/secure_rounds.py
         if entry.kind == "round_close":  # committee mode: settle our commit, prove our row
             settled, query = self.own_commits.on_close(entry)
             self.submissions.settled(settled)
@@ -275,7 +279,7 @@ class Agent(NodeRuntime, Adopting):
         self.val = SiteValidation.at_genesis(params, self.cfg.node_id)  # node/validation.py
         self.data.prepare = self.val.holding_out(prepare)  # the slice is never trained on
         self.X, self.y = self.data.prepare(*self.data.raw)
-        enabled = bool(params.get("error_feedback", True))
+        enabled = bool(params.get("error_feedback", True)) and not self.privacy.active
         self.feedback = load_feedback(self.cfg.state_dir / RESIDUAL_FILE, spec.n_params, enabled)
         rule = MergeRule.from_dict(params["merge"])
         downlink = downlink_of(params, self.cfg.swarm)
@@ -290,6 +294,9 @@ class Agent(NodeRuntime, Adopting):
         policy = P.RoundPolicy.from_params(params)
         self.machine = P.Participant(self.cfg.node_id, self.holder.hash, policy)
         self.follow.all_deltas(not policy.by_committee)
+        if self.privacy.secagg:  # seed shares from our neighbours; reveals when drawn
+            self.follow.reveals = True
+            self.mqtt.subscribe(self.topics.share_filter(self.cfg.node_id), qos=1)
         self.machine.replaying = True
         held, self._before_genesis = self._before_genesis, []
         for payload, rnd, node in held:
@@ -303,6 +310,10 @@ class Agent(NodeRuntime, Adopting):
         assert self.holder is not None
         self.val.score(self.holder.spec, self.holder.params, rnd)
         self.device.serve(self.holder.spec, self.holder.params, rnd, self.val)
+
+    def on_reveal(self, rnd: int) -> None:  # a merge waiting for reveals may go on
+        if self.machine is not None and self.synced:
+            self._act(self.machine.retry_merge(rnd))
 
     def _public_key(self, node: str) -> str | None:
         state = self.mirror.state
@@ -321,30 +332,6 @@ class Agent(NodeRuntime, Adopting):
         self._resume_open_commit()
         self._act(self.machine.catch_up(*self.clock.readings()))
         self._resume_own_delta()
-
-    def _resume_open_commit(self) -> None:
-        """Committee mode, after a restart: commit again the delta kept on disk for the round
-        still open (node/own_commit.py) instead of training another."""
-        again = self.own_commits.recommit(self.machine, self.own_delta.kept(), len(self.y))
-        if again is None:
-            return
-        rnd, frame, commit = again
-        self._submit(commit)
-        topic = self.topics.delta(rnd, self.cfg.node_id)
-        self.sender.publish(topic, frame, qos=1)
-        self.own_delta.sent(rnd, topic, frame, time.monotonic())
-        self._on_envelope(frame, rnd, self.cfg.node_id)
-
-    def _resume_own_delta(self) -> None:
-        """After a restart: our committed, unmerged delta kept on disk goes out again."""
-        if self.machine is None or self.holder is None:
-            return
-        ours = {
-            r: c[self.cfg.node_id] for r, c in self.machine.commits.items() if self.cfg.node_id in c
-        }
-        resumed = self.own_delta.resume(ours, self.holder.round, time.monotonic())
-        if resumed is not None:
-            self._on_envelope(resumed[1], resumed[0], self.cfg.node_id)
 
     # -- envelopes and checkpoints
     def _on_envelope(self, payload: bytes, rnd: int, node: str) -> None:
@@ -419,21 +406,25 @@ class Agent(NodeRuntime, Adopting):
         delta = new - base
         if self.attack is not None and action.round >= self.attack.from_round:
             delta = poison_delta(self.attack, delta, np.random.default_rng(seed + 2))
-        body, _ = self.feedback.compress(delta, self.codec, rng)
+        made = upload_body(
+            self.secure, action.round, delta, len(self.y), self.codec, self.feedback, rng
+        )
+        if made is None:
+            return None
         header = EnvelopeHeader(
             swarm=self.cfg.swarm,
             round=action.round,
             node=self.cfg.node_id,
             base_hash=action.base_hash,
-            codec=self.codec.codec_id,
+            codec=made[1],
             n_params=self.holder.spec.n_params,
             n_samples=len(self.y),
-            flags=self.codec.flags | (FLAG_SEALED if sealing else 0),
+            flags=made[2] | (FLAG_SEALED if sealing else 0),
             epoch=sealing[0] if sealing else None,
         )
         frame = encode_envelope(
             header,
-            body,
+            made[0],
             sign=None if self.security == "none" else self.key.sign,
             data_key=sealing[1] if sealing else None,
         )
@@ -466,8 +457,10 @@ class Agent(NodeRuntime, Adopting):
     def _merge(self, action: P.Merge) -> P.MergeDone | P.MergeFailed:
         try:
             cand = self.merge_round(action)
-        except KeyError as exc:
-            log.warning("round %d: cannot merge: %s", action.round, exc)
+        except KeyError as exc:  # reveals on their way are no news (node/secure_rounds.py)
+            (log.debug if isinstance(exc, RevealsPending) else log.warning)(
+                "round %d: cannot merge: %s", action.round, exc
+            )
             return P.MergeFailed(action.round, str(exc))
         return P.MergeDone(action.round, cand.model_hash, cand.state_hash, cand.update_sha256)
 

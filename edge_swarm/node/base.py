@@ -18,28 +18,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, publish_overhead, resend_topic_for
+from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.device_clock import DeviceClock
 from edge_swarm.node.model import Candidate, ModelHolder
 from edge_swarm.node.model_share import ModelAnswers
+from edge_swarm.node.model_wire import ModelWire
+from edge_swarm.node.private_merge import private_contributions
+from edge_swarm.node.secure_rounds import SecureRounds
 from edge_swarm.node.vitals import RateLimitedLog, device_vitals, peak_rss_kb
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
-from edge_swarm.swarm.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    decode_checkpoint,
-    encode_checkpoint,
-    is_sealed_checkpoint,
-    open_checkpoint,
-    parse_sealed_checkpoint,
-    seal_checkpoint,
-)
 from edge_swarm.swarm.chunk_resend import is_whole_request, parse_whole_request
-from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk, split
+from edge_swarm.swarm.chunking import ChunkError, Reassembler, parse_chunk
 from edge_swarm.swarm.inbox import Accepted, EnvelopeInbox, RoundView
 from edge_swarm.swarm.messages import Status, Telemetry
+from edge_swarm.swarm.privacy import PrivacyPolicy
 from edge_swarm.swarm.rounds import Merge
 from edge_swarm.swarm.topics import TopicError, TopicKind, Topics
 from edge_swarm.trust.epochs import EpochTracker, security_mode
@@ -80,7 +74,7 @@ class Folded:
     held: list[Accepted] = field(default_factory=list)
 
 
-class NodeRuntime:
+class NodeRuntime(ModelWire):
     """The loop of one node: MQTT in, a queue, one thread of handling, status out."""
 
     role = "node"
@@ -93,6 +87,8 @@ class NodeRuntime:
         enc_key = EncryptionKey.load(cfg.enc_key_path) if cfg.enc_key_path is not None else None
         self.epochs = EpochTracker(cfg.swarm, cfg.node_id, enc_key)
         self.security = "signed"  # until the genesis says otherwise
+        self.privacy = PrivacyPolicy()  # and its privacy mode (swarm/privacy.py)
+        self.secure: SecureRounds | None = None  # node/secure_rounds.py, when it says so
         self.topics = Topics(cfg.swarm)
         # Unbounded, so that a library thread handing over work never blocks; MQTT input is
         # bounded in _enqueue instead (a flood is dropped, the ledger's callbacks never are).
@@ -157,6 +153,9 @@ class NodeRuntime:
     def ledger_state(self) -> LedgerState | None:
         """The ledger state this node has folded (None before it has one)."""
         return None
+
+    def on_reveal(self, rnd: int) -> None:
+        """A reveal of round ``rnd`` was kept: a merge waiting for it may go on."""
 
     def stamp_ms(self) -> int:
         """The timestamp for what this node signs: its ledger clock's (``device_clock``); a
@@ -306,6 +305,9 @@ class NodeRuntime:
             self.drops.drop("bad topic", msg.topic)
             return
         kind = parsed.kind
+        if kind in (TopicKind.SHARE, TopicKind.REVEAL):
+            self._on_secure(kind == TopicKind.SHARE, parsed.round, parsed.node, msg.payload)
+            return
         if kind == TopicKind.RESEND and parsed.round is not None:
             if not is_whole_request(msg.payload):
                 self.sender.on_resend_request(msg.payload)  # chunks of a message
@@ -342,11 +344,34 @@ class NodeRuntime:
             # logs a few tracebacks, then a counted line now and then.
             self.drops.error(f"a {kind} message", exc, msg.topic)
 
+    def _on_secure(self, share: bool, rnd: int | None, node: str | None, data: bytes) -> None:
+        if self.secure is None or rnd is None or node is None:
+            return
+        state = self.ledger_state()
+        if share:
+            why = self.secure.offer_share(rnd, data)
+        else:
+            key = (lambda n: state.public_key(n)) if state is not None else (lambda n: None)
+            why = self.secure.offer_reveal(rnd, node, data, key)
+        if why:
+            self.drops.drop("bad secagg " + ("share" if share else "reveal"), why)
+        elif not share:
+            self.on_reveal(rnd)
+
     # -- security: the genesis's mode, key epochs, sealed checkpoints
     def set_security(self, params: dict[str, Any]) -> None:
-        """Adopt the genesis's security mode; a sealed swarm needs this node's enc key."""
+        """Adopt the genesis's security and privacy modes; a sealed swarm, and secure
+        aggregation, need this node's enc key."""
         self.security = security_mode(params)
-        if self.security == "sealed" and self.epochs.enc_key is None:
+        self.privacy = PrivacyPolicy.from_params(params)
+        enc = self.epochs.enc_key
+        if self.privacy.active:
+            private = enc.private_bytes if enc is not None else None
+            publish = lambda topic, body: self.mqtt.publish(topic, body, qos=1)  # noqa: E731
+            self.secure = SecureRounds(
+                self.cfg.node_id, self.cfg.swarm, self.privacy, private, self.key.sign, publish
+            )
+        if (self.security == "sealed" or self.privacy.secagg) and enc is None:
             # Not an exception the loop would log and carry on from: the node cannot work.
             raise SystemExit(
                 f"{self.cfg.node_id}: swarm {self.cfg.swarm} encrypts its deltas, and this "
@@ -386,6 +411,9 @@ class NodeRuntime:
         elif entry.kind == "round_open" and self.inbox is not None:
             epoch = self.epochs.on_round_open(p["round"], entry.height, state)
             self.round_seen = p["round"]
+            if self.secure is not None:
+                bits = p.get("agents_bits")
+                self.secure.open_round(p["round"], entry.hash, state, entry.ts, bits)
             return Folded(
                 held=self.inbox.expect(RoundView(p["round"], p["base_model_hash"], epoch))
             )
@@ -396,73 +424,22 @@ class NodeRuntime:
         counts, into the held model's candidate for that round. Raises KeyError while one of
         them is not in the inbox."""
         assert self.inbox is not None and self.holder is not None
-        contributions = self.inbox.take(action.round, action.included, action.sample_counts)
+        if self.privacy.active:  # one unmasked sum, or equal weights (node/private_merge.py)
+            contributions, weights = private_contributions(
+                self.privacy, self.inbox, self.secure, action
+            )
+        else:
+            contributions = self.inbox.take(action.round, action.included, action.sample_counts)
         cand = self.holder.merge(action.round, contributions)
+        if self.privacy.active and cand.report is not None:
+            cand.report["weights"] = {n: round(w, 4) for n, w in sorted(weights.items())}
         self.inbox.forget_before(action.round + 1)  # replays of a merged round: refused
         return cand
-
-    def open_checkpoint(self, payload: bytes) -> Checkpoint | None:
-        """Decode a checkpoint from the network: open it if sealed (None when this node
-        holds no key for its epoch yet). Raises CheckpointError for bad bytes, and for a
-        plain checkpoint in a sealed swarm."""
-        if not is_sealed_checkpoint(payload):
-            if self.security == "sealed":
-                raise CheckpointError("an unsealed checkpoint in a sealed swarm")
-            return decode_checkpoint(payload)
-        sealed = parse_sealed_checkpoint(payload)
-        if sealed.swarm != self.cfg.swarm:
-            raise CheckpointError(f"a checkpoint for swarm {sealed.swarm}")
-        key = self.epochs.key(sealed.epoch)
-        if key is None:
-            return None
-        return open_checkpoint(sealed, key)
-
-    def wire_frame(
-        self, data: bytes, rnd: int, state: LedgerState, kind: str = "checkpoint"
-    ) -> bytes | None:
-        """What goes on the wire for a checkpoint (or downlink update) ``data`` of round
-        ``rnd``: sealed under the newest epoch in a sealed swarm (None if this node holds no
-        usable key), else ``data`` itself."""
-        if self.security != "sealed":
-            return data
-        sealing = self.epochs.sealing_key(state)
-        if sealing is None:
-            return None
-        return seal_checkpoint(data, self.cfg.swarm, rnd, sealing[0], sealing[1], kind)
-
-    def send_model(self, rnd: int, model_hash: str) -> None:
-        """A gateway asks for the final model of round ``rnd`` (``node/model_share.py``):
-        send it on ``round/{rnd}/model/{us}`` if we hold exactly that one, sealed in a sealed
-        swarm as the retained checkpoint is."""
-        holder, state = self.holder, self.ledger_state()
-        if holder is None or state is None:
-            return
-        now = time.monotonic()
-        if not self.model_answers.should_send(rnd, model_hash, holder.round, holder.hash, now):
-            return
-        ck = holder.checkpoint(self.cfg.swarm)
-        wire = self.wire_frame(encode_checkpoint(ck), ck.round, state)
-        if wire is None:
-            return
-        self.sender.publish(self.topics.model_offer(rnd, self.cfg.node_id), wire, qos=1)
-        log.info("round %d: sent our copy of the final model %s, as asked", rnd, model_hash[:12])
 
     # -- outputs
     def ask(self, rnd: int, node: str, request: bytes) -> None:
         """Send ``node`` a request (a delta or model request) about round ``rnd``."""
         self.mqtt.publish(self.topics.resend(rnd, node), request, qos=1)
-
-    def publish_checkpoint(self, data: bytes) -> None:
-        """Publish a checkpoint retained: whole on ``model/latest`` when it fits one packet,
-        else as retained chunks on ``model/chunk/{i}`` (a retained topic keeps only its last
-        message, so each chunk needs a topic of its own)."""
-        topic = self.topics.model_latest()
-        if len(data) + publish_overhead(topic) <= self.cfg.broker.max_packet:
-            self.mqtt.publish(topic, data, qos=1, retain=True)
-            return
-        size = self.sender.frame_size(self.topics.model_chunk(2**32 - 1))
-        for i, chunk in enumerate(split(data, size)):
-            self.mqtt.publish(self.topics.model_chunk(i), chunk, qos=1, retain=True)
 
     def _status(self, state: str) -> bytes:
         # Signed with the device key (the will too, at connect time: the broker sends it).

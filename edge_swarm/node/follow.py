@@ -26,6 +26,7 @@ class Follow:
         self._checkpoints = False
         self._all_deltas = False
         self._round: int | None = None  # committee mode: the round whose deltas we take
+        self.reveals = False  # secure aggregation: a member takes the round's reveals too
         self.bodies = BodyStash()  # full forms of that round's entries
 
     def checkpoints(self, on: bool) -> None:
@@ -52,10 +53,14 @@ class Follow:
         """Committee mode: round ``rnd`` opened; take its deltas iff this node merges it."""
         if self._round is not None:
             self._mqtt.unsubscribe(self._topics.round_delta_filter(self._round))
+            if self.reveals:
+                self._mqtt.unsubscribe(self._topics.reveal_filter(self._round))
             if not member:
                 self._mqtt.unsubscribe(self._topics.ledger_bodies())
             self._round = None
         if member:
             self._mqtt.subscribe(self._topics.round_delta_filter(rnd), qos=1)
             self._mqtt.subscribe(self._topics.ledger_bodies(), qos=1)
+            if self.reveals:
+                self._mqtt.subscribe(self._topics.reveal_filter(rnd), qos=1)
             self._round = rnd

@@ -6,12 +6,10 @@ any of them can take over; only the coordinating one (the Raft leader) acts: it 
 agents' submissions to the ledger, opens, closes and finalises rounds, answers ledger
 queries, publishes appended entries on ``ledger/events`` and the retained checkpoint.
 
-Submissions are validated twice: ``ledger_lite`` checks signature, enrolment and policy on
-every replica; the coordinator's ``admit`` checks that the entry makes sense for the round in
-progress (a commit for the open round, once per node) before it is forwarded.
-
-Every round decision is the coordinator's (``swarm/coordinator.py``): this module carries out
-its actions (append, merge, ensure a key epoch, publish the checkpoint) and feeds it events.
+Submissions are validated by ``ledger_lite`` on every replica (signature, enrolment, policy)
+and first by the coordinator's ``admit`` (an entry that makes sense for the round). Every
+round decision is the coordinator's (``swarm/coordinator.py``): this module carries out its
+actions (append, merge, ensure a key epoch, publish the checkpoint) and feeds it events.
 """
 
 from __future__ import annotations
@@ -30,10 +28,12 @@ from edge_swarm.node.base import NodeRuntime, enrolled_gateway_fps, now_ms
 from edge_swarm.node.config import NodeConfig
 from edge_swarm.node.devices import DeviceBook
 from edge_swarm.node.disk import ledger_full, ledger_ok, save_file
+from edge_swarm.node.entry_amend import amend_entry
 from edge_swarm.node.exports import RoundExporter
 from edge_swarm.node.intake import Intake
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.model_share import DeltaAsks, ModelAsks
+from edge_swarm.node.private_merge import PrivacyRecord
 from edge_swarm.node.queries import announce, answer
 from edge_swarm.node.updates import downlink_of
 from edge_swarm.swarm import protocol as P
@@ -109,6 +109,7 @@ class Gateway(NodeRuntime):
             initial_state_hash=self.holder.state.state_hash(),
         )
         self.pending_merge: P.Merge | None = None  # the coordinator's, until its deltas are in
+        self.spent = PrivacyRecord(self.privacy) if self.privacy.dp else None  # ε, from the ledger
         self.delta_asks = DeltaAsks(
             lambda r, node, sha: self.ask(r, node, encode_delta_request(sha))
         )
@@ -194,23 +195,6 @@ class Gateway(NodeRuntime):
         if self.leading and self.holder.round > 0:
             self._publish_checkpoint()
 
-    def _start_dashboard(self) -> None:
-        """The read-only page for the site (devices, rounds, accuracy, ledger tail)."""
-        from edge_swarm.dashboard import DashboardServer, DashboardSource
-
-        host, _, port = str(self.cfg.dashboard).rpartition(":")
-        source = DashboardSource(
-            self.ledger.entries,
-            lambda: {n: dict(v) for n, v in list(self.devices.view.items())},
-            entries_from=self.ledger.entries,
-        )
-        try:
-            self.dashboard = DashboardServer(source, host=host, port=int(port)).start()
-        except OSError as exc:  # a taken port must not stop the gateway's real work
-            log.error("dashboard not started on %s: %s", self.cfg.dashboard, exc)
-            return
-        log.info("dashboard on http://%s:%d/", host, self.dashboard.port)
-
     def setup(self) -> None:
         t = self.topics
         for topic in (
@@ -222,11 +206,15 @@ class Gateway(NodeRuntime):
             t.model_latest(),
             t.model_chunk_filter(),
             t.model_offer_filter(),
+            *([t.reveal_filter()] if self.privacy.secagg else []),
         ):
             self.mqtt.subscribe(topic, qos=1)
         self.ledger.start()
-        if self.cfg.dashboard is not None:
-            self._start_dashboard()
+        if self.cfg.dashboard is not None:  # the site's read-only page
+            from edge_swarm.dashboard.server import start_for_gateway
+
+            devices = lambda: {n: dict(v) for n, v in list(self.devices.view.items())}  # noqa: E731
+            self.dashboard = start_for_gateway(self.cfg.dashboard, self.ledger.entries, devices)
 
     def shutdown(self) -> None:
         try:
@@ -349,6 +337,8 @@ class Gateway(NodeRuntime):
             held = self.devices.enrolled(p["node"])
             if held is not None:
                 self.call_soon(lambda: self._on_status(p["node"], held))
+        if entry.kind == "model_final" and self.spent is not None:
+            self.spent.fold_final(p)
         event = P.Appended(entry.kind, entry.author, p, entry.ts, entry.hash)
         actions = self.coordinator.handle(event)
         if not live:
@@ -364,9 +354,19 @@ class Gateway(NodeRuntime):
         for action in actions:
             # A follower appends nothing but, on a committee, its own attestation.
             if isinstance(action, P.Append) and (self.leading or action.kind == "model_attest"):
-                payload = action.payload
-                if action.kind == "model_final":
-                    payload = self._with_merge_report(payload)
+                cur = self.coordinator.current
+                included = cur.included if cur is not None else ()
+                online = set(self.coordinator.online & self.coordinator.agents)
+                payload = amend_entry(  # node/entry_amend.py: merge report, privacy
+                    action.kind,
+                    action.payload,
+                    self.holder,
+                    self.secure,
+                    self.spent,
+                    included,
+                    self.ledger.state,
+                    online,
+                )
                 tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, payload)
                 self.ledger.submit(tx, self._own_result(action.kind))
             elif isinstance(action, P.Merge):
@@ -379,14 +379,6 @@ class Gateway(NodeRuntime):
                 self._finalise(action)
             elif isinstance(action, P.SwarmDone):
                 log.info("swarm finished: %d rounds (%s)", action.rounds, action.reason)
-
-    def _with_merge_report(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """model_final also records what the merge rule did with each included delta (this
-        gateway's own merge, which is the final model's: its hash is the one attested)."""
-        cand = self.holder.candidates.get(payload["round"])
-        if cand is None or cand.model_hash != payload["model_hash"] or not cand.report:
-            return payload
-        return {**payload, "merge": cand.report}
 
     def _ensure_keys(self) -> None:
         """Answer the coordinator's ``EnsureKeys``: ready if the newest key epoch wraps the
@@ -427,6 +419,9 @@ class Gateway(NodeRuntime):
             self.call_soon(failed)
 
         return result
+
+    def on_reveal(self, rnd: int) -> None:
+        self._retry_merge()
 
     def _retry_merge(self) -> None:
         action = self.pending_merge

@@ -9,7 +9,9 @@ role        may publish                                            may read
 ==========  =====================================================  =========================
 agent       round/+/delta/{id}, round/+/model/{id},                round/+/delta/+,
             round/+/resend/+, ledger/submit, ledger/query,         round/+/resend/{id},
-            fleet/status/{id}, fleet/telemetry/{id}                model/#, ledger/events,
+            fleet/status/{id}, fleet/telemetry/{id},               round/+/share/{id},
+            round/+/share/+, round/+/reveal/{id}                   round/+/reveal/+,
+                                                                   model/#, ledger/events,
                                                                    ledger/bodies,
                                                                    ledger/reply/{id},
                                                                    fleet/cmd/{id}, fleet/cmd/all
@@ -72,6 +74,8 @@ def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
             f"{t.root}round/+/delta/{user}",
             f"{t.root}round/+/model/{user}",
             t.resend_filter(),
+            f"{t.root}round/+/share/+",  # secure aggregation (swarm/secagg.py)
+            f"{t.root}round/+/reveal/{user}",
             t.ledger_submit(),
             t.ledger_query(),
             *own_status,
@@ -79,6 +83,8 @@ def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
         read = [
             t.delta_filter(),
             t.resend_filter(user),
+            t.share_filter(user),
+            t.reveal_filter(),  # drawn onto a committee, it unmasks too
             model,
             t.ledger_events(),
             t.ledger_bodies(),
@@ -98,6 +104,7 @@ def _rules(t: Topics, user: str, role: str) -> tuple[list[str], list[str]]:
             t.delta_filter(),
             t.resend_filter(user),
             t.model_offer_filter(),
+            t.reveal_filter(),
             model,
             t.ledger_submit(),
             t.ledger_query(),

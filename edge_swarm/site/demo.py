@@ -36,6 +36,7 @@ from edge_swarm.site.data_arrivals import Arrivals, stage
 from edge_swarm.site.launch import SwarmProcesses, Wrapper
 from edge_swarm.site.provision import OBSERVER_ID, SwarmLayout, SwarmParams, provision_swarm
 from edge_swarm.swarm.merge import STANDARD_MERGE, MergeRule
+from edge_swarm.swarm.privacy import PrivacyPolicy
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import Entry
@@ -76,6 +77,7 @@ class RunConfig:
     val_fraction: float = 0.0
     serve_margin: float = 0.02
     serve: bool = False  # the agents serve every final model the gate lets through
+    privacy: PrivacyPolicy | None = None  # secure aggregation and/or DP (swarm/privacy.py)
     seed: int = 0
     rounds: int = 20
     hidden: tuple[int, ...] = (32,)
@@ -278,6 +280,7 @@ def prepare(
         downlink=cfg.downlink,
         val_fraction=cfg.val_fraction,
         serve_margin=cfg.serve_margin,
+        privacy=cfg.privacy,
         extra={"workload": cfg.workload},
     )
     broker = replace(site.config, keepalive_s=cfg.keepalive_s, max_packet=cfg.max_packet)

@@ -25,6 +25,7 @@ from edge_swarm.node.config import (
 )
 from edge_swarm.swarm.campaign import CampaignSettings
 from edge_swarm.swarm.merge import MergeRule
+from edge_swarm.swarm.privacy import PrivacyPolicy, check_merge
 from edge_swarm.swarm.quantize import CodecSpec
 from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import DEFAULT_POLICY, Entry, SigningKey, make_genesis, make_tx
@@ -68,6 +69,8 @@ class SwarmParams:
     # be before a device that serves models holds it back.
     val_fraction: float = 0.2
     serve_margin: float = 0.02
+    # Privacy against fellow members (swarm/privacy.py): secure aggregation, DP, or both.
+    privacy: PrivacyPolicy | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class SwarmParams:
         CampaignSettings.from_params({"rounds": self.rounds, **self._campaign()})
         if not 0 <= self.val_fraction < 1 or not 0 <= self.serve_margin <= 1:
             raise ValueError("val_fraction must be in [0, 1) and serve_margin in [0, 1]")
+        if self.privacy is not None:  # PrivacyError: a rule secure aggregation would hide
+            check_merge(self.privacy, self.merge.aggregation, self.merge.clip, self.merge_by)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +100,8 @@ class SwarmParams:
             **self._campaign(),
             "val_fraction": self.val_fraction,
             "serve_margin": self.serve_margin,
+            # None or "none" adds nothing: such a genesis is exactly what it was before.
+            **({"privacy": self.privacy.to_dict()} if self.privacy and self.privacy.active else {}),
             **self.extra,
         }
 

@@ -75,6 +75,9 @@ class RoundAudit:
     committee: list[str] = field(default_factory=list)  # merge_by = committee: who merged it
     # Each site's held-out accuracy of this round's final model: node -> (val_acc, val_n).
     validation: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # Under DP (swarm/privacy.py): the round's effective noise multiplier, the agents whose
+    # noise its sum carries, and the privacy spent so far (epsilon at delta).
+    privacy: dict[str, Any] | None = None
 
     def val_mean(self) -> float | None:
         """The mean over sites (each site counts once) of their scores of this round's model."""
@@ -142,6 +145,7 @@ class RoundAudit:
                 n: {"val_acc": a, "val_n": k} for n, (a, k) in sorted(self.validation.items())
             },
             "val_mean": self.val_mean(),
+            "privacy": self.privacy,
         }
 
 
@@ -174,6 +178,7 @@ def audit_rounds(entries: list[Entry]) -> dict[int, RoundAudit]:
             rec.merge = p.get("merge") if isinstance(p.get("merge"), dict) else None
             rec.abandoned = str(p.get("abandoned", ""))
             rec.committee = list(p.get("committee", []))
+            rec.privacy = p.get("privacy") if isinstance(p.get("privacy"), dict) else None
     return rounds
 
 

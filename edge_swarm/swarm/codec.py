@@ -36,17 +36,14 @@ Invariants
   limit is checked before any parsing, then every field, then that nothing trails the
   signature. A frame it returns is well formed, but not yet trusted: call
   ``Envelope.verify`` with the sender's enrolled key, and ``decode_delta`` for the numbers.
-- Arrays cross the wire as raw little-endian bytes with the dtype fixed by the codec id and
-  the length fixed by ``n_params``; never pickle network data.
-- The codec body is ``quantize``'s: self-describing given (codec id, flags, n_params), so a
-  receiver decodes any sender's codec and one swarm can mix them. ``body_len`` is bounded
-  by ``quantize.max_body_len`` before anything is decoded. Building with an unknown codec
-  is misuse (ValueError); receiving one is bad input (EnvelopeError).
-- A sealed envelope's numbers need the data key: ``open_envelope`` (after ``verify``) gives
-  the plaintext codec body, which ``decode_delta`` takes as ``body``. ``decode_envelope``
-  bounds a sealed ``body_len`` by the codec's maximum plus ``OVERHEAD``.
-- Misuse by our own code raises ValueError/TypeError; bad input from a peer raises
-  EnvelopeError (a ValueError subclass) and nothing else.
+- Arrays cross the wire as raw little-endian bytes, dtype fixed by the codec id, length by
+  ``n_params``; never pickle network data. The codec body is ``quantize``'s (or masked
+  ring elements, ``CODEC_MASKED``): self-describing given (codec id, flags, n_params), so
+  one swarm can mix codecs; ``body_len`` is bounded (plus ``OVERHEAD`` when sealed) before
+  anything is decoded. A sealed body needs the data key: ``open_envelope`` (after
+  ``verify``) gives the plaintext codec body, which ``decode_delta`` takes as ``body``.
+- Misuse by our own code (e.g. an unknown codec) raises ValueError/TypeError; bad input
+  from a peer raises EnvelopeError (a ValueError subclass) and nothing else.
 
 Pure: no sockets, no threads, no logging.
 """
@@ -70,6 +67,7 @@ __all__ = [
     "CODEC_FLOAT32",
     "CODEC_INT4",
     "CODEC_INT8",
+    "CODEC_MASKED",
     "CODEC_SIGN1",
     "DEFAULT_MAX",
     "FLAG_SEALED",
@@ -96,6 +94,7 @@ CODEC_FLOAT16 = quantize.CODEC_IDS["float16"]
 CODEC_INT8 = quantize.CODEC_IDS["int8"]
 CODEC_INT4 = quantize.CODEC_IDS["int4"]
 CODEC_SIGN1 = quantize.CODEC_IDS["sign1"]
+CODEC_MASKED = 16  # secagg's masked ring elements (u32): decode_delta gives them as uint32
 
 FLAG_TOPK = quantize.FLAG_TOPK
 """The body is a top-k sparse encoding (indices + values) of the codec."""
@@ -126,7 +125,7 @@ class EnvelopeError(ValueError):
 
 # --------------------------------------------------------------------------- codecs
 
-_CODEC_IDS = frozenset(quantize.CODEC_IDS.values())
+_CODEC_IDS = frozenset({*quantize.CODEC_IDS.values(), CODEC_MASKED})
 _SUPPORTED_FLAGS = FLAG_TOPK | FLAG_SEALED
 
 
@@ -139,7 +138,8 @@ def _payload() -> ModuleType:
 
 def _max_body(codec: int, flags: int, n_params: int) -> int:
     """The longest body a frame with these fields may carry (codec maximum, plus seal overhead)."""
-    limit = quantize.max_body_len(codec, flags & ~FLAG_SEALED, n_params)
+    masked = codec == CODEC_MASKED
+    limit = 4 * n_params if masked else quantize.max_body_len(codec, flags & ~FLAG_SEALED, n_params)
     return limit + _payload().OVERHEAD if flags & FLAG_SEALED else limit
 
 
@@ -302,7 +302,7 @@ def encode_envelope(
         with np.errstate(over="ignore"):  # an overflow becomes inf, which encode refuses
             f32 = arr.astype(np.float32)
         body = quantize.encode(f32, quantize.CodecSpec("float32"))
-    codec_max = quantize.max_body_len(header.codec, header.codec_flags, header.n_params)
+    codec_max = _max_body(header.codec, header.codec_flags, header.n_params)
     if len(body) > codec_max:
         raise ValueError(f"a body of {len(body)} bytes exceeds {codec_max}")
     if data_key is not None:
@@ -474,13 +474,10 @@ def open_envelope(env: Envelope, data_key: bytes) -> bytes:
 
 
 def decode_delta(env: Envelope, expected_n_params: int, body: bytes | None = None) -> np.ndarray:
-    """Decode the codec body of a (verified) envelope into a fresh float32 array.
-
-    ``body`` is the plaintext codec body from ``open_envelope``; None means ``env.body``,
-    which a sealed envelope refuses (its body is ciphertext, so decoding it would only
-    produce noise or a confusing codec error). Raises EnvelopeError if the envelope's
-    ``n_params`` is not ``expected_n_params``, the body does not decode, or the values are
-    not all finite.
+    """Decode the codec body of a (verified) envelope into a fresh float32 array (uint32
+    ring elements for ``CODEC_MASKED``). ``body``: the plaintext from ``open_envelope``;
+    None means ``env.body``, which a sealed envelope refuses (it is ciphertext). Raises
+    EnvelopeError for another ``n_params``, a body that does not decode, or non-finite values.
     """
     h = env.header
     if body is None:
@@ -489,6 +486,10 @@ def decode_delta(env: Envelope, expected_n_params: int, body: bytes | None = Non
         body = env.body
     if h.n_params != expected_n_params:
         raise EnvelopeError(f"delta has {h.n_params} params, model has {expected_n_params}")
+    if h.codec == CODEC_MASKED:
+        if len(body) != 4 * h.n_params or h.codec_flags:
+            raise EnvelopeError(f"masked body of {len(body)} bytes for {h.n_params} params")
+        return np.frombuffer(body, dtype="<u4").astype(np.uint32)
     try:
         delta = quantize.decode(body, h.codec, h.codec_flags, h.n_params)
     except quantize.CodecError as exc:

@@ -112,6 +112,7 @@ class Coordinator:
         # Who said on the ledger they hold the last final model: whom a gateway that lost
         # it asks for it (the attesters its model_final names, then later attestations).
         self.final_holders: tuple[str, ...] = ()
+        self.privacy_spent: dict[str, Any] | None = None  # the last model_final's privacy
         self.current: RoundState | None = None
         self.agents: set[str] = set()
         self.online: set[str] = set()
@@ -318,6 +319,8 @@ class Coordinator:
         self.finished_rounds += 1
         self.last_final_round = p["round"]
         self.final_holders = tuple(a for a in p.get("attesters", ()) if isinstance(a, str))
+        if isinstance(p.get("privacy"), dict):  # what the gateway recorded (private_merge.py)
+            self.privacy_spent = p["privacy"]
         self.current = None
         self._attested = {a for a in self._attested if a[0] >= p["round"]}
         self.committees.forget_before(p["round"] + 1)
@@ -388,7 +391,7 @@ class Coordinator:
     def _maybe_open(self, now_ms: int | None) -> list[Action]:
         if now_ms is None or self.campaign.why_not_open() is not None:
             return []
-        stop = self.campaign.stop_reason()  # from the sites' metrics on the ledger
+        stop = self.campaign.stop_reason() or self._privacy_stop()  # from the ledger
         if stop is not None:
             self._pending = "campaign"
             return [Append("campaign", {"op": "end", "reason": stop})]
@@ -410,6 +413,16 @@ class Coordinator:
         payload = {"round": rnd, "base_model_hash": self.model_hash, "deadline_ms": deadline}
         self._pending = "round_open"
         return [Append("round_open", payload)]
+
+    def _privacy_stop(self) -> str | None:
+        budget, spent = self.policy.epsilon_budget, self.privacy_spent
+        if budget is None or not spent or not spent.get("epsilon_next", 0) > budget:
+            return None
+        return (
+            f"privacy budget spent: epsilon {spent.get('epsilon', 0):.3g} at delta"
+            f" {spent.get('delta', 0):g} after round {self.last_final_round}; another round"
+            f" would reach {spent['epsilon_next']:.3g} > the budget {budget:g}"
+        )
 
     def _maybe_close(self, now_ms: int | None) -> list[Action]:
         cur = self.current

@@ -220,7 +220,14 @@ class EnvelopeInbox:
         Sample counts come from the ledger's ``delta_commit`` (what the node signed there),
         and must agree with the envelope header.
         """
-        out = []
+        vectors = self.take_raw(rnd, included, n_samples)
+        return [Contribution(node, vectors[node], n_samples[node]) for node, _ in included]
+
+    def take_raw(
+        self, rnd: int, included: tuple[tuple[str, str], ...], n_samples: dict[str, int]
+    ) -> dict[str, np.ndarray]:
+        """As ``take``, the decoded vectors by node (masked ring elements stay uint32)."""
+        out = {}
         for node, sha in included:
             delta = self._kept.get((rnd, node), {}).get(sha)
             if delta is None:
@@ -229,7 +236,7 @@ class EnvelopeInbox:
                 raise KeyError(f"{node}: no sample count from the ledger for round {rnd}")
             if self._samples[(rnd, node, sha)] != n_samples[node]:
                 raise KeyError(f"{node}: sample count in envelope and ledger disagree")
-            out.append(Contribution(node=node, delta=delta, n_samples=n_samples[node]))
+            out[node] = delta
         return out
 
     def forget_before(self, rnd: int) -> None:

@@ -145,6 +145,12 @@ class Participant:
         self.model_round = last
         return self._maybe_train()
 
+    def retry_merge(self, rnd: int) -> list[Action]:
+        """Merge round ``rnd`` now if it waits for nothing this machine knows of (a merge
+        that failed for want of something the wiring holds, e.g. secure aggregation's
+        reveals)."""
+        return self._maybe_merge(rnd)
+
     def is_member(self, rnd: int) -> bool:
         """Whether this node merges round ``rnd`` (and so needs its deltas): always in "all"
         mode; in committee mode iff it was drawn (False for a round not drawn yet)."""

@@ -264,6 +264,7 @@ class RoundPolicy:
     committee_k: int = 2  # agents drawn per round beside the gateways (committee mode)
     cadence_ms: int = 0
     stop: StopRule | None = None
+    epsilon_budget: float | None = None  # the genesis's privacy budget (swarm/privacy.py)
 
     def __post_init__(self) -> None:
         CampaignSettings(self.rounds, self.cadence_ms, self.stop)  # raises CampaignError
@@ -301,6 +302,7 @@ class RoundPolicy:
             # (every node must draw the same committee from the same k).
             merge_by=params.get("merge_by", "all"),
             committee_k=params.get("committee_k", 2),
+            epsilon_budget=(params.get("privacy") or {}).get("epsilon_budget"),
         )
 
 

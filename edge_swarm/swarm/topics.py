@@ -86,6 +86,8 @@ class TopicKind:
     FLEET_TELEMETRY = "fleet_telemetry"
     FLEET_CMD = "fleet_cmd"
     FLEET_ACK = "fleet_ack"
+    SHARE = "share"  # secure aggregation: a sealed seed share for one neighbour
+    REVEAL = "reveal"  # secure aggregation: what an agent reveals once the round closed
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ _PER_ROUND: dict[str, str] = {
     "delta": TopicKind.DELTA,
     "resend": TopicKind.RESEND,
     "model": TopicKind.MODEL_OFFER,
+    "share": TopicKind.SHARE,
+    "reveal": TopicKind.REVEAL,
 }
 
 
@@ -192,6 +196,23 @@ class Topics:
     def model_offer_filter(self) -> str:
         """A subscription filter matching every node's model offers of every round."""
         return f"{self.root}round/+/model/+"
+
+    def share(self, r: int, recipient: str) -> str:
+        """Where a secure-aggregation seed share for ``recipient`` of round ``r`` goes."""
+        return f"{self.root}round/{validate_round(r)}/share/{validate_id(recipient, 'node id')}"
+
+    def share_filter(self, recipient: str) -> str:
+        """Every round's seed shares for ``recipient``."""
+        return f"{self.root}round/+/share/{validate_id(recipient, 'node id')}"
+
+    def reveal(self, r: int, node: str) -> str:
+        """Where ``node`` sends what it reveals for round ``r``'s unmasking."""
+        return f"{self.root}round/{validate_round(r)}/reveal/{validate_id(node, 'node id')}"
+
+    def reveal_filter(self, r: int | None = None) -> str:
+        """Every node's reveals of round ``r``, or of every round (the committee's)."""
+        level = "+" if r is None else str(validate_round(r))
+        return f"{self.root}round/{level}/reveal/+"
 
     def model_latest(self) -> str:
         """The retained topic of the latest agreed checkpoint."""
