@@ -144,10 +144,13 @@ def settle(
     within ``cfg.timeout_s`` (naming the processes' state), AssertionError if the ledger
     does not settle within `timeout` s (naming who is missing, or each replica's height).
     """
-    from edge_swarm.site.demo import _failure, _finished
+    from edge_swarm.site.demo import _failure, _finished, last_round
 
-    last = cfg.rounds
-    done = obs.wait_for(lambda: _finished(obs, last) or bool(procs.failed()), cfg.timeout_s)
+    def last_done() -> bool:  # the budget's last round, or the last once the campaign ended
+        return _finished(obs, last_round(obs, cfg.rounds))
+
+    done = obs.wait_for(lambda: last_done() or bool(procs.failed()), cfg.timeout_s)
+    last = last_round(obs, cfg.rounds)
     if not done or not _finished(obs, last):
         raise RuntimeError(_failure(f"the swarm did not finish {last} rounds", procs))
     expected = set(obs.rounds[last].included if attesters is None else attesters)

@@ -330,7 +330,9 @@ class SecureRounds:
         total = secagg.unmask_sum(
             masked, graph=r.graph, self_seeds=seeds, revealed_pairs=pairs, bits=self.policy.bits
         )
-        if self.trace is not None:
+        if self.trace is not None:  # tests: what this member saw, and what it unmasked
+            for node, seen in masked.items():
+                np.save(self.trace / f"view-{rnd}-{node}.npy", seen)
             np.save(self.trace / f"sum-{rnd}-{self.node}.npy", total)
         return total
 
