@@ -153,7 +153,7 @@ def test_the_recorded_epsilon_matches_dp_accounting_run_directly() -> None:
 @given(st.lists(st.booleans(), min_size=1, max_size=40))
 def test_included_bits_round_trip(flags: list[bool]) -> None:
     order = tuple(f"agent-{i:03d}" for i in range(len(flags)))
-    chosen = {n for n, f in zip(order, flags) if f}
+    chosen = {n for n, f in zip(order, flags, strict=True) if f}
     assert parse_bits(order, included_bits(order, chosen)) == chosen
     assert parse_bits(order, "zz") is None and parse_bits(order, 5) is None
 
