@@ -68,6 +68,8 @@ class Probe:
     cpu: list[tuple[float, float | None, float | None]] = field(default_factory=list)
     sys: list[tuple[float, str, int]] = field(default_factory=list)  # live values only
     processes: list[tuple[str, ...]] = field(default_factory=list)  # agents of each process
+    # (time, CPU seconds summed over the agent processes): what the agents pay per round
+    agent_cpu: list[tuple[float, float]] = field(default_factory=list)
     gateway_rss_kb: int | None = None
     observer: SwarmObserver | None = None
     sys_note: str = ""
@@ -79,17 +81,21 @@ class Probe:
         self.observer = observer
         self.processes = [p.nodes for p in procs.agent_processes]
         gw = procs.gateway.proc.pid if procs.gateway.proc is not None else None
+        agents = [p.proc.pid for p in procs.agent_processes if p.proc is not None]
         broker = procs.broker
         self._thread = threading.Thread(
-            target=self._sample, args=(gw, broker.pid), name="bench-cpu", daemon=True
+            target=self._sample, args=(gw, broker.pid, agents), name="bench-cpu", daemon=True
         )
         self._thread.start()
         self._watch_sys(broker.port)
         self.sys_note = lower_sys_interval(broker)
 
-    def _sample(self, gateway_pid: int | None, broker_pid: int | None) -> None:
+    def _sample(self, gateway_pid: int | None, broker_pid: int | None, agents: list[int]) -> None:
         while not self._stop.wait(CPU_SAMPLE_S):
             self.cpu.append((time.time(), cpu_seconds(gateway_pid), cpu_seconds(broker_pid)))
+            spent = [cpu_seconds(pid) for pid in agents]
+            if agents and all(c is not None for c in spent):
+                self.agent_cpu.append((time.time(), float(sum(c for c in spent if c))))
             self.gateway_rss_kb = peak_rss_kb(gateway_pid) or self.gateway_rss_kb
 
     def _watch_sys(self, port: int) -> None:

@@ -216,6 +216,9 @@ def site_figures(res: RunResult, probe: Probe, last: int) -> dict[str, Any]:
         pr = per_round(cpu, marks)
         out[f"{who}_cpu_s_per_round"], out[f"{who}_cpu_window"] = pr.value, window(pr, marks)
     out.update(broker_figures(probe, marks))
+    agents = per_round(probe.agent_cpu, marks)  # summed over the processes: per agent
+    n = sum(len(p) for p in probe.processes) or 1
+    out["agent_cpu_s_per_round"] = None if agents.value is None else agents.value / n
     return out
 
 

@@ -26,7 +26,8 @@ from edge_swarm.node.secure_rounds import (
     parse_bits,
 )
 from edge_swarm.site.provision import SwarmParams
-from edge_swarm.swarm import dp, secagg
+from edge_swarm.swarm import dp, ring_codec, secagg
+from edge_swarm.swarm.codec import EnvelopeError
 from edge_swarm.swarm.merge import MergeRule
 from edge_swarm.swarm.privacy import PrivacyError, PrivacyPolicy, check_merge
 from edge_swarm.swarm.rounds import Merge
@@ -202,26 +203,26 @@ def _updates(names: list[str], seed: int = 0) -> dict[str, np.ndarray]:
     return {a: rng.normal(0, 0.05, 2410).astype(np.float32) for a in names}
 
 
-@pytest.mark.parametrize("dead", [0, 2])
-def test_a_secure_round_unmasks_the_exact_sum_despite_dead_agents(dead: int) -> None:
-    pol = PrivacyPolicy("secagg")
+@pytest.mark.parametrize(("dead", "bits"), [(0, 32), (2, 32), (2, 24)])
+def test_a_secure_round_unmasks_the_exact_sum_despite_dead_agents(dead: int, bits: int) -> None:
+    pol = PrivacyPolicy("secagg", bits=bits, max_agents=128, max_samples=1000)
     site = _Site(8, pol)
     deltas = _updates(site.names)
     masked, plain = {}, {}
     for a in site.names:
         body = site.nodes[a].masked_body(1, deltas[a], 100)
-        assert body is not None
-        masked[a] = np.frombuffer(body, dtype="<u4").astype(np.uint32)
+        assert body is not None and len(body) == 2410 * (3 if bits == 24 else 4)
+        masked[a] = ring_codec.unpack(body, ring_codec.ring_codec(bits), 2410)
         clipped, _ = dp.clip(deltas[a].astype(np.float64), pol.clip)
         assert pol.scale is not None
-        plain[a] = secagg.encode_fixed(clipped * pol.weight(100), scale=pol.scale, bits=32)
+        plain[a] = secagg.encode_fixed(clipped * pol.weight(100), scale=pol.scale, bits=bits)
     site.deliver_shares()
     alive = site.names[dead:]  # the first `dead` agents died after uploading
     site.reveal(alive, site.names)
     total = site.member.unmask(1, masked)
     expected = np.zeros(2410, dtype=np.uint64)
     for x in plain.values():
-        expected = (expected + x) % 2**32
+        expected = (expected + x) % 2**bits
     assert np.array_equal(total.astype(np.uint64), expected)  # bit for bit
 
 
@@ -295,3 +296,25 @@ def test_bad_shares_and_reveals_are_dropped_with_a_reason() -> None:
     pub = lambda n: site.sign[n].public_hex  # noqa: E731
     assert "signature" in (site.member.offer_reveal(1, "agent-01", b"x" * 100, pub) or "")
     assert site.member.offer_reveal(7, "agent-01", b"x" * 100, pub) is not None
+
+
+def test_a_masked_body_of_the_wrong_size_is_refused() -> None:
+    values = np.arange(10, dtype=np.uint32) * 1_000_003 % 2**24
+    body = ring_codec.pack(values, ring_codec.CODEC_MASKED24)
+    assert np.array_equal(ring_codec.unpack(body, ring_codec.CODEC_MASKED24, 10), values)
+    with pytest.raises(EnvelopeError, match="masked body"):
+        ring_codec.unpack(body[:-1], ring_codec.CODEC_MASKED24, 10)
+    with pytest.raises(EnvelopeError, match="masked body"):
+        ring_codec.unpack(body, ring_codec.CODEC_MASKED, 10)
+    assert ring_codec.unpack(body, 2, 10) is None  # int8: not a ring
+
+
+def test_a_second_open_of_a_round_keeps_the_first_graph_and_its_shares() -> None:
+    # Two leaders a moment apart can both append round_open; the first counts everywhere.
+    site = _Site(5, PrivacyPolicy("secagg"))
+    node = site.nodes["agent-01"]
+    first = node.rounds[1]
+    assert node.masked_body(1, np.zeros(2410, np.float32), 3) is not None
+    node.open_round(1, "cd" * 32, site.state, 0)  # type: ignore[arg-type]
+    assert node.rounds[1] is first and node.rounds[1].round_hash == HASH
+    assert "agent-01" in node.rounds[1].held

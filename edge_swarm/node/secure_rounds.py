@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_swarm.swarm import dp, secagg
+from edge_swarm.swarm import dp, ring_codec, secagg
 from edge_swarm.swarm.privacy import PrivacyPolicy
 from edge_swarm.swarm.topics import Topics
 from ledger_lite import LedgerState, verify
@@ -136,7 +136,11 @@ class SecureRounds:
         self, rnd: int, round_hash: str, state: LedgerState, at_ms: int, bits: Any = None
     ) -> None:
         """Draw round ``rnd``'s graph from its ``round_open``: its hash, the ledger state and
-        ts, and ``agents_bits`` (the candidates the coordinator saw online; None: all)."""
+        ts, and ``agents_bits`` (the candidates the coordinator saw online; None: all). A
+        second open of a round (two leaders a moment apart) changes nothing: the first
+        counts, for the coordinator too, and the masks and shares of the round are its."""
+        if rnd in self.expected or rnd <= max(self.expected, default=0) - KEEP_ROUNDS:
+            return
         for old in [r for r in self.expected if r <= rnd - KEEP_ROUNDS]:
             del self.expected[old]
         pubs = self.candidates(state, at_ms)
@@ -252,7 +256,7 @@ class SecureRounds:
             )
             bundle = secagg.ShareBundle(self.swarm, rnd, self.node, j, blob)
             self._publish(self.topics.share(rnd, j), bundle.to_bytes())
-        return np.asarray(y, dtype="<u4").tobytes()
+        return ring_codec.pack(y, ring_codec.ring_codec(pol.bits))
 
     def offer_share(self, rnd: int, payload: bytes) -> str | None:
         """Keep a neighbour's share of its seed (sealed for us); the reason if dropped."""
@@ -396,8 +400,6 @@ def upload_body(
     if secure is None or not secure.policy.active:
         return feedback.compress(delta, codec, rng)[0], codec.codec_id, codec.flags
     if secure.policy.secagg:
-        from edge_swarm.swarm.codec import CODEC_MASKED
-
         body = secure.masked_body(rnd, delta, n_samples)
         if body is None:
             log.warning(
@@ -406,7 +408,7 @@ def upload_body(
                 rnd,
             )
             return None
-        return body, CODEC_MASKED, 0
+        return body, ring_codec.ring_codec(secure.policy.bits), 0
     noised = secure.noised(rnd, delta)
     if noised is None:
         return None

@@ -59,7 +59,7 @@ from types import ModuleType
 
 import numpy as np
 
-from edge_swarm.swarm import quantize
+from edge_swarm.swarm import quantize, ring_codec
 from edge_swarm.swarm.topics import TopicError, validate_id, validate_round
 
 __all__ = [
@@ -94,7 +94,8 @@ CODEC_FLOAT16 = quantize.CODEC_IDS["float16"]
 CODEC_INT8 = quantize.CODEC_IDS["int8"]
 CODEC_INT4 = quantize.CODEC_IDS["int4"]
 CODEC_SIGN1 = quantize.CODEC_IDS["sign1"]
-CODEC_MASKED = 16  # secagg's masked ring elements (u32): decode_delta gives them as uint32
+# Secure aggregation's masked ring elements (swarm/ring_codec.py): decode_delta gives uint32.
+CODEC_MASKED, CODEC_MASKED24 = ring_codec.CODEC_MASKED, ring_codec.CODEC_MASKED24
 
 FLAG_TOPK = quantize.FLAG_TOPK
 """The body is a top-k sparse encoding (indices + values) of the codec."""
@@ -125,7 +126,7 @@ class EnvelopeError(ValueError):
 
 # --------------------------------------------------------------------------- codecs
 
-_CODEC_IDS = frozenset({*quantize.CODEC_IDS.values(), CODEC_MASKED})
+_CODEC_IDS = frozenset({*quantize.CODEC_IDS.values(), *ring_codec.WIDTH})
 _SUPPORTED_FLAGS = FLAG_TOPK | FLAG_SEALED
 
 
@@ -138,8 +139,8 @@ def _payload() -> ModuleType:
 
 def _max_body(codec: int, flags: int, n_params: int) -> int:
     """The longest body a frame with these fields may carry (codec maximum, plus seal overhead)."""
-    masked = codec == CODEC_MASKED
-    limit = 4 * n_params if masked else quantize.max_body_len(codec, flags & ~FLAG_SEALED, n_params)
+    width, plain = ring_codec.WIDTH.get(codec), flags & ~FLAG_SEALED
+    limit = width * n_params if width else quantize.max_body_len(codec, plain, n_params)
     return limit + _payload().OVERHEAD if flags & FLAG_SEALED else limit
 
 
@@ -486,10 +487,9 @@ def decode_delta(env: Envelope, expected_n_params: int, body: bytes | None = Non
         body = env.body
     if h.n_params != expected_n_params:
         raise EnvelopeError(f"delta has {h.n_params} params, model has {expected_n_params}")
-    if h.codec == CODEC_MASKED:
-        if len(body) != 4 * h.n_params or h.codec_flags:
-            raise EnvelopeError(f"masked body of {len(body)} bytes for {h.n_params} params")
-        return np.frombuffer(body, dtype="<u4").astype(np.uint32)
+    ring = ring_codec.unpack(body, h.codec, h.n_params, h.codec_flags)
+    if ring is not None:
+        return ring
     try:
         delta = quantize.decode(body, h.codec, h.codec_flags, h.n_params)
     except quantize.CodecError as exc:
