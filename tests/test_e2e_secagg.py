@@ -11,6 +11,8 @@ broker, i.e. after uploading; more dead than the threshold allows fails the roun
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -216,3 +218,12 @@ def test_a_dp_swarm_records_epsilon_and_stops_when_its_budget_is_spent(
     ends = [e.payload for e in entries if e.kind == "campaign" and e.payload.get("op") == "end"]
     assert ends and ends[-1]["reason"].startswith("privacy budget spent"), ends
     assert finals[-1]["privacy"]["epsilon"] <= budget < finals[-1]["privacy"]["epsilon_next"]
+    # The auditor sees the privacy spent round by round.
+    audit = subprocess.run(
+        [sys.executable, "-m", "edge_swarm", "audit", str(result.layout.ledger_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stderr
+    assert "differential privacy spent" in audit.stdout
+    for p in finals:
+        assert f"{p['privacy']['epsilon']:.3f}" in audit.stdout

@@ -318,3 +318,18 @@ def test_a_second_open_of_a_round_keeps_the_first_graph_and_its_shares() -> None
     node.open_round(1, "cd" * 32, site.state, 0)  # type: ignore[arg-type]
     assert node.rounds[1] is first and node.rounds[1].round_hash == HASH
     assert "agent-01" in node.rounds[1].held
+
+
+def test_the_dashboard_and_the_audit_carry_the_privacy_spent() -> None:
+    from edge_swarm.dashboard.views import RoundView, summarize
+    from edge_swarm.swarm.audit import RoundAudit
+
+    spent = {"mode": "dp", "z": 2.0, "n": 4, "expected": 4, "delta": 1e-5, "epsilon": 1.2345}
+    a = RoundAudit(3, model_hash="ab" * 32, privacy=spent)
+    assert RoundView.from_audit(a, []).epsilon == pytest.approx(1.2345)
+    assert a.to_dict()["privacy"] == spent
+    entry = SimpleNamespace(
+        kind="model_final",
+        payload={"round": 3, "model_hash": "ab" * 32, "attesters": [], "privacy": spent},
+    )
+    assert "epsilon 1.234" in summarize(entry)  # type: ignore[arg-type]

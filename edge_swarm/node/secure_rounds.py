@@ -68,6 +68,7 @@ class _Round:
     held: dict[str, bytes] = field(default_factory=dict)  # sender -> our share of its seed
     reveals: dict[str, secagg.Reveal] = field(default_factory=dict)  # member: signed, checked
     revealed: bool = False
+    seeds: dict[str, bytes] = field(default_factory=dict)  # member: self seeds rebuilt
 
 
 def graph_agents(state: LedgerState, at_ms: int) -> dict[str, str]:
@@ -348,15 +349,17 @@ class SecureRounds:
     def _gather(
         self, r: _Round, included: set[str]
     ) -> tuple[str, dict[str, bytes], dict[tuple[str, str], bytes]]:
-        seeds: dict[str, bytes] = {}
+        # Counted first, combined only once all suffice (every reveal that arrives retries
+        # the merge: combining 100 seeds each time was a round's worth of CPU), and a seed
+        # once rebuilt is kept for the round.
+        shares: dict[str, list[bytes]] = {}
         short: list[str] = []
-        for j in sorted(included):
+        for j in sorted(included - set(r.seeds)):
             holders = (*r.graph.get(j, ()), j)
             got = [rv.shares[j] for h in holders if (rv := r.reveals.get(h)) and j in rv.shares]
-            try:
-                seeds[j] = secagg.combine_seed(got, r.threshold)
-            except secagg.SecAggError:
+            if len(got) < r.threshold:
                 short.append(f"{j} ({len(got)} of {r.threshold} shares)")
+            shares[j] = got[: r.threshold + 1]  # one more than needed: a check, not a cost
         pairs: dict[tuple[str, str], bytes] = {}
         lost: list[str] = []
         for i in sorted(included):
@@ -369,11 +372,18 @@ class SecureRounds:
                     lost.append(f"{i}-{j}")
                 else:
                     pairs[(min(i, j), max(i, j))] = seed
+        if not short and not lost:
+            for j, got in shares.items():
+                try:
+                    r.seeds[j] = secagg.combine_seed(got, r.threshold)
+                except secagg.SecAggError as exc:  # shares that do not agree: a liar
+                    short.append(f"{j} ({exc})")
         parts = []
         if short:
             parts.append(f"{len(short)} self-mask seed(s) short of shares: {', '.join(short)}")
         if lost:
             parts.append(f"{len(lost)} pair seed(s) unrevealed: {', '.join(lost[:8])}")
+        seeds = {j: r.seeds[j] for j in included if j in r.seeds}
         return "; ".join(parts), seeds, pairs
 
 
