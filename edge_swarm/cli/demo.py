@@ -234,9 +234,18 @@ def run_demo(args: argparse.Namespace) -> int:
         if args.continuous
         else None,
     )
+    rounds = read_rounds(result.layout.ledger_path)
+    spent = [a.privacy for _, a in sorted(rounds.items()) if a.privacy]
+    if spent:  # DP: what the model that leaves the swarm carries (docs/SECURITY.md)
+        last = spent[-1]
+        summary["privacy"] = last
+        print(
+            f"\nprivacy spent: epsilon {last['epsilon']:.3f} at delta {last['delta']:g} after"
+            f" {len(spent)} rounds (noise multiplier {last['z']:g}; the ledger holds each round's)"
+        )
     js = write_json(workdir / "summary.json", summary)
     ledger = result.layout.ledger_path
-    print_merge_summary(read_rounds(ledger))
+    print_merge_summary(rounds)
     print(
         f"\nplot: {png}\nsummary: {js}\n"
         f"check the ledger:  ledger-lite verify {ledger}\n"

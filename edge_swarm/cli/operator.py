@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_swarm.cli.privacy_options import privacy_policy
+from edge_swarm.cli.privacy_options import describe, privacy_policy
 from edge_swarm.site.operator import (
     EnrollRequest,
     OperatorError,
@@ -126,6 +126,7 @@ def _admin_init(args: argparse.Namespace) -> int:
         privacy=privacy,
     )
     bootstrap, genesis = admin_init(args.out, args.swarm, params.to_dict())
+    print(describe(privacy, args.rounds))  # docs/SECURITY.md: what it protects, what it costs
     print(
         f"merge rule: {rule.aggregation} over {rule.name}" + (f", f = {rule.f}" if rule.f else "")
     )
