@@ -1,9 +1,9 @@
 """A swarm with an emulated aarch64 device in it, set up as a site would set it up.
 
     with Device(cached_root().path, tmp / "pi") as pi:
-        run = run_with_device(cfg, pi)          # cfg: the x86 side (n_agents x86 agents)
+        run = run_with_devices(cfg, [Emulated(pi)])   # cfg: the x86 side (n_agents agents)
 
-What ``run_with_device`` does, in order, each step with the project's own commands:
+What ``run_with_devices`` does, in order, each step with the project's own commands:
 1. starts the run's broker on the host's loopback and provisions the x86 side exactly as
    ``run_swarm`` does (``site.demo.prepare``: genesis, gateway, ``cfg.n_agents`` agents);
 2. ``edge-swarm bundle --profile rpi4 --broker 127.0.0.1:PORT`` (wheels from the registry,
