@@ -2,7 +2,7 @@
 once with debootstrap and cached, in which commands run as aarch64 code under qemu-user.
 
     require_arm()                          # skip, or fail with EDGE_SWARM_REQUIRE_ARM=1 (CI)
-    base = cached_root()                   # built once (about 6 minutes), then reused
+    base = cached_root().path              # built once (3-6 minutes), then reused
     with Device(base, tmp_path / "pi") as pi:   # a fresh device; the base is never written
         pi.copy_in(bundle, "/boot/firmware/edge-swarm")
         pi.run(["sh", "/boot/firmware/edge-swarm/install.sh"], network=False)
@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,15 +112,15 @@ class RootInfo:
     reused: bool  # found in the cache by this call, not built by it
 
 
-def cached_root(cache: Path | None = None) -> RootInfo:
-    """The cached arm64 root, built first if there is none (RuntimeError if debootstrap
-    fails, with its last lines)."""
+def cached_root(cache: Path | None = None, rebuild: bool = False) -> RootInfo:
+    """The cached arm64 root, built first if there is none or ``rebuild`` asks (RuntimeError
+    if debootstrap fails, with its last lines)."""
     cache = (cache or cache_dir()) / "arm64"
     cache.mkdir(parents=True, exist_ok=True)
     root = cache / SUITE
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first's build
-        if (root / STAMP).is_file():
+        if (root / STAMP).is_file() and not rebuild:
             return _info(root, reused=True)
         scratch = cache / f".{SUITE}.build"
         shutil.rmtree(scratch, ignore_errors=True)
@@ -270,3 +271,24 @@ class Device:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.arm_root [--rebuild]``: build the cached root (``make arm-root``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.arm_root", description=__doc__)
+    parser.add_argument("--rebuild", action="store_true", help="build it again from Debian's")
+    args = parser.parse_args(argv)
+    why = arm_missing()
+    if why is not None:
+        print(f"cannot run an arm64 device here: {why}", file=sys.stderr)
+        return 1
+    info = cached_root(rebuild=args.rebuild)
+    how = "reused" if info.reused else "built"
+    print(f"{how} {info.path} (Debian {info.suite} arm64, built {info.built} in {info.build_s} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
