@@ -9,8 +9,9 @@ once with debootstrap and cached, in which commands run as aarch64 code under qe
         proc = pi.popen([...], log=...)    # shares the host's loopback: 127.0.0.1 is the host
 
 How it works:
-- The root is ``debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv
-  bookworm`` (Python 3.11, the Python of Raspberry Pi OS bookworm) from Debian's registry. It
+- The root is ``debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,
+  systemd bookworm`` (Python 3.11, the Python of Raspberry Pi OS bookworm) from Debian's
+  registry; systemd is there but never runs (nothing boots), as in an image being made. It
   is built in a scratch directory and renamed into place with a stamp file last, so that an
   interrupted build is never taken for a root; a lock file keeps two builds from racing. It
   lives in ``$EDGE_SWARM_CACHE/arm64/bookworm`` (default ``~/.cache/edge-swarm``), outside
@@ -51,7 +52,9 @@ CACHE_ENV = "EDGE_SWARM_CACHE"
 SUITE = "bookworm"
 MIRROR_ENV = "EDGE_SWARM_DEBIAN_MIRROR"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ("python3", "python3-venv")
+# The root plus systemd, which Raspberry Pi OS and JetPack both run: install.sh then
+# enables the bundle's unit as it would in an SD card's image, and systemd checks the unit.
+PACKAGES = ("python3", "python3-venv", "systemd")
 STAMP = ".edge-swarm-root.json"  # written last: a root without it is an interrupted build
 BUILD_TIMEOUT_S = 3600.0  # debootstrap's second stage runs emulated: minutes, more when loaded
 BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
@@ -121,7 +124,9 @@ def cached_root(cache: Path | None = None, rebuild: bool = False) -> RootInfo:
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first's build
         if (root / STAMP).is_file() and not rebuild:
-            return _info(root, reused=True)
+            info = _info(root, reused=True)
+            if info.packages == PACKAGES:
+                return info  # else a root made by an older harness: built again
         scratch = cache / f".{SUITE}.build"
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)  # a root without a stamp is half-built

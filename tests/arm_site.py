@@ -273,7 +273,10 @@ def _set_up(
     )
     installed = install(em.dev, bundle.path)
     enroll(layout, installed.request, cfg.workdir)
-    unit = unit_of((bundle.path / "systemd" / "edge-swarm-agent.service").read_text())
+    # The unit install.sh put where systemd reads it (the bundle's, if it had no systemd).
+    name = "edge-swarm-agent.service"
+    enabled = em.dev.path(f"/etc/systemd/system/{name}")
+    unit = unit_of((enabled if enabled.is_file() else bundle.path / "systemd" / name).read_text())
     config = shlex.split(unit["ExecStart"])[-1]
     node_cfg = load_config(em.dev.path(config))
     assert node_cfg.data_path is not None

@@ -158,6 +158,22 @@ def test_the_pi_installed_offline_and_runs_the_backbone_with_tflite(
     assert "Traceback" not in side.log, side.log[-2000:]
 
 
+def test_install_enabled_the_unit_and_systemd_accepts_it(
+    default_run: tuple[ArmRun, Device],
+) -> None:
+    run, pi = default_run
+    (side,) = run.devices.values()
+    name = "edge-swarm-agent.service"
+    # systemd does not run in the device (as in an SD card's image being made): install.sh
+    # installs and enables the unit, which starts at boot; the agent above ran as it says.
+    assert "enabled edge-swarm-agent.service, which start at boot" in side.installed.log
+    unit = pi.path(f"/etc/systemd/system/{name}")
+    assert unit.read_text() == (side.bundle.path / "systemd" / name).read_text()
+    assert pi.path(f"/etc/systemd/system/multi-user.target.wants/{name}").is_symlink()
+    proc = pi.run(["systemd-analyze", "verify", f"/etc/systemd/system/{name}"], timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_the_exported_model_gives_the_same_logits_on_the_pi(
     default_run: tuple[ArmRun, Device], tmp_path: Path
 ) -> None:

@@ -165,12 +165,17 @@ if [ -z "$ROOT" ] && [ "$(id -u)" = 0 ] && [ "$SERVICE_USER" != root ]; then
   chown "$SERVICE_USER:" "$KEY" "$KEY.enc"
 fi
 
-@@TIME@@# 8. systemd: staged under a prefix, enabled on a device that runs it.
+@@TIME@@# 8. systemd: staged under a prefix; enabled and started on a device that runs it;
+# enabled only on a system that has systemd but does not run it, such as an SD card's image
+# being prepared in a chroot: `systemctl enable` works offline there, and the units start
+# at the card's first boot.
 booted=no
-if [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-  booted=yes
+installed=no
+if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1; then
+  installed=yes
+  [ -d /run/systemd/system ] && booted=yes
 fi
-if [ "$SYSTEMD" = yes ] && { [ -n "$ROOT" ] || [ "$booted" = yes ]; }; then
+if [ "$SYSTEMD" = yes ] && { [ -n "$ROOT" ] || [ "$installed" = yes ]; }; then
   mkdir -p "$ROOT/etc/systemd/system"
   for unit in "$HERE"/systemd/*.service; do
     relocate "$unit" > "$ROOT/etc/systemd/system/${unit##*/}"
@@ -181,6 +186,9 @@ if [ "$SYSTEMD" = yes ] && [ "$booted" = yes ]; then
   systemctl enable @@UNITS@@ >&2
   systemctl restart @@UNITS@@ >&2
   say "enabled and started @@UNITS@@"
+elif [ "$SYSTEMD" = yes ] && [ "$installed" = yes ]; then
+  systemctl enable @@UNITS@@ >&2 || die "systemctl enable @@UNITS@@ failed"
+  say "systemd is not running here (a chroot?): enabled @@UNITS@@, which start at boot"
 else
   say "systemd not used; run the @@ROLE@@ with:"
   say "  $VENV/bin/edge-swarm @@ROLE@@ --config $CONFIG"
