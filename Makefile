@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-arm arm-root test-all lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ demo: $(STAMP)   ## the standard workload; then a head fine-tuned over a backbon
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# An emulated Raspberry Pi (Debian 12 arm64 under qemu-user): bundles installed offline, its
+# agent in a swarm of x86 ones (tests/test_arm*.py). Needs root and Debian's qemu-user-static,
+# binfmt-support and debootstrap (.ci/run installs them); the arm64 root is built on first use
+# and cached in $$EDGE_SWARM_CACHE (default ~/.cache/edge-swarm), as are the wheels.
+test-arm: $(STAMP)
+	$(PY) -m pytest -q -m arm $(wildcard tests/test_arm*.py)
+
+arm-root: $(STAMP)   ## build the cached arm64 root again from Debian's registry
+	$(PY) -m tests.arm_root --rebuild
 
 test-all: $(STAMP)   ## including the slow scale runs that CI skips
 	$(PY) -m pytest -q -m ""

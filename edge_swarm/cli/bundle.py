@@ -370,7 +370,7 @@ def fetch_wheels(
                 missing = _NO_MATCH.search(str(exc))
                 if missing is None:
                     raise
-                _build_pure_wheel(missing.group(1), Path(built), wheelhouse)
+                _build_pure_wheel(missing.group(1), Path(built), wheelhouse, profile)
         else:
             raise WheelError(f"more than {MAX_SDIST_BUILDS} dependencies have no wheel")
     if wheelhouse is not None:
@@ -380,21 +380,54 @@ def fetch_wheels(
                 shutil.copy2(whl, wheelhouse / whl.name)
 
 
-def _build_pure_wheel(requirement: str, out: Path, wheelhouse: Path | None) -> None:
+def _build_pure_wheel(
+    requirement: str, out: Path, wheelhouse: Path | None, profile: DeviceProfile
+) -> None:
     """A wheel for a dependency published only as an sdist; it must be pure Python, as it
-    is built on this machine and not on the device."""
+    is built on this machine and not on the device. WheelError saying what to do when the
+    index has no wheel of it for the device and it is not pure Python."""
     name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
     stem = re.sub(r"[-_.]+", "_", name).lower() + "-"
     if any(w.name.lower().startswith(stem) for w in out.glob("*.whl")):
         raise WheelError(f"{requirement}: built a wheel, but pip still finds none that fits")
     log.info("%s has no wheel on the index: building one here", requirement)
     links = ["--find-links", str(wheelhouse)] if wheelhouse else []
-    _pip([sys.executable, "-m", "pip", "wheel", "--no-deps", *links, "-w", str(out), requirement])
+    try:
+        _pip(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", *links, "-w", str(out), requirement]
+        )
+    except WheelError as exc:
+        raise WheelError(
+            f"{requirement}: no wheel fits the device, and none builds here: {exc}"
+        ) from None
     for whl in out.glob("*.whl"):
-        if not whl.name.endswith("-none-any.whl"):
-            raise WheelError(
-                f"{requirement} has no wheel for the device and is not pure Python ({whl.name})"
-            )
+        if not whl.name.endswith("-none-any.whl"):  # pip fetched this machine's wheel
+            whl.unlink()
+            raise WheelError(_no_wheel(name, profile))
+
+
+# The runtimes a profile's engine needs, and the extra that brings each (pyproject.toml).
+_RUNTIME_EXTRAS = {"ai-edge-litert": ("tflite", "tflite"), "onnxruntime": ("onnxruntime", "serve")}
+
+
+def _no_wheel(name: str, profile: DeviceProfile) -> str:
+    """What to do when PyPI has no wheel of ``name`` for the profile's Python and platform."""
+    where = f"Python {profile.python} on {', '.join(profile.platform)}"
+    text = f"{name} has no wheel for {where} (profile {profile.name}) and is not pure Python"
+    runtime = _RUNTIME_EXTRAS.get(name.lower().replace("_", "-"))
+    if runtime is not None:
+        engine, extra = runtime
+        return (
+            f"{text}: the {engine} runtime does not install on that device. Use another "
+            f"Python (--python 3.10 to 3.13 have {name} wheels for x86_64 and aarch64 with "
+            f'glibc 2.27 or later), or a profile without the "{extra}" extra whose [runtime] '
+            'engine is "numpy" (every device runs it)'
+        )
+    return (
+        f"{text}: use the Python of an image PyPI has wheels for (--python), or check the "
+        f"profile's platform tags; pip download --only-binary=:all: --platform TAG "
+        f"--python-version {profile.python} {name} shows what exists"
+    )
 
 
 def _pip(cmd: list[str]) -> str:

@@ -157,7 +157,7 @@ class DeviceModel:
         device's engine; the swarm trains only the head on them. A device without the
         genesis's backbone, byte for byte, cannot take part: it stops saying why."""
         from edge_swarm.learn.backbone import BackboneRef, features, load_backbone
-        from edge_swarm.learn.runtimes import ModelFileError
+        from edge_swarm.learn.runtimes import EngineUnavailableError, ModelFileError
 
         cfg = self.cfg
         who = f"{cfg.node_id}: swarm {cfg.swarm} fine-tunes a head over a backbone"
@@ -171,6 +171,13 @@ class DeviceModel:
             model = load_backbone(cfg.backbone_dir, ref, r.engine, r.threads, r.providers)
         except ModelFileError as exc:
             raise SystemExit(f"{who}, and {exc}") from None
+        except EngineUnavailableError as exc:  # a device has no registry to pip install from
+            raise SystemExit(
+                f"{who} run by {r.engine}, which this device cannot load ({exc}). Install a "
+                f"bundle that carries it (edge-swarm bundle with a profile whose extras name "
+                f'it), or set [runtime] engine = "numpy" in this node\'s config (any device '
+                f"runs it; the swarm's models stay the same)"
+            ) from None
         t0 = time.perf_counter()
         feats = features(model, X)
         log.info(

@@ -29,6 +29,9 @@ _INSTALL_SH = r"""#!/bin/sh
 # Running it again is safe: the venv, the device key and the request are kept; the package,
 # the config and the units are brought to this bundle's.
 set -eu
+# What this script writes is read by the service's user (the keys are made 0600 on their
+# own): an operator's restrictive umask must not leave the config or the venv unreadable.
+umask 022
 
 ROOT=${EDGE_SWARM_ROOT:-}
 PYTHON=${EDGE_SWARM_PYTHON:-python3}
@@ -62,6 +65,10 @@ CONFIG=$CONFIG_DIR/@@ROLE@@.toml
 KEY=$CONFIG_DIR/device.key
 REQUEST=$CONFIG_DIR/enroll-request.json
 SERVICE_USER=@@USER@@
+MACHINE_PY='
+import platform, struct
+m, bits = platform.machine(), 8 * struct.calcsize("P")
+print({("aarch64", 32): "armv8l", ("x86_64", 32): "i686"}.get((m, bits), m))'
 
 # Every absolute path of a config or unit file, moved under the root prefix.
 relocate() {
@@ -72,12 +79,24 @@ relocate() {
   fi
 }
 
-# 1. The interpreter the wheels were chosen for.
+# 1. The interpreter and the machine the wheels were chosen for. The machine is the one pip
+# sees: a 32-bit userland on a 64-bit ARM kernel (uname says aarch64) takes no aarch64 wheel.
 have=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
   die "$PYTHON not found: this bundle needs Python @@PYTHON@@"
 [ "$have" = "@@PYTHON@@" ] ||
   die "$PYTHON is Python $have; this bundle's wheels are for @@PYTHON@@ \
 (make one for $have: edge-swarm bundle --python $have)"
+machine=$("$PYTHON" -c "$MACHINE_PY") || die "$PYTHON cannot tell its machine"
+if [ "$machine" != @@MACHINE@@ ]; then
+  case $machine in
+    armv*) die "this device runs a 32-bit system ($machine); the bundle's wheels are for \
+@@MACHINE@@ (profile @@PROFILE@@), and PyPI has no 32-bit ARM wheels of numpy or \
+cryptography: install the 64-bit image (Raspberry Pi OS 64-bit), then run this again" ;;
+    *) die "this device is $machine; the bundle's wheels are for @@MACHINE@@ (profile \
+@@PROFILE@@): make one with a profile for $machine (edge-swarm bundle --profile ..., \
+see firmware_configs/)" ;;
+  esac
+fi
 
 # 2. The wheels arrived whole.
 if command -v sha256sum >/dev/null 2>&1; then
@@ -112,6 +131,9 @@ pip_install --no-deps --force-reinstall "$HERE/wheels/@@WHEEL@@"
 mkdir -p "$CONFIG_DIR" "$STATE_DIR"@@DATA_DIR@@
 rm -rf "$CONFIG_DIR/swarm.new"
 cp -R "$HERE/swarm" "$CONFIG_DIR/swarm.new"
+# Public files (genesis, CA, backbone) keep the modes they had on the operator's machine,
+# where a private temporary directory would make them unreadable to the service's user.
+chmod -R u+rwX,go+rX,go-w "$CONFIG_DIR/swarm.new"
 rm -rf "$CONFIG_DIR/swarm"
 mv "$CONFIG_DIR/swarm.new" "$CONFIG_DIR/swarm"
 relocate "$HERE/config/@@ROLE@@.toml" > "$CONFIG.new"
@@ -143,12 +165,17 @@ if [ -z "$ROOT" ] && [ "$(id -u)" = 0 ] && [ "$SERVICE_USER" != root ]; then
   chown "$SERVICE_USER:" "$KEY" "$KEY.enc"
 fi
 
-@@TIME@@# 8. systemd: staged under a prefix, enabled on a device that runs it.
+@@TIME@@# 8. systemd: staged under a prefix; enabled and started on a device that runs it;
+# enabled only on a system that has systemd but does not run it, such as an SD card's image
+# being prepared in a chroot: `systemctl enable` works offline there, and the units start
+# at the card's first boot.
 booted=no
-if [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-  booted=yes
+installed=no
+if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1; then
+  installed=yes
+  [ -d /run/systemd/system ] && booted=yes
 fi
-if [ "$SYSTEMD" = yes ] && { [ -n "$ROOT" ] || [ "$booted" = yes ]; }; then
+if [ "$SYSTEMD" = yes ] && { [ -n "$ROOT" ] || [ "$installed" = yes ]; }; then
   mkdir -p "$ROOT/etc/systemd/system"
   for unit in "$HERE"/systemd/*.service; do
     relocate "$unit" > "$ROOT/etc/systemd/system/${unit##*/}"
@@ -159,6 +186,9 @@ if [ "$SYSTEMD" = yes ] && [ "$booted" = yes ]; then
   systemctl enable @@UNITS@@ >&2
   systemctl restart @@UNITS@@ >&2
   say "enabled and started @@UNITS@@"
+elif [ "$SYSTEMD" = yes ] && [ "$installed" = yes ]; then
+  systemctl enable @@UNITS@@ >&2 || die "systemctl enable @@UNITS@@ failed"
+  say "systemd is not running here (a chroot?): enabled @@UNITS@@, which start at boot"
 else
   say "systemd not used; run the @@ROLE@@ with:"
   say "  $VENV/bin/edge-swarm @@ROLE@@ --config $CONFIG"
@@ -230,6 +260,11 @@ def chrony_conf(spec: BundleSpec) -> tuple[str, str] | None:
 def time_setup(spec: BundleSpec) -> str:
     """Step 7 of install.sh for ``spec`` ("" when it has no time to set up)."""
     conf = chrony_conf(spec)
+    host = spec.broker[0] if spec.broker is not None else None
+    if conf is None and spec.role == "agent" and host in _LOOPBACK:
+        # The site's broker on the device itself (a test site, a single-box install): there
+        # is no gateway on the LAN to name, and saying "no --broker" would be wrong.
+        return f'say "time: the broker ({host}) is this device itself: its clock is the site\'s"\n'
     if conf is None and spec.role == "agent":
         return (
             'say "time: this bundle names no gateway (--broker): to take the time from it, put '
@@ -257,6 +292,7 @@ def install_script(spec: BundleSpec, wheel: str) -> str:
         "SWARM": spec.swarm,
         "PROFILE": p.name,
         "PYTHON": p.python,
+        "MACHINE": p.machine,
         "INSTALL_DIR": p.paths.install_dir,
         "CONFIG_DIR": p.paths.config_dir,
         "STATE_DIR": p.paths.state_dir,
