@@ -284,7 +284,8 @@ def report_of(
         ["agent peak RSS, MiB (median of agents)"]
         + [s["agent_peak_rss_mib"] for s in summary.values()]
         + [ISSUE["agent_rss_mib"], TARGET["agent_rss_mib"], FLOWER["supernode_rss_mib"]],
-        ["agent import: RSS MiB"] + [s["agent_import_rss_mib"] for s in summary.values()]
+        ["agent import: RSS MiB"]
+        + [s["agent_import_rss_mib"] for s in summary.values()]
         + [54.0, "", ""],
         ["agent import: s"] + [s["agent_import_s"] for s in summary.values()] + [0.31, "", ""],
         ["site launch -> round 1 open, s"]
@@ -293,9 +294,11 @@ def report_of(
         ["launch -> first delta_commit, s"]
         + [s["launch_to_first_commit_s"] for s in summary.values()]
         + ["", "", ""],
-        ["round time, s"] + [s["round_s"] for s in summary.values()]
+        ["round time, s"]
+        + [s["round_s"] for s in summary.values()]
         + [ISSUE["round_s"], "", FLOWER["round_s"]],
-        ["round overhead, s"] + [s["round_overhead_s"] for s in summary.values()]
+        ["round overhead, s"]
+        + [s["round_overhead_s"] for s in summary.values()]
         + ["", TARGET["round_overhead_s"], ""],
         ["slowest training, s"] + [s["slowest_train_s"] for s in summary.values()] + ["", "", ""],
     ]

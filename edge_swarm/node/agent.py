@@ -121,15 +121,11 @@ class Agent(NodeRuntime, Adopting):
 
     # -- set-up and ledger sync
     def setup(self) -> None:
-        t = self.topics
-        for topic in (
-            t.ledger_events(),
-            t.ledger_reply(self.cfg.node_id),
-            t.resend_filter(self.cfg.node_id),
-            t.fleet_cmd(self.cfg.node_id),
-            t.fleet_cmd(ALL),
-        ):
-            self.mqtt.subscribe(topic, qos=1)
+        t, me = self.topics, self.cfg.node_id  # one SUBSCRIBE, one round trip (issue 20)
+        self.mqtt.subscribe_all(
+            [t.ledger_events(), t.ledger_reply(me), t.resend_filter(me), t.fleet_cmd(me)]
+            + [t.fleet_cmd(ALL)]
+        )
         self.follow.checkpoints(True)  # deltas once the genesis says who takes them
         self._take(self.ledger_copy.replay(self.mirror), live=False)  # then only what is new
         self._send_query()
@@ -284,7 +280,7 @@ class Agent(NodeRuntime, Adopting):
         if downlink is not None:
             sealed = self.security == "sealed"
             self.updates = LightUpdates(self.cfg.swarm, spec, downlink[1], sealed)
-            self.mqtt.subscribe(self.topics.model_update(), qos=1)
+            self.mqtt.subscribe(self.topics.model_update(), qos=1, timeout=0)  # retained
             self.follow.checkpoints(False)  # asked for only when an update will not do
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.mirror.state)
         policy = P.RoundPolicy.from_params(params)

@@ -213,17 +213,11 @@ class Gateway(NodeRuntime):
 
     def setup(self) -> None:
         t = self.topics
-        for topic in (
-            t.ledger_submit(),
-            t.ledger_query(),
-            t.delta_filter(),
-            t.fleet_status_filter(),
-            t.fleet_telemetry_filter(),
-            t.model_latest(),
-            t.model_chunk_filter(),
-            t.model_offer_filter(),
-        ):
-            self.mqtt.subscribe(topic, qos=1)
+        self.mqtt.subscribe_all(  # one SUBSCRIBE, one round trip through the broker (issue 20)
+            [t.ledger_submit(), t.ledger_query(), t.delta_filter(), t.fleet_status_filter()]
+            + [t.fleet_telemetry_filter(), t.model_latest(), t.model_chunk_filter()]
+            + [t.model_offer_filter()]
+        )
         self.ledger.start()
         if self.cfg.dashboard is not None:
             self._start_dashboard()
