@@ -177,7 +177,7 @@ class Gateway(NodeRuntime):
             return False
         log.info("holding the final model of round %d", ck.round)
         self.model_asks.held()
-        self.exporter.export(self.holder.spec, self.holder.params, ck.round)
+        self.exporter.export_soon(self.holder.spec, self.holder.params, ck.round)
         return True
 
     def genesis_for_adverts(self) -> str | None:
@@ -228,6 +228,7 @@ class Gateway(NodeRuntime):
         finally:
             if self.dashboard is not None:
                 self.dashboard.stop()
+            self.exporter.close()  # the rounds queued for export are written first
             self.ledger.close()
 
     def _on_role(self, lead: bool) -> None:
@@ -466,7 +467,7 @@ class Gateway(NodeRuntime):
             self.model_asks.want(action.round, time.monotonic(), wait)
             return
         self._publish_checkpoint()
-        self.exporter.export(self.holder.spec, self.holder.params, action.round)
+        self.exporter.export_soon(self.holder.spec, self.holder.params, action.round)
 
     def _publish_checkpoint(self) -> None:
         ck = self.holder.checkpoint(self.cfg.swarm)
