@@ -175,6 +175,7 @@ class Agent(NodeRuntime, Adopting):
 
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
         if kind == "ledger_events":
+            self.queries.gateway_heard()  # a sync query sent before it listened: ask now
             self._offer_entries([event_entry(msg.payload)], live=True)
         elif kind == "ledger_reply":
             self._on_reply(msg.payload)
