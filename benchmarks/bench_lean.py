@@ -18,10 +18,13 @@ each tree:
   last commit, last commit -> close, close -> final, final -> next open.
 
 Figures are medians over runs (and rounds 2-20: round 1 includes the first key epoch and
-the fleet's first contact). The issue's targets and Flower 1.42's figures (measured in an
-earlier session on this machine; ``--flower`` is not implemented here) are printed beside.
+the fleet's first contact). The issue's figures and targets are printed beside, and Flower
+1.42 on the same workload: re-measured in this run with ``--flower BIN`` (a venv's bin with
+flwr 1.42; ``_flower_run.py``: one run of ``--flower-rounds`` rounds, each a few seconds),
+else the figures of an earlier session on this machine, marked so.
 
-    .venv/bin/python benchmarks/bench_lean.py [--runs 5] [--baseline dbcfb55]
+    .venv/bin/python benchmarks/bench_lean.py [--runs 5] [--baseline dbcfb55] \
+        [--flower /tmp/flwr-venv/bin]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _flower_run, whatever the working directory
 
 from edge_swarm.cli.demo import parse_codec  # noqa: E402
 from edge_swarm.io.mqtt import Message, MqttClient  # noqa: E402
@@ -55,7 +59,7 @@ from edge_swarm.swarm.topics import TopicError, Topics  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 N_AGENTS = 8
 # The issue's figures (before) and targets; Flower 1.42 side by side, same workload, this
-# machine, measured in an earlier session (not re-measured by this script).
+# machine, measured in an earlier session (used when --flower is not given).
 ISSUE = {"agent_rss_mib": 67.6, "site_to_round1_s": (1.9, 2.1), "round_s": 0.25}
 TARGET = {"agent_rss_mib": 45.0, "site_to_round1_s": 1.4, "round_overhead_s": 0.1}
 FLOWER = {"supernode_rss_mib": 148.0, "site_to_round1_s": 14.2, "round_s": 10.5}
@@ -234,6 +238,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--baseline", help="a commit to run side by side, e.g. dbcfb55")
     ap.add_argument("--out", type=Path, default=RESULTS / "lean.json")
+    ap.add_argument("--flower", type=Path, help="bin directory of a venv with flwr 1.42")
+    ap.add_argument("--flower-rounds", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     trees: dict[str, str | None] = {"this tree": None}
@@ -252,7 +258,18 @@ def main() -> int:
                 r = one_run(Path(tmp) / f"run-{i}-{len(runs[name])}-{id(name)}", path, args.rounds)
                 runs[name].append(r)
                 print(f"run {i + 1} ({name}): {r}", flush=True)
-    report = report_of(runs, imports, args)
+        flower = None
+        if args.flower is not None:
+            from _flower_run import run_flower
+
+            from edge_swarm.learn.data import WORKLOADS, write_partitions
+
+            data = Path(tmp) / "flower-data"
+            parts = write_partitions(WORKLOADS["digits"](), N_AGENTS, 0.5, 0, data, 5)
+            flower = run_flower(args.flower, [p for p in parts if p.name.startswith("agent-")],
+                                args.flower_rounds)  # fmt: skip
+            print(f"Flower: {flower}", flush=True)
+    report = report_of(runs, imports, args, flower)
     write_json(args.out, report)
     print(f"\nJSON: {args.out}")
     return 0
@@ -262,7 +279,21 @@ def report_of(
     runs: dict[str, list[dict[str, Any]]],
     imports: dict[str, list[tuple[float, float]]],
     args: argparse.Namespace,
+    flower: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    fl: dict[str, Any] = {
+        "rss": FLOWER["supernode_rss_mib"],
+        "start": FLOWER["site_to_round1_s"],
+        "round": FLOWER["round_s"],
+        "label": "Flower 1.42 (earlier session)",
+    }
+    if flower is not None:
+        fl = {
+            "rss": f"{flower['supernode_peak_rss_mib']:.1f} / {flower['device_peak_rss_mib']:.1f}",
+            "start": flower["site_to_round1_s"],
+            "round": flower["round_s"],
+            "label": "Flower 1.42, this run: SuperNode / device",
+        }
     summary: dict[str, Any] = {}
     for name, rs in runs.items():
         summary[name] = {
@@ -279,24 +310,24 @@ def report_of(
             "final_model_hash": sorted({r["final_model_hash"] for r in rs}),
             "phases_s": {k: median_of(rs, "phases_s", k) for k in rs[0]["phases_s"]},
         }
-    cols = ["", *summary, "issue (before)", "target", "Flower 1.42 (earlier session)"]
+    cols = ["", *summary, "issue (before)", "target", fl["label"]]
     rows = [
         ["agent peak RSS, MiB (median of agents)"]
         + [s["agent_peak_rss_mib"] for s in summary.values()]
-        + [ISSUE["agent_rss_mib"], TARGET["agent_rss_mib"], FLOWER["supernode_rss_mib"]],
+        + [ISSUE["agent_rss_mib"], TARGET["agent_rss_mib"], fl["rss"]],
         ["agent import: RSS MiB"]
         + [s["agent_import_rss_mib"] for s in summary.values()]
         + [54.0, "", ""],
         ["agent import: s"] + [s["agent_import_s"] for s in summary.values()] + [0.31, "", ""],
         ["site launch -> round 1 open, s"]
         + [s["site_to_round1_s"] for s in summary.values()]
-        + ["1.9-2.1", TARGET["site_to_round1_s"], FLOWER["site_to_round1_s"]],
+        + ["1.9-2.1", TARGET["site_to_round1_s"], fl["start"]],
         ["launch -> first delta_commit, s"]
         + [s["launch_to_first_commit_s"] for s in summary.values()]
         + ["", "", ""],
         ["round time, s"]
         + [s["round_s"] for s in summary.values()]
-        + [ISSUE["round_s"], "", FLOWER["round_s"]],
+        + [ISSUE["round_s"], "", fl["round"]],
         ["round overhead, s"]
         + [s["round_overhead_s"] for s in summary.values()]
         + ["", TARGET["round_overhead_s"], ""],
@@ -326,6 +357,7 @@ def report_of(
         "issue_figures": ISSUE,
         "targets": TARGET,
         "flower_1_42_earlier_session": FLOWER,
+        "flower_1_42_this_run": flower,
     }
 
 
