@@ -109,11 +109,24 @@ class SigningKey:
         return f"SigningKey(public_hex={self._public_hex[:16]}…)"
 
 
-def pem_of_seed(seed: bytes) -> bytes:
+def pem_of_seed(seed: bytes, prefix: bytes = _PKCS8_PREFIX) -> bytes:
     """The PKCS#8 PEM of an Ed25519 seed, byte for byte as pycryptodome wrote it (one base64
-    line, no newline after the last one)."""
-    body = base64.b64encode(_PKCS8_PREFIX + seed)
+    line, no newline after the last one); ``prefix``: another algorithm's fixed DER head
+    (``edge_swarm.trust`` writes X25519 keys so)."""
+    body = base64.b64encode(prefix + seed)
     return _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END
+
+
+def seed_of_fixed_pem(text: bytes, prefix: bytes = _PKCS8_PREFIX) -> bytes | None:
+    """The 32 bytes of a PEM in the fixed form ``pem_of_seed`` writes (any line ends), or
+    None for any other text. Raises ValueError on bad base64 inside the armour."""
+    text = text.strip()
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)):
+        return None
+    der = base64.b64decode(b"".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split()))
+    if len(der) == len(prefix) + SEED_BYTES and der.startswith(prefix):
+        return der[len(prefix) :]
+    return None
 
 
 def seed_of_key_file(data: bytes) -> bytes | None:
@@ -130,11 +143,7 @@ def seed_of_key_file(data: bytes) -> bytes | None:
 
 
 def _seed_of_pem(text: bytes) -> bytes | None:
-    if text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END):
-        der = base64.b64decode(b"".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split()))
-        if len(der) == len(_PKCS8_PREFIX) + SEED_BYTES and der.startswith(_PKCS8_PREFIX):
-            return der[len(_PKCS8_PREFIX) :]
-    return _seed_of_other_pem(text)
+    return seed_of_fixed_pem(text) or _seed_of_other_pem(text)
 
 
 def _seed_of_other_pem(text: bytes) -> bytes | None:
