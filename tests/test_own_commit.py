@@ -5,6 +5,7 @@ gateway serves (node/queries.contribution_reply), and committed again after a re
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,6 +52,20 @@ def test_a_light_agent_proves_its_row_from_the_compact_close(closed: tuple) -> N
     assert own.on_reply(Reply.decode(reply.encode()))
     assert (own.proven, own.missing) == (1, 0)
     assert not own.on_reply(reply)  # answered once; another reply is not ours
+    s.ledger.close()
+
+
+def test_the_proof_is_asked_once_the_round_is_final(closed: tuple) -> None:
+    """Settled at the close, asked at the final (issue 20): not in the stretch where the
+    gateway takes the committee's attestations."""
+    s, full = closed
+    own = OwnCommits("a2")
+    own.committed(1, "tx-a2", f"{1:064x}")
+    assert own.on_entry(full.compact()) == ("tx-a2", None)
+    final = SimpleNamespace(kind="model_final", payload={"round": 1})  # all on_entry reads
+    settled, query = own.on_entry(final)  # type: ignore[arg-type]
+    assert settled == "" and isinstance(query, Query) and query.start == full.height
+    assert own.on_entry(final) == ("", None)  # type: ignore[arg-type]  # asked once
     s.ledger.close()
 
 

@@ -234,11 +234,10 @@ class Agent(NodeRuntime, Adopting):
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
-        if entry.kind == "round_close":  # committee mode: settle our commit, prove our row
-            settled, query = self.own_commits.on_close(entry)
-            self.submissions.settled(settled)
-            if query is not None:
-                self.mqtt.publish(self.topics.ledger_query(), query.encode(), qos=1)
+        settled, query = self.own_commits.on_entry(entry)  # committee: settle, then prove
+        self.submissions.settled(settled)
+        if query is not None:  # after the final (node/own_commit.py)
+            self.mqtt.publish(self.topics.ledger_query(), query.encode(), qos=1)
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return

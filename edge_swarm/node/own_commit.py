@@ -8,6 +8,10 @@ form, where the rows are a Merkle digest signed by the coordinator
 (``ledger/query`` op "contribution") and checks both: its node, the envelope sha256 it
 committed, and the path to the signed digest. A missing or wrong row is a warning: the
 coordinator left the device out (it can, but cannot hide it from the device).
+
+The question waits for the round's ``model_final`` (``on_entry``): asked at the close, eight
+agents' proofs queued at the gateway in front of the committee's attestations, in the one
+stretch of the round everyone waits on (issue 20).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class OwnCommits:
         self._asked: dict[str, tuple[int, str, dict[str, Any]]] = {}  # req -> round, sha, digest
         self.proven = 0  # rounds whose row we checked against the signed digest
         self.missing = 0  # rounds that closed without our row, or with another one
+        self._held: Query | None = None  # our row's query, asked once the round is final
 
     def committed(self, rnd: int, tx_id: str, envelope_sha256: str) -> None:
         self._commits[rnd] = (tx_id, envelope_sha256)
@@ -60,6 +65,17 @@ class OwnCommits:
         sha = hashlib.sha256(frame).hexdigest()
         log.info("round %d: our delta kept on disk is committed again", rnd)
         return rnd, frame, P.Append("delta_commit", commit_payload(rnd, self.node, sha, n_samples))
+
+    def on_entry(self, entry: Entry) -> tuple[str, Query | None]:
+        """Any applied entry: the tx id to settle ("" if none) and the query to send now,
+        if any (a round_close's, held until a model_final)."""
+        if entry.kind == "round_close":
+            settled, self._held = self.on_close(entry)
+            return settled, None
+        if entry.kind == "model_final" and self._held is not None:
+            query, self._held = self._held, None
+            return "", query
+        return "", None
 
     def on_close(self, entry: Entry) -> tuple[str, Query | None]:
         """A round_close was applied: the tx id to settle ("" if none), and the query for our
