@@ -249,6 +249,7 @@ def main() -> int:
     ap.add_argument("--flower-rounds", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    args.load_before = os.getloadavg()  # other work on the machine: absolute times follow it
     trees: dict[str, str | None] = {"this tree": None}
     with tempfile.TemporaryDirectory(prefix="bench-lean-") as tmp:
         # `python -m` puts the working directory first on sys.path: from the repository it
@@ -348,7 +349,8 @@ def report_of(
             + ["", "", ""]
         )
     rows.append(["final accuracy"] + [s["final_accuracy"][0] for s in summary.values()] + [""] * 3)
-    print_table(f"the lean agent: medians of {args.runs} runs per tree", cols, rows)
+    load = f"load average {args.load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+    print_table(f"the lean agent: medians of {args.runs} runs per tree ({load})", cols, rows)
     return {
         "settings": {
             "workload": "digits, 8 agents, Dirichlet 0.5, MLP 64-32-10",
@@ -359,6 +361,7 @@ def report_of(
             "security": "sealed",
             "broker": "embedded (amqtt)",
             "baseline": args.baseline,
+            "load_average_before_after": [args.load_before[0], os.getloadavg()[0]],
         },
         "summary": summary,
         "runs": runs,
