@@ -86,7 +86,9 @@ class Agent(NodeRuntime, Adopting):
         self.init_seed = 0
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
-        self.own_commits = OwnCommits(cfg.node_id)  # settled and proven (node/own_commit.py)
+        self.own_commits = OwnCommits(  # settled and proven (node/own_commit.py)
+            cfg.node_id, lambda q: self.mqtt.publish(self.topics.ledger_query(), q.encode(), qos=1)
+        )
         self.updates: LightUpdates | None = None  # a light agent's (node/updates.py)
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
@@ -163,6 +165,7 @@ class Agent(NodeRuntime, Adopting):
         if self.machine is not None and self.synced:  # on the monotonic clock, not `now`
             self._act(self.machine.handle(P.Tick(*self.clock.readings())))
         self.submissions.tick(time.monotonic())
+        self.own_commits.tick(time.monotonic())
         self.adoption_tick(time.monotonic())
         if self.machine is not None and self.machine.open is not None:  # a member's missing
             rnd = self.machine.open.number
@@ -234,10 +237,8 @@ class Agent(NodeRuntime, Adopting):
 
     def _on_entry(self, entry: Entry) -> None:
         self.submissions.settled(entry.tx_id)
-        settled, query = self.own_commits.on_entry(entry)  # committee: settle, then prove
-        self.submissions.settled(settled)
-        if query is not None:  # after the final (node/own_commit.py)
-            self.mqtt.publish(self.topics.ledger_query(), query.encode(), qos=1)
+        # Committee mode: our commit settled by the close, its proof asked for a little later.
+        self.submissions.settled(self.own_commits.on_entry(entry, time.monotonic()))
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return
