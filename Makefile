@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# Byte-compiled now, as a wheel install on a device is: where PYTHONDONTWRITEBYTECODE is
+	# set, every node process would otherwise compile the project again at each start.
+	$(PY) -m compileall -q edge_swarm ledger_lite
 	touch $(STAMP)
 
 demo: $(STAMP)   ## the standard workload; then a head fine-tuned over a backbone made from public data

@@ -41,7 +41,6 @@ recover`` (`recover`) rebuilds it from another replica's copy.
 from __future__ import annotations
 
 from . import errors, keys
-from .anchor import Anchor, anchor_path_for
 from .canonical import canonical_bytes, sha256_hex
 from .entry import (
     DEFAULT_POLICY,
@@ -56,7 +55,6 @@ from .entry import (
 )
 from .errors import AnchorError, CorruptStore, DecodeError, LedgerError, LostEntries, Refused
 from .keys import SigningKey
-from .ledger import Ledger
 from .merkle import (
     EMPTY_ROOT,
     MerkleTree,
@@ -65,7 +63,6 @@ from .merkle import (
     verify_inclusion,
 )
 from .state import LedgerState, Member
-from .store import SqliteStore
 from .treehead import (
     ProofBundle,
     TreeHead,
@@ -76,11 +73,20 @@ from .treehead import (
 )
 from .verify import VerifyReport, verify_chain, verify_file
 
-_LAZY = {"Replica": "replica", "ReplicationError": "replica", "RaftTiming": "replica_raft"}
+_LAZY = {
+    "Replica": "replica",
+    "ReplicationError": "replica",
+    "RaftTiming": "replica_raft",
+    "Ledger": "ledger",
+    "SqliteStore": "store",
+    "Anchor": "anchor",
+    "anchor_path_for": "anchor",
+}
 
 
 def __getattr__(name: str) -> object:
-    """Load the Raft replica (and pysyncobj) only when it is asked for (PEP 562)."""
+    """Load the Raft replica (and pysyncobj), and the SQLite store with its anchors, only
+    when asked for (PEP 562): an agent keeps no ledger file, so never loads them."""
     if name in _LAZY:
         import importlib
 

@@ -1,23 +1,32 @@
-"""Ed25519 keys and signatures (pycryptodome, RFC 8032 pure Ed25519).
+"""Ed25519 keys and signatures (RFC 8032 pure Ed25519, through `cryptography`'s OpenSSL).
 
 A public key travels as the 64-char lowercase hex of its 32 raw bytes; a signature is 64
 raw bytes (128 hex chars inside entries). `verify` is the hot path of chain verification,
-so imported public keys (with their verifier objects) are cached per hex string.
+so imported public keys are cached per hex string.
+
+One crypto library: the payload sealing and key wrapping of `edge_swarm.trust` use
+`cryptography` too, so a device loads one (pycryptodome and cryptography together cost an
+agent about 4 MiB more, issue 20). Ed25519 is deterministic, so signatures are the bytes the
+pycryptodome version of this module made.
 
 Key files: `save` writes a PKCS#8 PEM created with mode 0600 and moved into place
 atomically; `load` reads that PEM or a bare 64-hex-char seed, and refuses a file that
-group or other may access, as ssh does.
+group or other may access, as ssh does. The PEM is the one fixed RFC 8410 form for an
+Ed25519 seed, written and read here without `cryptography`'s serialization module (2.6 MiB
+of imports on a device); any other PEM is handed to that module.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
+import secrets
 from pathlib import Path
 
-from Crypto.PublicKey import ECC
-from Crypto.Signature import eddsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import KeyFileError
 from .files import OpenToOthersError, read_private, write_private
@@ -26,31 +35,34 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32
+SEED_BYTES = 32
+# RFC 8410 PKCS#8 v1 of an Ed25519 seed: SEQUENCE { INTEGER 0, AlgorithmIdentifier
+# { id-Ed25519 }, OCTET STRING { OCTET STRING seed } }; the seed's 32 bytes follow.
+_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
 
 
 class SigningKey:
     """An Ed25519 private key. Build with `generate()`, `from_seed()` or `load()`."""
 
-    __slots__ = ("_key", "_signer", "_public_hex")
+    __slots__ = ("_key", "_seed", "_public_hex")
 
-    def __init__(self, key: ECC.EccKey) -> None:
-        if not key.has_private() or key.curve != "Ed25519":
-            raise ValueError("SigningKey needs an Ed25519 private key")
-        self._key = key
-        self._signer = eddsa.new(key, "rfc8032")
-        self._public_hex = key.public_key().export_key(format="raw").hex()
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        self._seed = bytes(seed)
+        self._key = Ed25519PrivateKey.from_private_bytes(self._seed)
+        self._public_hex = self._key.public_key().public_bytes_raw().hex()
 
     @classmethod
     def generate(cls) -> SigningKey:
         """A fresh random key."""
-        return cls(ECC.generate(curve="ed25519"))
+        return cls(secrets.token_bytes(SEED_BYTES))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> SigningKey:
         """The key whose 32-byte RFC 8032 seed is `seed`; ValueError if not 32 bytes."""
-        if len(seed) != 32:
-            raise ValueError("an Ed25519 seed is 32 bytes")
-        return cls(eddsa.import_private_key(seed))
+        return cls(seed)
 
     @property
     def public_hex(self) -> str:
@@ -60,11 +72,11 @@ class SigningKey:
     @property
     def seed(self) -> bytes:
         """The 32-byte private seed. Treat as secret."""
-        return bytes(self._key.seed)
+        return self._seed
 
     def sign(self, msg: bytes) -> bytes:
         """Sign `msg`; returns the 64-byte signature."""
-        return self._signer.sign(msg)
+        return self._key.sign(msg)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the key as PKCS#8 PEM, created with mode 0600 and moved into place
@@ -72,9 +84,7 @@ class SigningKey:
 
         Raises FileExistsError if `path` exists and not `overwrite`.
         """
-        path = Path(path)
-        pem = self._key.export_key(format="PEM").encode("ascii")
-        write_private(path, pem, overwrite=overwrite)  # never clobbers a key by accident
+        write_private(Path(path), pem_of_seed(self._seed), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SigningKey:
@@ -90,43 +100,68 @@ class SigningKey:
             raise KeyFileError(str(exc)) from None
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
-        return cls._parse(data, path)
-
-    @classmethod
-    def _parse(cls, data: bytes, path: Path) -> SigningKey:
-        text = data.strip()
-        try:
-            if text.startswith(b"-----BEGIN"):
-                return cls(ECC.import_key(text.decode("ascii")))
-            if len(text) == 64:
-                return cls.from_seed(bytes.fromhex(text.decode("ascii")))
-        except (ValueError, TypeError, IndexError, UnicodeDecodeError):
-            pass
-        raise KeyFileError(f"key file {path} does not hold an Ed25519 private key")
+        seed = seed_of_key_file(data)
+        if seed is None:
+            raise KeyFileError(f"key file {path} does not hold an Ed25519 private key")
+        return cls(seed)
 
     def __repr__(self) -> str:
         return f"SigningKey(public_hex={self._public_hex[:16]}…)"
 
 
-try:  # OpenSSL's Ed25519 through `cryptography` verifies about 3x faster than pycryptodome,
-    # and verification bounds the ledger's throughput and full-chain checks.
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-except ImportError:  # pragma: no cover - a device without it verifies with pycryptodome
-    Ed25519PublicKey = None  # type: ignore[assignment,misc]
+def pem_of_seed(seed: bytes, prefix: bytes = _PKCS8_PREFIX) -> bytes:
+    """The PKCS#8 PEM of an Ed25519 seed, byte for byte as pycryptodome wrote it (one base64
+    line, no newline after the last one); ``prefix``: another algorithm's fixed DER head
+    (``edge_swarm.trust`` writes X25519 keys so)."""
+    body = base64.b64encode(prefix + seed)
+    return _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END
+
+
+def seed_of_fixed_pem(text: bytes, prefix: bytes = _PKCS8_PREFIX) -> bytes | None:
+    """The 32 bytes of a PEM in the fixed form ``pem_of_seed`` writes (any line ends), or
+    None for any other text. Raises ValueError on bad base64 inside the armour."""
+    text = text.strip()
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)):
+        return None
+    der = base64.b64decode(b"".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split()))
+    if len(der) == len(prefix) + SEED_BYTES and der.startswith(prefix):
+        return der[len(prefix) :]
+    return None
+
+
+def seed_of_key_file(data: bytes) -> bytes | None:
+    """The seed in a key file's bytes (a PKCS#8 PEM or 64 hex chars), or None."""
+    text = data.strip()
+    try:
+        if text.startswith(b"-----BEGIN"):
+            return _seed_of_pem(text)
+        if len(text) == 2 * SEED_BYTES:
+            return bytes.fromhex(text.decode("ascii"))
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def _seed_of_pem(text: bytes) -> bytes | None:
+    return seed_of_fixed_pem(text) or _seed_of_other_pem(text)
+
+
+def _seed_of_other_pem(text: bytes) -> bytes | None:
+    """Any other PEM (e.g. PKCS#8 v2 with the public key): `cryptography` parses it."""
+    from cryptography.hazmat.primitives import serialization as ser
+
+    key = ser.load_pem_private_key(text, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        return None
+    return key.private_bytes_raw()
 
 
 @functools.lru_cache(maxsize=4096)
-def _fast_verifier(public_hex: str) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
-
-
-@functools.lru_cache(maxsize=4096)
-def _verifier(public_hex: str) -> eddsa.EdDSASigScheme:
+def _verifier(public_hex: str) -> Ed25519PublicKey:
     """The cached verifier for a public key; ValueError if `public_hex` is not one."""
     if len(public_hex) != 2 * PUBLIC_KEY_BYTES:
         raise ValueError("bad public key length")
-    return eddsa.new(eddsa.import_public_key(bytes.fromhex(public_hex)), "rfc8032")
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
 
 
 def verify(public_hex: str, msg: bytes, sig: bytes) -> bool:
@@ -137,18 +172,10 @@ def verify(public_hex: str, msg: bytes, sig: bytes) -> bool:
     try:
         if not isinstance(public_hex, str) or len(sig) != SIGNATURE_BYTES:
             return False
-        if Ed25519PublicKey is not None:
-            if len(public_hex) != 2 * 32:
-                return False
-            try:
-                _fast_verifier(public_hex).verify(bytes(sig), bytes(msg))
-            except InvalidSignature:
-                return False
-            return True
-        _verifier(public_hex).verify(msg, sig)
+        _verifier(public_hex).verify(bytes(sig), bytes(msg))
         return True
-    except (ValueError, TypeError, IndexError):
+    except (InvalidSignature, ValueError, TypeError, IndexError):
         return False
-    except Exception:  # pycryptodome may raise other types on exotic input
+    except Exception:  # OpenSSL may raise other types on exotic input
         log.debug("verify: unexpected error on malformed input", exc_info=True)
         return False

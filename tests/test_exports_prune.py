@@ -55,6 +55,26 @@ def test_the_last_k_rounds_are_kept_and_latest_always(tmp_path: Path) -> None:
         assert (out / f"latest{ext}").read_bytes() == (out / f"model-r0008{ext}").read_bytes()
 
 
+def test_exports_on_their_own_thread_are_written_in_order_by_close(tmp_path: Path) -> None:
+    """A gateway exports off its loop (issue 20): rounds queued with ``export_soon`` are all
+    written, in order, by ``close``, which stops the thread; the array may change after."""
+    import threading
+
+    out = tmp_path / "exports"
+    exporter = RoundExporter(out, None, None, keep=10, min_free_bytes=0)
+    exporter.close()  # never started: nothing to do
+    held = params(1)
+    for rnd in range(1, 5):
+        held[:] = params(rnd)
+        exporter.export_soon(SPEC, held, rnd)
+    held[:] = 0.0  # the holder's array moves on; the queued copies do not
+    exporter.close()
+    assert rounds_in(out) == [1, 2, 3, 4]
+    assert not any(t.name == "exports" for t in threading.enumerate())
+    with np.load(out / "latest.npz") as npz:  # round 4's model, not the zeros
+        assert any(np.abs(npz[k]).sum() > 0 for k in npz.files)
+
+
 def test_pruning_never_touches_latest_and_clears_stale_temporary_files(tmp_path: Path) -> None:
     out = tmp_path / "exports"
     exporter = RoundExporter(out, None, None, keep=1, min_free_bytes=0)

@@ -109,3 +109,45 @@ def test_load_refuses_garbage(tmp_path: Path, content: bytes) -> None:
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="cannot read"):
         SigningKey.load(tmp_path / "absent.key")
+
+
+def test_same_bytes_as_pycryptodome(tmp_path: Path) -> None:
+    """Keys moved from pycryptodome to `cryptography` (issue 20): the key file a node wrote
+    before, its signatures and its public key stay byte for byte the same."""
+    crypto = pytest.importorskip("Crypto.Signature.eddsa")
+    for i in range(4):
+        old = crypto.import_private_key(bytes([i]) * 32)
+        new = SigningKey.from_seed(bytes([i]) * 32)
+        assert new.public_hex == old.public_key().export_key(format="raw").hex()
+        signer = crypto.new(old, "rfc8032")
+        for msg in (b"", b"m", bytes(range(256))):
+            assert new.sign(msg) == signer.sign(msg)
+        path = tmp_path / f"{i}.key"
+        new.save(path)
+        assert path.read_bytes() == old.export_key(format="PEM").encode("ascii")
+        (tmp_path / f"{i}.old").write_bytes(old.export_key(format="PEM").encode("ascii"))
+        (tmp_path / f"{i}.old").chmod(0o600)
+        assert SigningKey.load(tmp_path / f"{i}.old").seed == new.seed
+
+
+def test_load_other_pem_forms(tmp_path: Path) -> None:
+    """CRLF line ends still load; a PEM other than the fixed RFC 8410 form goes to
+    `cryptography`'s parser, which refuses a key of another type and garbage."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ledger_lite.keys import pem_of_seed
+
+    key = SigningKey.from_seed(b"\x07" * 32)
+    path = tmp_path / "k.key"
+    path.write_bytes(pem_of_seed(key.seed).replace(b"\n", b"\r\n") + b"\r\n")
+    path.chmod(0o600)
+    assert SigningKey.load(path).seed == key.seed
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()
+    )
+    wrong = pem_of_seed(b"\x07" * 16)  # the armour and prefix, half a seed
+    for content in (other, wrong):
+        path.write_bytes(content)
+        with pytest.raises(KeyFileError, match="does not hold"):
+            SigningKey.load(path)

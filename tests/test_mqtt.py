@@ -121,6 +121,28 @@ def test_qos1_round_trip_200_x_20kB(make_client: Callable[..., MqttClient]) -> N
     assert into.dropped_oversize == into.handler_errors == 0
 
 
+def test_subscribe_all_grants_every_filter_and_sockets_send_at_once(
+    make_client: Callable[..., MqttClient],
+) -> None:
+    """One SUBSCRIBE for a node's start-up topics (issue 20), and no Nagle delay: a QoS 1
+    client's PUBACK and its next publish used to wait 40 ms for the peer's delayed ACK."""
+    import socket
+
+    inbox = Inbox()
+    sub = make_client("sub", inbox)
+    pub = make_client("pub")
+    filters = [f"es/v1/t/x{i}/#" for i in range(5)]
+    assert sub.subscribe_all(filters)
+    assert sub.subscribe_all(filters)  # nothing new: still granted, no wait
+    for i in range(5):
+        assert pub.publish(f"es/v1/t/x{i}/y", bytes([i]), qos=1)
+    assert inbox.wait_count(5)
+    assert sorted(m.payload for m in inbox.messages) == [bytes([i]) for i in range(5)]
+    for client in (sub, pub):
+        sock = client._client.socket()  # paho's socket: the option is ours to check
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_retained_message_reaches_a_late_subscriber(
     make_client: Callable[..., MqttClient],
 ) -> None:

@@ -5,10 +5,11 @@ gateway serves (node/queries.contribution_reply), and committed again after a re
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from edge_swarm.node.own_commit import OwnCommits
+from edge_swarm.node.own_commit import PROOF_WAIT_S, OwnCommits
 from edge_swarm.node.queries import contribution_reply
 from edge_swarm.swarm import protocol as P
 from edge_swarm.swarm.messages import Query, Reply
@@ -51,6 +52,32 @@ def test_a_light_agent_proves_its_row_from_the_compact_close(closed: tuple) -> N
     assert own.on_reply(Reply.decode(reply.encode()))
     assert (own.proven, own.missing) == (1, 0)
     assert not own.on_reply(reply)  # answered once; another reply is not ours
+    s.ledger.close()
+
+
+def test_the_proof_is_asked_while_the_next_round_trains_or_a_moment_later(closed: tuple) -> None:
+    """Settled at the close; asked at the next round_open, when the gateway idles while the
+    agents train, not in front of the attestations or the opening (issue 20); asked anyway
+    PROOF_WAIT_S after the close when no round opens (the campaign's last)."""
+    s, full = closed
+    asked: list[Query] = []
+    own = OwnCommits("a2", asked.append)
+    own.committed(1, "tx-a2", f"{1:064x}")
+    assert own.on_entry(full.compact(), now=10.0) == "tx-a2" and not asked
+    final = SimpleNamespace(kind="model_final", payload={"round": 1})  # all on_entry reads
+    assert own.on_entry(final, now=10.1) == "" and not asked  # type: ignore[arg-type]
+    opened = SimpleNamespace(kind="round_open", payload={"round": 2})
+    own.on_entry(opened, now=10.2)  # type: ignore[arg-type]
+    assert [(q.op, q.start) for q in asked] == [("contribution", full.height)]
+    own.on_entry(opened, now=10.3)  # type: ignore[arg-type]
+    own.tick(20.0)
+    assert len(asked) == 1  # asked once
+    own.committed(1, "tx-a2", f"{1:064x}")  # the last round: no round opens after it
+    own.on_entry(full.compact(), now=30.0)
+    own.tick(30.0 + PROOF_WAIT_S - 0.01)
+    assert len(asked) == 1
+    own.tick(30.0 + PROOF_WAIT_S)
+    assert len(asked) == 2
     s.ledger.close()
 
 

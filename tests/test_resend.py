@@ -128,3 +128,24 @@ def test_a_delta_request_is_answered_once_per_wait_but_the_next_rounds_at_once()
     assert own.answer(2, hashlib.sha256(f2).hexdigest(), now=2.1)
     assert sent[-1] == ("t/2", f2)
     assert own.answer(2, hashlib.sha256(f2).hexdigest(), now=2.2 + RESEND_FIRST_S)
+
+
+def test_a_gateway_heard_makes_an_unanswered_query_due_at_once() -> None:
+    """A whole site starting at once: the agent's first query went out before the gateway
+    listened. Its first ledger event makes the next query due now (issue 20), once until
+    an answer; with nothing outstanding it changes nothing."""
+    from edge_swarm.node.resend import LedgerQueries
+
+    q = LedgerQueries()
+    q.gateway_heard()  # nothing asked yet: it does not use up the once
+    q.sent("a", now=0.0)
+    assert not q.due(0.1)
+    q.gateway_heard()
+    assert q.due(0.1)
+    q.sent("b", now=0.1)
+    q.gateway_heard()  # once: the usual backoff again
+    assert not q.due(0.2) and q.due(4.2)
+    assert q.answered("b")
+    q.sent("c", now=5.0)
+    q.gateway_heard()  # an answer re-arms it
+    assert q.due(5.0)

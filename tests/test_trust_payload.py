@@ -228,6 +228,32 @@ def test_key_file_errors(tmp_path) -> None:
     assert EncryptionKey.load(hexfile).public_hex == key.public_hex
 
 
+def test_key_file_bytes_are_cryptography_s_and_other_pems_still_load(tmp_path) -> None:
+    """The key file is written and read without cryptography's serialization module (issue
+    20: 2.6 MiB of imports on a device), byte for byte as that module wrote it; a PEM of
+    another form (here PKCS#8 with a key of another type) still goes to its parser."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    for i in range(3):
+        raw = X25519PrivateKey.generate()
+        pem = raw.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+        path = tmp_path / f"k{i}"
+        EncryptionKey(raw).save(path)
+        assert path.read_bytes() == pem
+        assert EncryptionKey.load(path).private_bytes == raw.private_bytes_raw()
+    other = tmp_path / "ed25519"
+    other.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()
+        )
+    )
+    os.chmod(other, 0o600)
+    with pytest.raises(KeyFileError, match="X25519"):
+        EncryptionKey.load(other)
+
+
 def test_key_repr_hides_private_bytes(devices) -> None:
     key = devices["pi-0"]
     assert key.private_bytes.hex() not in repr(key)

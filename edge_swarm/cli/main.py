@@ -244,7 +244,8 @@ def _stop(text: str) -> dict[str, Any]:
     return rule
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(node_only: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``node_only``: without the operator's commands that load much."""
     p = argparse.ArgumentParser(
         prog="edge-swarm",
         description="Swarm Learning on edge devices: agents train one model together over MQTT; "
@@ -328,31 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the last --attackers agents poison every round with this attack "
         "(to watch a robust --merge hold; never on a real site)",
     )
-    d.add_argument(
-        "--attackers", type=int, default=2, help="how many agents --attack turns (default 2)"
-    )
+    d.add_argument("--attackers", type=int, default=2, help="agents --attack turns (default 2)")
     d.add_argument(
         "--workdir",
         type=Path,
         default=Path("demo-run"),
         help="where keys, ledger, logs and the plot go (default ./demo-run)",
     )
-    d.add_argument(
-        "--keep", action="store_true", help="keep an existing workdir instead of starting clean"
-    )
+    d.add_argument("--keep", action="store_true", help="keep an existing workdir, not a clean one")
     d.set_defaults(func=_demo)
 
-    from edge_swarm.cli.bundle import add_parser as add_bundle
-    from edge_swarm.cli.campaign import add_parser as add_campaign
-    from edge_swarm.cli.discover import add_parser as add_discover
-    from edge_swarm.cli.fleet import add_parser as add_fleet
-    from edge_swarm.cli.model import add_parsers as add_model
+    if not node_only:  # their modules import the operator's side: not on a device
+        from edge_swarm.cli import bundle, campaign, discover, fleet, model
 
-    add_discover(sub)
-    add_model(sub)
-    add_fleet(sub)
-    add_campaign(sub)
-    add_bundle(sub)
+        for add in (discover.add_parser, model.add_parsers, fleet.add_parser):
+            add(sub)
+        campaign.add_parser(sub)
+        bundle.add_parser(sub)
 
     for role in ("agent", "gateway"):
         r = sub.add_parser(
@@ -488,8 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NODE_COMMANDS = frozenset({"agent", "gateway", "agents"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next(
+        (a for i, a in enumerate(argv) if a[:1] != "-" and argv[i - 1 : i] != ["--log-level"]), None
+    )
+    args = build_parser(command in NODE_COMMANDS).parse_args(argv)
     _setup_logging(args.log_level)
     return int(args.func(args))
 

@@ -154,6 +154,23 @@ class _ClientSession:
                     self._send_subscribe_locked([topic_filter])
         return self._wait_sub(sub, timeout)
 
+    def subscribe_all(self, filters: list[str], qos: int = 1, timeout: float = 5.0) -> bool:
+        """Subscribe to every filter in one SUBSCRIBE packet and wait up to ``timeout``
+        seconds for its one SUBACK: a node's start-up pays one round trip through the
+        broker, not one per topic (issue 20). True if all were granted; as ``subscribe``."""
+        for f in filters:
+            _check_filter(f)
+        _check_qos(qos)
+        with self._lock:
+            new = [f for f in filters if f not in self._subs or self._subs[f].qos != qos]
+            for f in new:
+                self._subs[f] = _Subscription(qos)
+            if new and self._is_connected:
+                self._send_subscribe_locked(new)
+            subs = [self._subs[f] for f in filters]
+        deadline = time.monotonic() + timeout
+        return all(self._wait_sub(s, max(0.0, deadline - time.monotonic())) for s in subs)
+
     def wait_subscribed(self, topic_filter: str, timeout: float | None = None) -> bool:
         """Wait until the broker has granted ``topic_filter`` on the current connection.
 

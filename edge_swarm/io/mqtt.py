@@ -25,6 +25,10 @@ policy around it:
   never succeed as configured is not retried forever in silence: the client logs an error
   once, stops reconnecting (unless ``retry_refused``), ``wait_connected`` returns False at
   once and ``connect_failure`` says why (``_mqtt_session`` tells the kinds apart).
+- **Latency.** The socket sends at once (``TCP_NODELAY``): a QoS 1 client writes small
+  packets back to back (a PUBACK, then the publish its handler made), and with Nagle's
+  algorithm the second waited for the broker's delayed ACK, 40 ms on Linux, on every hop
+  of a round (issue 20: 47 ms -> about 1 ms for a ping-pong through the embedded broker).
 - **Shutdown.** ``stop()`` sends DISCONNECT (which tells the broker to discard the will) and
   joins paho's thread.
 - **Counters.** ``stats`` is a snapshot; bytes count payload + UTF-8 topic bytes of messages
@@ -42,11 +46,14 @@ callbacks in ``_mqtt_session`` (``MqttClient``'s base class); import them all fr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -189,6 +196,7 @@ class MqttClient(_ClientSession):
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
+        c.on_socket_open = _send_at_once
         self._client = c
 
     # ------------------------------------------------------------------ lifecycle
@@ -339,6 +347,12 @@ class MqttClient(_ClientSession):
     def _check_payload(self, payload: bytes) -> None:
         if len(payload) > self.max_payload:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {self.max_payload}")
+
+
+def _send_at_once(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's ``on_socket_open``: no Nagle delay on this connection (see the header)."""
+    with contextlib.suppress(OSError, AttributeError):  # a socket that has no such option
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def handle_until(

@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import zipfile
@@ -249,6 +248,8 @@ def _read_csv(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text: {exc}") from exc
+    import csv  # here: a device with .npz data never loads it
+
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(f.strip() for f in r)]
     if rows and not _is_numeric_row(rows[0]):
         rows = rows[1:]  # header

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -108,6 +107,8 @@ def alie_z(n_total: int, n_bad: int) -> float:
     majority, the z whose normal tail leaves n - s of n on the right side."""
     if not 0 < n_bad < n_total:
         raise ValueError(f"need 0 < n_bad < n_total, got {n_bad} of {n_total}")
+    from statistics import NormalDist  # here: every agent imports this module (issue 20)
+
     s = n_total // 2 + 1 - n_bad
     return NormalDist().inv_cdf((n_total - s) / n_total)
 

@@ -88,7 +88,9 @@ class Agent(NodeRuntime, Adopting, Resuming):
         self.init_seed = 0
         self.latest_checkpoint: Checkpoint | None = None
         self.adopting: tuple[int, str] | None = None
-        self.own_commits = OwnCommits(cfg.node_id)  # settled and proven (node/own_commit.py)
+        self.own_commits = OwnCommits(  # settled and proven (node/own_commit.py)
+            cfg.node_id, lambda q: self.mqtt.publish(self.topics.ledger_query(), q.encode(), qos=1)
+        )
         self.updates: LightUpdates | None = None  # a light agent's (node/updates.py)
         self.last_train_s = 0.0
         self.rounds_done: list[int] = []
@@ -123,15 +125,11 @@ class Agent(NodeRuntime, Adopting, Resuming):
 
     # -- set-up and ledger sync
     def setup(self) -> None:
-        t = self.topics
-        for topic in (
-            t.ledger_events(),
-            t.ledger_reply(self.cfg.node_id),
-            t.resend_filter(self.cfg.node_id),
-            t.fleet_cmd(self.cfg.node_id),
-            t.fleet_cmd(ALL),
-        ):
-            self.mqtt.subscribe(topic, qos=1)
+        t, me = self.topics, self.cfg.node_id  # one SUBSCRIBE, one round trip (issue 20)
+        self.mqtt.subscribe_all(
+            [t.ledger_events(), t.ledger_reply(me), t.resend_filter(me), t.fleet_cmd(me)]
+            + [t.fleet_cmd(ALL)]
+        )
         self.follow.checkpoints(True)  # deltas once the genesis says who takes them
         self._take(self.ledger_copy.replay(self.mirror), live=False)  # then only what is new
         self._send_query()
@@ -169,6 +167,7 @@ class Agent(NodeRuntime, Adopting, Resuming):
         if self.machine is not None and self.synced:  # on the monotonic clock, not `now`
             self._act(self.machine.handle(P.Tick(*self.clock.readings())))
         self.submissions.tick(time.monotonic())
+        self.own_commits.tick(time.monotonic())
         self.adoption_tick(time.monotonic())
         if self.machine is not None and self.machine.open is not None:  # a member's missing
             rnd = self.machine.open.number
@@ -181,6 +180,7 @@ class Agent(NodeRuntime, Adopting, Resuming):
 
     def on_message(self, kind: str, rnd: int | None, node: str | None, msg: Message) -> None:
         if kind == "ledger_events":
+            self.queries.gateway_heard()  # a sync query sent before it listened: ask now
             self._offer_entries([event_entry(msg.payload)], live=True)
         elif kind == "ledger_reply":
             self._on_reply(msg.payload)
@@ -241,11 +241,8 @@ class Agent(NodeRuntime, Adopting, Resuming):
         self.submissions.settled(entry.tx_id)
         if entry.kind == "round_close" and self.secure is not None and self.synced:
             self.secure.reveal(entry.payload["round"], entry.payload)  # node/secure_rounds.py
-        if entry.kind == "round_close":  # committee mode: settle our commit, prove our row
-            settled, query = self.own_commits.on_close(entry)
-            self.submissions.settled(settled)
-            if query is not None:
-                self.mqtt.publish(self.topics.ledger_query(), query.encode(), qos=1)
+        # Committee mode: our commit settled by the close, its proof asked for a little later.
+        self.submissions.settled(self.own_commits.on_entry(entry, time.monotonic()))
         if entry.kind == "fleet_command":
             self.fleet.on_entry(entry.tx.to_dict())
             return
@@ -288,7 +285,7 @@ class Agent(NodeRuntime, Adopting, Resuming):
         if downlink is not None:
             sealed = self.security == "sealed"
             self.updates = LightUpdates(self.cfg.swarm, spec, downlink[1], sealed)
-            self.mqtt.subscribe(self.topics.model_update(), qos=1)
+            self.mqtt.subscribe(self.topics.model_update(), qos=1, timeout=0)  # retained
             self.follow.checkpoints(False)  # asked for only when an update will not do
         self.inbox = self.make_inbox(spec.n_params, self._public_key, lambda: self.mirror.state)
         policy = P.RoundPolicy.from_params(params)
@@ -296,7 +293,7 @@ class Agent(NodeRuntime, Adopting, Resuming):
         self.follow.all_deltas(not policy.by_committee)
         if self.privacy.secagg:  # seed shares from our neighbours; reveals when drawn
             self.follow.reveals = True
-            self.mqtt.subscribe(self.topics.share_filter(self.cfg.node_id), qos=1)
+            self.mqtt.subscribe(self.topics.share_filter(self.cfg.node_id), qos=1, timeout=0)
         self.machine.replaying = True
         held, self._before_genesis = self._before_genesis, []
         for payload, rnd, node in held:

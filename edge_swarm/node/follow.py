@@ -8,6 +8,11 @@
   that round's committee: an agent outside it never receives a peer's update nor the
   fleet's list of commits, which is what keeps its cost flat as the fleet grows. In "all"
   mode every delta, as before.
+
+Nothing here waits for the broker's SUBACK: a member that waited at ``round_open`` trained
+two round trips late (issue 20). What was published before a subscription took effect is
+asked of its author once the round closes (``model_share.MEMBER_ASK_S``); a retained
+checkpoint comes whenever the subscription lands.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class Follow:
         self._checkpoints = on
         for topic in (self._topics.model_latest(), self._topics.model_chunk_filter()):
             if on:
-                self._mqtt.subscribe(topic, qos=1)
+                self._mqtt.subscribe(topic, qos=1, timeout=0)
             else:
                 self._mqtt.unsubscribe(topic)
 
@@ -45,7 +50,7 @@ class Follow:
             return
         self._all_deltas = on
         if on:
-            self._mqtt.subscribe(self._topics.delta_filter(), qos=1)
+            self._mqtt.subscribe(self._topics.delta_filter(), qos=1, timeout=0)
         else:
             self._mqtt.unsubscribe(self._topics.delta_filter())
 
@@ -59,8 +64,9 @@ class Follow:
                 self._mqtt.unsubscribe(self._topics.ledger_bodies())
             self._round = None
         if member:
-            self._mqtt.subscribe(self._topics.round_delta_filter(rnd), qos=1)
-            self._mqtt.subscribe(self._topics.ledger_bodies(), qos=1)
-            if self.reveals:
-                self._mqtt.subscribe(self._topics.reveal_filter(rnd), qos=1)
+            t = self._topics
+            reveals = [t.reveal_filter(rnd)] if self.reveals else []
+            self._mqtt.subscribe_all(
+                [t.round_delta_filter(rnd), t.ledger_bodies(), *reveals], timeout=0
+            )
             self._round = rnd

@@ -178,7 +178,7 @@ class Gateway(NodeRuntime):
             return False
         log.info("holding the final model of round %d", ck.round)
         self.model_asks.held()
-        self.exporter.export(self.holder.spec, self.holder.params, ck.round)
+        self.exporter.export_soon(self.holder.spec, self.holder.params, ck.round)
         return True
 
     def genesis_for_adverts(self) -> str | None:
@@ -197,18 +197,11 @@ class Gateway(NodeRuntime):
 
     def setup(self) -> None:
         t = self.topics
-        for topic in (
-            t.ledger_submit(),
-            t.ledger_query(),
-            t.delta_filter(),
-            t.fleet_status_filter(),
-            t.fleet_telemetry_filter(),
-            t.model_latest(),
-            t.model_chunk_filter(),
-            t.model_offer_filter(),
-            *([t.reveal_filter()] if self.privacy.secagg else []),
-        ):
-            self.mqtt.subscribe(topic, qos=1)
+        self.mqtt.subscribe_all(  # one SUBSCRIBE, one round trip through the broker (issue 20)
+            [t.ledger_submit(), t.ledger_query(), t.delta_filter(), t.fleet_status_filter()]
+            + [t.fleet_telemetry_filter(), t.model_latest(), t.model_chunk_filter()]
+            + [t.model_offer_filter(), *([t.reveal_filter()] if self.privacy.secagg else [])]
+        )
         self.ledger.start()
         if self.cfg.dashboard is not None:  # the site's read-only page
             from edge_swarm.dashboard.server import start_for_gateway
@@ -222,6 +215,7 @@ class Gateway(NodeRuntime):
         finally:
             if self.dashboard is not None:
                 self.dashboard.stop()
+            self.exporter.close()  # the rounds queued for export are written first
             self.ledger.close()
 
     def _on_role(self, lead: bool) -> None:
@@ -467,7 +461,7 @@ class Gateway(NodeRuntime):
             self.model_asks.want(action.round, time.monotonic(), wait)
             return
         self._publish_checkpoint()
-        self.exporter.export(self.holder.spec, self.holder.params, action.round)
+        self.exporter.export_soon(self.holder.spec, self.holder.params, action.round)
 
     def _publish_checkpoint(self) -> None:
         ck = self.holder.checkpoint(self.cfg.swarm)

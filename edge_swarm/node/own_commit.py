@@ -8,6 +8,11 @@ form, where the rows are a Merkle digest signed by the coordinator
 (``ledger/query`` op "contribution") and checks both: its node, the envelope sha256 it
 committed, and the path to the signed digest. A missing or wrong row is a warning: the
 coordinator left the device out (it can, but cannot hide it from the device).
+
+The question waits for the next ``round_open`` (``on_entry``), when the gateway idles while
+the agents train, or ``PROOF_WAIT_S`` after the close (the last round has no next one):
+asked at the close, eight agents' proofs queued at the gateway in front of the committee's
+attestations, and asked at the final, in front of the next round's opening (issue 20).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from edge_swarm.swarm import protocol as P
@@ -26,17 +32,20 @@ from ledger_lite.detached import is_digest, row_in
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 8
+PROOF_WAIT_S = 1.0  # a held proof query goes out by then, whether or not a round opened
 
 
 class OwnCommits:
     """Our commits by round (tx id, envelope sha256) and the proofs asked for them."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, ask: Callable[[Query], None] | None = None) -> None:
         self.node = node
+        self._ask = ask  # sends a contribution query (on_entry and tick hold it until then)
         self._commits: dict[int, tuple[str, str]] = {}
         self._asked: dict[str, tuple[int, str, dict[str, Any]]] = {}  # req -> round, sha, digest
         self.proven = 0  # rounds whose row we checked against the signed digest
         self.missing = 0  # rounds that closed without our row, or with another one
+        self._held: tuple[Query, float] | None = None  # our row's query, since when
 
     def committed(self, rnd: int, tx_id: str, envelope_sha256: str) -> None:
         self._commits[rnd] = (tx_id, envelope_sha256)
@@ -60,6 +69,28 @@ class OwnCommits:
         sha = hashlib.sha256(frame).hexdigest()
         log.info("round %d: our delta kept on disk is committed again", rnd)
         return rnd, frame, P.Append("delta_commit", commit_payload(rnd, self.node, sha, n_samples))
+
+    def on_entry(self, entry: Entry, now: float) -> str:
+        """Any applied entry: the tx id to settle ("" if none). A round_close's query is held
+        (see the module header); a round_open sends it."""
+        if entry.kind == "round_close":
+            settled, query = self.on_close(entry)
+            self._send()  # an older one still held: now
+            self._held = (query, now) if query is not None else None
+            return settled
+        if entry.kind == "round_open":
+            self._send()
+        return ""
+
+    def tick(self, now: float) -> None:
+        """Send a held query that has waited ``PROOF_WAIT_S``."""
+        if self._held is not None and now - self._held[1] >= PROOF_WAIT_S:
+            self._send()
+
+    def _send(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and self._ask is not None:
+            self._ask(held[0])
 
     def on_close(self, entry: Entry) -> tuple[str, Query | None]:
         """A round_close was applied: the tx id to settle ("" if none), and the query for our

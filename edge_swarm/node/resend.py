@@ -179,6 +179,7 @@ class LedgerQueries:
         self._sent: dict[str, float] = {}  # id -> when sent, oldest first
         self._tries = 0
         self._last = float("-inf")
+        self._asked_again = False  # since the last answer, for a gateway heard from
 
     def sent(self, query_id: str, now: float) -> None:
         self._sent[query_id] = now
@@ -192,10 +193,19 @@ class LedgerQueries:
         wait = min(QUERY_RETRY_S * 2 ** max(self._tries - 1, 0), RESEND_MAX_S)
         return now - self._last > wait
 
+    def gateway_heard(self) -> None:
+        """A gateway spoke (a ledger event). A query still unanswered may have gone out
+        before it listened (a whole site starting at once: the first retry came 2 s later,
+        most of a site's start-up, issue 20), so the next one is due now; once per answer."""
+        if self._sent and not self._asked_again:
+            self._asked_again = True
+            self._last = float("-inf")
+
     def answered(self, query_id: str) -> bool:
         """Whether ``query_id`` is one of ours still open; if so the backoff starts over."""
         if query_id not in self._sent:
             return False
         self._sent.clear()  # older ones asked for less; the mirror skips what it holds
         self._tries = 0
+        self._asked_again = False
         return True

@@ -21,7 +21,6 @@ Invariants
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +98,7 @@ def stop_reason(per_round: Mapping[int, Sequence[float]], rule: StopRule) -> str
         values = [v for v in per_round[rnd] if _number(v) is not None]
         if not values:
             continue
-        mean = statistics.fmean(values)
+        mean = _fmean(values)
         gain = 0.0 if best is None else sign * (mean - best)
         if best is None or (gain > 0 and gain >= rule.min_delta):  # a plateau is no gain
             best, best_round, waited = mean, rnd, 0
@@ -187,4 +186,10 @@ class MetricBook:
 
     def means(self, since: int = 0) -> dict[int, float]:
         """Scored round -> the mean over the sites that reported it."""
-        return {r: statistics.fmean(v) for r, v in self.per_round(since).items() if v}
+        return {r: _fmean(v) for r, v in self.per_round(since).items() if v}
+
+
+def _fmean(values: Sequence[float]) -> float:
+    """``statistics.fmean`` (the same fsum / n), without loading statistics, fractions and
+    decimal into every agent (issue 20)."""
+    return math.fsum(values) / len(values)

@@ -39,9 +39,12 @@ Invariants
   ``round_open`` hash and the enrolments folded up to it), so all draw the same members.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from edge_swarm.swarm.committee import Committee
 from edge_swarm.swarm.committee_round import CommitteeBook, quorum_winner
-from edge_swarm.swarm.coordinator import MAX_CLOCK_SKEW_MS, Coordinator
 from edge_swarm.swarm.participant import Participant
 from edge_swarm.swarm.rounds import (
     MERGE_BY,
@@ -71,6 +74,20 @@ from edge_swarm.swarm.rounds import (
     TrainingDone,
     attest_payload,
 )
+
+if TYPE_CHECKING:
+    from edge_swarm.swarm.coordinator import MAX_CLOCK_SKEW_MS, Coordinator
+
+
+def __getattr__(name: str) -> object:
+    """The coordinator, loaded when first asked for (PEP 562): only gateways run one, and an
+    agent's memory is the budget of a small device (issue 20)."""
+    if name in ("Coordinator", "MAX_CLOCK_SKEW_MS"):
+        from edge_swarm.swarm import coordinator
+
+        return getattr(coordinator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_CLOCK_SKEW_MS",

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -62,6 +62,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from edge_swarm.trust.payload import KEY_LEN, TrustError, build_aad
 from ledger_lite.entry import ID_RE
 from ledger_lite.files import OpenToOthersError, read_private, write_private
+from ledger_lite.keys import pem_of_seed, seed_of_fixed_pem
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -89,6 +90,8 @@ _WRAP_VERSION = 1
 _HKDF_LABEL = b"edge-swarm/v1/key-wrap/x25519-hkdf-sha256-aes256gcm\x00"
 _MAX_CONTEXT = 1024
 _MAX_KEY_FILE = 16384
+# RFC 8410 PKCS#8 v1 of an X25519 key (id-X25519, 1.3.101.110); its 32 bytes follow.
+_X25519_PKCS8 = bytes.fromhex("302e020100300506032b656e04220420")
 _U32_MAX = 2**32 - 1
 _HEX_PUB_RE = re.compile(r"[0-9a-f]{64}")
 _HEX_WRAP_RE = re.compile(rf"[0-9a-f]{{{2 * WRAP_LEN}}}")
@@ -157,11 +160,7 @@ class EncryptionKey:
         Raises FileExistsError if ``path`` exists and not ``overwrite``; OSError on I/O.
         """
         path = Path(path)
-        pem = self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = pem_of_seed(self.private_bytes, _X25519_PKCS8) + b"\n"  # as cryptography wrote it
         write_private(path, pem, overwrite=overwrite)  # never clobbers a key by accident
 
     @classmethod
@@ -185,6 +184,13 @@ class EncryptionKey:
         text = data.strip()
         try:
             if text.startswith(b"-----BEGIN"):
+                raw = seed_of_fixed_pem(text, _X25519_PKCS8)
+                if raw is not None:
+                    return cls.from_bytes(raw)
+                # Another PKCS#8 form: cryptography's parser (2.6 MiB of imports on a device
+                # that never needs it, issue 20).
+                from cryptography.hazmat.primitives import serialization
+
                 key = serialization.load_pem_private_key(text, password=None)
                 if isinstance(key, X25519PrivateKey):
                     return cls(key)
