@@ -227,3 +227,33 @@ def test_a_dp_swarm_records_epsilon_and_stops_when_its_budget_is_spent(
     assert "differential privacy spent" in audit.stdout
     for p in finals:
         assert f"{p['privacy']['epsilon']:.3f}" in audit.stdout
+
+
+def test_a_gateway_killed_as_the_round_closes_unmasks_it_once_restarted(
+    tmp_path: Path, trace: Path
+) -> None:
+    # The one gateway is the committee; it dies as round 2 closes, before the agents'
+    # reveals reach it, and comes back with nothing of them in memory: the agents send their
+    # reveals again until the round is final, and their kept deltas when asked.
+    from .test_e2e_faults import DOWNTIME_S, pause
+
+    cfg = _cfg(tmp_path, "embedded", n_agents=4, committee_k=0)
+
+    def during(procs: Any, obs: Any) -> None:
+        closed = lambda: any(  # noqa: E731
+            e.kind == "round_close" and e.payload["round"] == 2 for e in list(obs.entries)
+        )
+        assert obs.wait_for(closed, 120), "round 2 never closed"
+        gateway = procs.gateways["gateway-1"]
+        gateway.freeze()  # at once: nothing more reaches its memory
+        gateway.kill()
+        pause(obs, DOWNTIME_S)  # the fault: how long it stays down
+        gateway.start("gateway")
+
+    result = run_settled(cfg, during)
+    entries = entries_of(result)
+    agents = sorted(result.layout.agent_configs)
+    finals = {e.payload["round"]: e.payload for e in entries if e.kind == "model_final"}
+    assert sorted(finals) == [1, 2, 3]
+    assert not [p for p in finals.values() if "abandoned" in p], finals
+    assert np.array_equal(_vec(trace / "sum-2-gateway-1.npy"), _plain_sum(trace, 2, agents))

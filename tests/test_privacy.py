@@ -333,3 +333,20 @@ def test_the_dashboard_and_the_audit_carry_the_privacy_spent() -> None:
         payload={"round": 3, "model_hash": "ab" * 32, "attesters": [], "privacy": spent},
     )
     assert "epsilon 1.234" in summarize(entry)  # type: ignore[arg-type]
+
+
+def test_a_reveal_goes_again_until_its_round_is_final() -> None:
+    # A gateway restarted after the reveals came lost them with its memory.
+    site = _Site(3, PrivacyPolicy("secagg"))
+    node = site.nodes["agent-01"]
+    node.masked_body(1, np.zeros(2410, np.float32), 5)
+    site.sent.clear()
+    assert node.reveal(1, {"included": site.names})
+    first = site.sent[-1]
+    assert node.last_reveal is not None
+    sent_at = node.last_reveal[3]
+    assert not node.reveal_again(0, sent_at + 1.0)  # not yet
+    assert node.reveal_again(0, sent_at + 6.0)  # round 1 still not final: the same bytes again
+    assert site.sent[-1] == first
+    assert not node.reveal_again(1, sent_at + 20.0)  # final: done with it
+    assert node.last_reveal is None

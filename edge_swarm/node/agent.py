@@ -175,6 +175,8 @@ class Agent(NodeRuntime, Adopting, Resuming):
         asked = self.machine is not None and self.machine.by_committee  # members ask instead
         if self.own_delta.due(time.monotonic()) and not asked:
             self._republish_delta("the round is still not merged")
+        if self.secure is not None and self.holder is not None:  # a restarted gateway lost it
+            self.secure.reveal_again(self.holder.round, time.monotonic())
         if time.monotonic() - self._telemetry_at >= self.telemetry_every_s:
             self._telemetry(self.round_seen)  # periodic, also while paused or waiting
 

@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ SIG_LEN = 64  # Ed25519, appended to every reveal
 MAX_REVEAL_BYTES = 64 * 1024
 KEEP_ROUNDS = 4  # rounds of graphs, shares and reveals held (older ones are final)
 EARLY_SHARES = 256  # shares held for a round not opened here yet (a neighbour was quicker)
+REVEAL_AGAIN_S = 5.0  # a round closed and not final this long after our reveal: send it again
 TRACE_ENV = "EDGE_SWARM_SECAGG_TRACE"  # tests only: a directory for integer vectors
 
 
@@ -119,6 +121,10 @@ class SecureRounds:
         self.rounds: dict[int, _Round] = {}
         self.expected: dict[int, int] = {}  # agents whose noise a round's sum should carry
         self._early: list[tuple[int, bytes]] = []  # shares for rounds not open here yet
+        # Our last reveal (round, topic, frame, monotonic time sent): a gateway restarted
+        # after it came loses it with its memory, so it goes again until the round is final.
+        # The same bytes each time: what the ledger's round_close fixed, nothing more.
+        self.last_reveal: tuple[int, str, bytes, float] | None = None
         self.trace = Path(os.environ[TRACE_ENV]) if os.environ.get(TRACE_ENV) else None
 
     # -- every node
@@ -296,8 +302,23 @@ class SecureRounds:
         shares = {j: r.held[j] for j in share_for if j in r.held}
         pairs = {j: self._pair(r, rnd, j).mask_seed for j in pair_for}
         body = secagg.Reveal(self.swarm, rnd, self.node, shares, pairs).to_bytes()
-        self._publish(self.topics.reveal(rnd, self.node), body + self._sign(body))
+        frame, topic = body + self._sign(body), self.topics.reveal(rnd, self.node)
+        self._publish(topic, frame)
+        self.last_reveal = (rnd, topic, frame, time.monotonic())
         r.revealed = True
+        return True
+
+    def reveal_again(self, final_round: int, now: float) -> bool:
+        """Send our last reveal again if its round is still not final ``REVEAL_AGAIN_S``
+        after it went (members keep the first copy, so a duplicate changes nothing)."""
+        last = self.last_reveal
+        if last is None or last[0] <= final_round:
+            self.last_reveal = None
+            return False
+        if now - last[3] < REVEAL_AGAIN_S:
+            return False
+        self._publish(last[1], last[2])
+        self.last_reveal = (*last[:3], now)
         return True
 
     # -- as a committee member
