@@ -292,7 +292,8 @@ def test_bad_shares_and_reveals_are_dropped_with_a_reason() -> None:
     sender = body  # a share for agent-02 offered to agent-03 is not for it
     assert site.nodes["agent-03"].offer_share(1, sender) is not None
     assert site.nodes["agent-02"].offer_share(1, b"garbage") is not None
-    assert site.nodes["agent-02"].offer_share(9, body) is None  # held for a later round
+    assert site.nodes["agent-02"].offer_share(2, body) is None  # held for the next round
+    assert site.nodes["agent-02"].offer_share(9, body) is not None  # not for one far ahead
     pub = lambda n: site.sign[n].public_hex  # noqa: E731
     assert "signature" in (site.member.offer_reveal(1, "agent-01", b"x" * 100, pub) or "")
     assert site.member.offer_reveal(7, "agent-01", b"x" * 100, pub) is not None

@@ -269,8 +269,8 @@ class SecureRounds:
         """Keep a neighbour's share of its seed (sealed for us); the reason if dropped."""
         r = self.rounds.get(rnd)
         if r is None:
-            newest = max(self.rounds, default=-1)
-            if rnd > newest and len(self._early) < EARLY_SHARES:
+            newest = max(self.expected, default=0)  # a share for a round far ahead is noise
+            if newest < rnd <= newest + 2 and len(self._early) < EARLY_SHARES:
                 self._early.append((rnd, payload))  # checked once the round opens here
                 return None
             return f"share for round {rnd}, which is not open here"
