@@ -43,8 +43,8 @@ def _cfg(tmp_path: Path, broker: str, **kw: Any) -> Any:
         merge_by="committee",
         committee_k=2,
         privacy=PrivacyPolicy("secagg"),
-        round_deadline_s=8.0,
-        attest_timeout_s=4.0,
+        round_deadline_s=12.0,  # a loaded 2-core machine: the agents still make it
+        attest_timeout_s=6.0,
     )
     return replace(base, **kw)
 
@@ -151,7 +151,9 @@ def _kill_after_upload(
 def test_two_agents_killed_after_uploading_the_round_completes_with_the_exact_sum(
     tmp_path: Path, trace: Path
 ) -> None:
-    cfg = _cfg(tmp_path, "embedded")
+    # The gateway alone merges (k = 0): drawn onto round 3's committee, the dead would cost
+    # it its quorum (a committee's known weak spot, docs/COMMITTEE.md), not secure aggregation.
+    cfg = _cfg(tmp_path, "embedded", committee_k=0)
     during, killed = _kill_after_upload(2, 2, {"gateway-1"}, cfg.committee_k)
     result = run_settled(cfg, during)
     entries = entries_of(result)
