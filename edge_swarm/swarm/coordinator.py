@@ -113,6 +113,7 @@ class Coordinator:
         # it asks for it (the attesters its model_final names, then later attestations).
         self.final_holders: tuple[str, ...] = ()
         self.privacy_spent: dict[str, Any] | None = None  # the last model_final's privacy
+        self._campaign_due = 0  # mono ms: an admitted campaign entry lands before a round opens
         self.current: RoundState | None = None
         self.agents: set[str] = set()
         self.online: set[str] = set()
@@ -214,8 +215,10 @@ class Coordinator:
                 return f"{author} is not in round {rnd}'s committee"
         elif kind in COORDINATOR_KINDS:
             return "only the coordinator opens, closes and finalises rounds"
-        elif kind == "campaign":
-            return self.campaign.refusal(payload)  # one that would change nothing
+        elif kind == "campaign":  # refused if it would change nothing; else no round opens
+            why = self.campaign.refusal(payload)  # until it lands (bounded: it may be refused)
+            self._campaign_due = 0 if why or self._mono_ms is None else self._mono_ms + 5000
+            return why
         return None
 
     def holds_commit(self, node: str, rnd: object, sig: str) -> bool:
@@ -254,6 +257,7 @@ class Coordinator:
             self.committees.fold(ev)  # enrolments and revocations: who may be drawn
         self.campaign.fold(ev.kind, ev.author, p)  # rounds, campaign entries, site metrics
         if ev.kind == "campaign":
+            self._campaign_due = 0
             return self._check_done() + self._progress(None)
         if ev.kind == "enroll" and p.get("role") == "agent":
             self.agents.add(p["node"])
@@ -389,7 +393,8 @@ class Coordinator:
         return self._maybe_final(now_ms)
 
     def _maybe_open(self, now_ms: int | None) -> list[Action]:
-        if now_ms is None or self.campaign.why_not_open() is not None:
+        waiting = self._mono_ms is not None and self._mono_ms < self._campaign_due
+        if now_ms is None or waiting or self.campaign.why_not_open() is not None:
             return []
         stop = self.campaign.stop_reason() or self._privacy_stop()  # from the ledger
         if stop is not None:
@@ -418,11 +423,8 @@ class Coordinator:
         budget, spent = self.policy.epsilon_budget, self.privacy_spent
         if budget is None or not spent or not spent.get("epsilon_next", 0) > budget:
             return None
-        return (
-            f"privacy budget spent: epsilon {spent.get('epsilon', 0):.3g} at delta"
-            f" {spent.get('delta', 0):g} after round {self.last_final_round}; another round"
-            f" would reach {spent['epsilon_next']:.3g} > the budget {budget:g}"
-        )
+        eps, at, nxt = spent.get("epsilon", 0), spent.get("delta", 0), spent["epsilon_next"]
+        return f"privacy budget spent: epsilon {eps:.3g} at delta {at:g} after round {self.last_final_round}; another round would reach {nxt:.3g} > the budget {budget:g}"  # noqa: E501
 
     def _maybe_close(self, now_ms: int | None) -> list[Action]:
         cur = self.current
