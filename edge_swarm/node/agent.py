@@ -32,8 +32,8 @@ from edge_swarm.node.local_data import LocalData, genesis_prepare
 from edge_swarm.node.model import ModelHolder, load_feedback
 from edge_swarm.node.model_share import MEMBER_ASK_S, DeltaAsks
 from edge_swarm.node.own_commit import OwnCommits
+from edge_swarm.node.private_upload import RevealsPending, upload_body
 from edge_swarm.node.resend import LedgerQueries, OwnDelta, PendingSubmissions
-from edge_swarm.node.secure_rounds import RevealsPending, upload_body
 from edge_swarm.node.serving import DeviceModel
 from edge_swarm.node.updates import LightUpdates, downlink_of
 from edge_swarm.node.validation import SiteValidation

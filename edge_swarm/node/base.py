@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_swarm.io.chunked import ChunkedReceiver, ChunkedSender, resend_topic_for
 from edge_swarm.io.mqtt import Message, MqttClient, TlsSettings, Will
@@ -25,8 +25,6 @@ from edge_swarm.node.device_clock import DeviceClock
 from edge_swarm.node.model import Candidate, ModelHolder
 from edge_swarm.node.model_share import ModelAnswers
 from edge_swarm.node.model_wire import ModelWire
-from edge_swarm.node.private_merge import private_contributions
-from edge_swarm.node.secure_rounds import SecureRounds
 from edge_swarm.node.vitals import RateLimitedLog, device_vitals, peak_rss_kb
 from edge_swarm.swarm.adverts import Endpoint, key_fingerprint
 from edge_swarm.swarm.chunk_resend import is_whole_request, parse_whole_request
@@ -39,6 +37,9 @@ from edge_swarm.swarm.topics import TopicError, TopicKind, Topics
 from edge_swarm.trust.epochs import EpochTracker, security_mode
 from edge_swarm.trust.keyring import EncryptionKey
 from ledger_lite import Entry, LedgerState, SigningKey
+
+if TYPE_CHECKING:  # imported when a genesis asks for privacy: an agent without pays nothing
+    from edge_swarm.node.secure_rounds import SecureRounds
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,8 @@ class NodeRuntime(ModelWire):
         self.privacy = PrivacyPolicy.from_params(params)
         enc = self.epochs.enc_key
         if self.privacy.active:
+            from edge_swarm.node.secure_rounds import SecureRounds
+
             private = enc.private_bytes if enc is not None else None
             publish = lambda topic, body: self.mqtt.publish(topic, body, qos=1)  # noqa: E731
             self.secure = SecureRounds(
@@ -425,6 +428,8 @@ class NodeRuntime(ModelWire):
         them is not in the inbox."""
         assert self.inbox is not None and self.holder is not None
         if self.privacy.active:  # one unmasked sum, or equal weights (node/private_merge.py)
+            from edge_swarm.node.private_merge import private_contributions
+
             contributions, weights = private_contributions(
                 self.privacy, self.inbox, self.secure, action
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_swarm.node.base import now_ms
 from edge_swarm.node.model import ModelHolder
 from edge_swarm.node.private_merge import PrivacyRecord
 from edge_swarm.node.secure_rounds import SecureRounds
@@ -24,13 +23,15 @@ def amend_entry(
     included: tuple[str, ...],
     state: LedgerState,
     online: set[str],
+    ts: int,
 ) -> dict[str, Any]:
     """``payload`` of a ``kind`` entry of ours, with what this gateway knows added;
     ``included`` is the round's included agents (as its round_close named them), ``state``
-    the ledger's and ``online`` the agents the coordinator sees online."""
+    the ledger's, ``online`` the agents the coordinator sees online, ``ts`` the entry's
+    (the roster of ``agents_bits`` is read at the very time every node will read it at)."""
     rnd = payload.get("round")
     if kind == "round_open" and secure is not None:  # who takes part: node/secure_rounds.py
-        return {**payload, "agents_bits": secure.open_bits(state, now_ms(), online)}
+        return {**payload, "agents_bits": secure.open_bits(state, ts, online)}
     if kind == "round_close" and secure is not None and secure.policy.secagg:
         bits = secure.close_bits(rnd, payload.get("included", []))
         return payload if bits is None else {**payload, "included_bits": bits}

@@ -351,6 +351,7 @@ class Gateway(NodeRuntime):
                 cur = self.coordinator.current
                 included = cur.included if cur is not None else ()
                 online = set(self.coordinator.online & self.coordinator.agents)
+                ts = now_ms()
                 payload = amend_entry(  # node/entry_amend.py: merge report, privacy
                     action.kind,
                     action.payload,
@@ -360,8 +361,9 @@ class Gateway(NodeRuntime):
                     included,
                     self.ledger.state,
                     online,
+                    ts,
                 )
-                tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, payload)
+                tx = make_tx(self.key, self.cfg.swarm, action.kind, self.cfg.node_id, payload, ts)
                 self.ledger.submit(tx, self._own_result(action.kind))
             elif isinstance(action, P.Merge):
                 self.pending_merge = action  # merged as soon as its envelopes are all in

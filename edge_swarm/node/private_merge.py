@@ -46,8 +46,8 @@ def private_contributions(
     weights = {n: policy.weight(counts[n]) for n in masked}
     assert policy.scale is not None
     summed = secagg.decode_fixed(total, scale=policy.scale, bits=policy.bits)
-    mean = (summed / sum(weights.values())).astype(np.float32)
     whole = sum(weights.values())
+    mean = (summed / whole).astype(np.float32)
     return [Contribution(SUM_NODE, mean, 1)], {n: w / whole for n, w in weights.items()}
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_swarm.node.private_upload import RevealsPending
 from edge_swarm.swarm import dp, ring_codec, secagg
 from edge_swarm.swarm.privacy import PrivacyPolicy
 from edge_swarm.swarm.topics import Topics
@@ -47,16 +48,14 @@ from ledger_lite import LedgerState, verify
 
 log = logging.getLogger(__name__)
 
+__all__ = ["RevealsPending", "SecureRounds", "graph_agents", "included_bits", "parse_bits"]
+
 SIG_LEN = 64  # Ed25519, appended to every reveal
 MAX_REVEAL_BYTES = 64 * 1024
 KEEP_ROUNDS = 4  # rounds of graphs, shares and reveals held (older ones are final)
 EARLY_SHARES = 256  # shares held for a round not opened here yet (a neighbour was quicker)
 REVEAL_AGAIN_S = 5.0  # a round closed and not final this long after our reveal: send it again
 TRACE_ENV = "EDGE_SWARM_SECAGG_TRACE"  # tests only: a directory for integer vectors
-
-
-class RevealsPending(KeyError):
-    """The merge of a round waits for reveals (not a fault: they are on their way)."""
 
 
 @dataclass
@@ -73,12 +72,13 @@ class _Round:
     seeds: dict[str, bytes] = field(default_factory=dict)  # member: self seeds rebuilt
 
 
-def graph_agents(state: LedgerState, at_ms: int) -> dict[str, str]:
-    """Agents enrolled, unrevoked and unexpired at ``at_ms`` that hold an encryption key."""
+def graph_agents(state: LedgerState, at_ms: int, keyed: bool = True) -> dict[str, str]:
+    """Agents enrolled, unrevoked and unexpired at ``at_ms`` (node -> X25519 public hex, ""
+    without one); with ``keyed``, only those that hold an encryption key."""
     return {
-        node: m.enc_pubkey
+        node: m.enc_pubkey or ""
         for node, m in sorted(state.members.items())
-        if m.role == "agent" and m.enc_pubkey is not None and m.active_at(at_ms)
+        if m.role == "agent" and m.active_at(at_ms) and (m.enc_pubkey or not keyed)
     }
 
 
@@ -131,13 +131,7 @@ class SecureRounds:
     def candidates(self, state: LedgerState, at_ms: int) -> dict[str, str]:
         """Who may take part in a round opened at ``at_ms``: agents with an encryption key
         under secure aggregation (node -> its X25519 hex), every active agent under DP."""
-        if self.policy.secagg:
-            return graph_agents(state, at_ms)
-        return {
-            n: ""
-            for n, m in sorted(state.members.items())
-            if m.role == "agent" and m.active_at(at_ms)
-        }
+        return graph_agents(state, at_ms, keyed=self.policy.secagg)
 
     def open_round(
         self, rnd: int, round_hash: str, state: LedgerState, at_ms: int, bits: Any = None
@@ -413,34 +407,3 @@ def _included(r: _Round, close: Mapping[str, Any]) -> set[str] | None:
     if isinstance(included, list):
         return {n for n in included if isinstance(n, str)}
     return parse_bits(r.order, close.get("included_bits"))
-
-
-def upload_body(
-    secure: SecureRounds | None,
-    rnd: int,
-    delta: np.ndarray,
-    n_samples: int,
-    codec: Any,
-    feedback: Any,
-    rng: np.random.Generator,
-) -> tuple[bytes, int, int] | None:
-    """(codec body, codec id, codec flags) of an agent's update for round ``rnd``: masked
-    ring elements under secure aggregation, the clipped and noised update through the
-    genesis codec under DP alone, else the codec with error feedback. None: the agent sits
-    the round out (logged)."""
-    if secure is None or not secure.policy.active:
-        return feedback.compress(delta, codec, rng)[0], codec.codec_id, codec.flags
-    if secure.policy.secagg:
-        body = secure.masked_body(rnd, delta, n_samples)
-        if body is None:
-            log.warning(
-                "round %d: no place in its secure aggregation (not enrolled with an"
-                " encryption key when it opened?); sitting it out",
-                rnd,
-            )
-            return None
-        return body, ring_codec.ring_codec(secure.policy.bits), 0
-    noised = secure.noised(rnd, delta)
-    if noised is None:
-        return None
-    return feedback.compress(noised, codec, rng)[0], codec.codec_id, codec.flags

@@ -63,6 +63,7 @@ from typing import Any
 
 from edge_swarm.swarm.campaign import Cadence, CampaignBook, CampaignSettings
 from edge_swarm.swarm.committee_round import CommitteeBook, quorum_winner
+from edge_swarm.swarm.privacy import budget_stop
 from edge_swarm.swarm.rounds import (
     Action,
     Append,
@@ -396,7 +397,8 @@ class Coordinator:
         waiting = self._mono_ms is not None and self._mono_ms < self._campaign_due
         if now_ms is None or waiting or self.campaign.why_not_open() is not None:
             return []
-        stop = self.campaign.stop_reason() or self._privacy_stop()  # from the ledger
+        spent = budget_stop(self.policy.epsilon_budget, self.privacy_spent, self.last_final_round)
+        stop = self.campaign.stop_reason() or spent  # both read from the ledger
         if stop is not None:
             self._pending = "campaign"
             return [Append("campaign", {"op": "end", "reason": stop})]
@@ -418,13 +420,6 @@ class Coordinator:
         payload = {"round": rnd, "base_model_hash": self.model_hash, "deadline_ms": deadline}
         self._pending = "round_open"
         return [Append("round_open", payload)]
-
-    def _privacy_stop(self) -> str | None:
-        budget, spent = self.policy.epsilon_budget, self.privacy_spent
-        if budget is None or not spent or not spent.get("epsilon_next", 0) > budget:
-            return None
-        eps, at, nxt = spent.get("epsilon", 0), spent.get("delta", 0), spent["epsilon_next"]
-        return f"privacy budget spent: epsilon {eps:.3g} at delta {at:g} after round {self.last_final_round}; another round would reach {nxt:.3g} > the budget {budget:g}"  # noqa: E501
 
     def _maybe_close(self, now_ms: int | None) -> list[Action]:
         cur = self.current

@@ -38,7 +38,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["MODES", "PrivacyError", "PrivacyPolicy", "check_merge"]
+__all__ = ["MODES", "PrivacyError", "PrivacyPolicy", "budget_stop", "check_merge"]
 
 MODES = ("none", "secagg", "dp", "secagg+dp")
 SUM_RULES = ("mean",)  # the aggregators that need nothing but the sum of the updates
@@ -179,3 +179,15 @@ def check_merge(policy: PrivacyPolicy, aggregation: str, clip: float | None, mer
             f"privacy {policy.mode!r} needs merge_by 'committee' (the committee unmasks the"
             f" sum), not {merge_by!r}: choose --merge-by committee"
         )
+
+
+def budget_stop(budget: float | None, spent: dict[str, Any] | None, last_round: int) -> str | None:
+    """Why the campaign ends now: the privacy recorded on the last ``model_final`` (``spent``,
+    node/private_merge.py) says one more round would take ε past ``budget``; else None."""
+    if budget is None or not spent or not spent.get("epsilon_next", 0) > budget:
+        return None
+    return (
+        f"privacy budget spent: epsilon {spent.get('epsilon', 0):.3g} at delta"
+        f" {spent.get('delta', 0):g} after round {last_round}; another round would reach"
+        f" {spent['epsilon_next']:.3g} > the budget {budget:g}"
+    )
