@@ -142,11 +142,15 @@ def test_misuse_is_not_trust_error() -> None:
 def test_ciphertext_hides_float32_words() -> None:
     rng = np.random.default_rng(0)
     body = rng.standard_normal(4096).astype("<f4").tobytes()
-    blob = seal(body, KEY, _aad())
-    ciphertext = blob[12:-16]
-    words = {body[i : i + 4] for i in range(0, len(body), 4)}
-    leaked = [w for w in words if w in ciphertext]
-    assert not leaked
+    # A random nonce made this flaky (CI 65): some 4-byte word of 4,096 turns up by chance
+    # among 16 KiB of keystream output about 1.5% of the time. Pairs of words (8 bytes)
+    # cannot (~2^-34), and a fixed nonce makes the outcome the same on every run.
+    for nonce in (b"\x00" * 12, bytes(range(12))):
+        ciphertext = seal(body, KEY, _aad(), nonce=nonce)[12:-16]
+        pairs = {body[i : i + 8] for i in range(0, len(body) - 4, 4)}
+        assert not [p for p in pairs if p in ciphertext]
+        aligned = [i for i in range(0, len(body), 4) if body[i : i + 4] == ciphertext[i : i + 4]]
+        assert not aligned
 
 
 @settings(max_examples=300, deadline=None)
