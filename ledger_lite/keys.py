@@ -1,13 +1,12 @@
-"""Ed25519 keys and signatures (RFC 8032 pure Ed25519, through `cryptography`'s OpenSSL).
+"""Ed25519 keys and signatures (RFC 8032 pure Ed25519, through the system's OpenSSL).
 
 A public key travels as the 64-char lowercase hex of its 32 raw bytes; a signature is 64
-raw bytes (128 hex chars inside entries). `verify` is the hot path of chain verification,
-so imported public keys are cached per hex string.
+raw bytes (128 hex chars inside entries). `verify` is the hot path of chain verification.
 
-One crypto library: the payload sealing and key wrapping of `edge_swarm.trust` use
-`cryptography` too, so a device loads one (pycryptodome and cryptography together cost an
-agent about 4 MiB more, issue 20). Ed25519 is deterministic, so signatures are the bytes the
-pycryptodome version of this module made.
+One crypto library: signing, payload sealing and key wrapping all call the libcrypto that
+Python's `hashlib` and `ssl` already load (`libcrypto.py`, issue 20: `cryptography`'s own
+OpenSSL cost an agent 7.7 MiB). Ed25519 is deterministic, so signatures are the bytes the
+earlier `cryptography` and pycryptodome versions of this module made.
 
 Key files: `save` writes a PKCS#8 PEM created with mode 0600 and moved into place
 atomically; `load` reads that PEM or a bare 64-hex-char seed, and refuses a file that
@@ -19,17 +18,14 @@ of imports on a device); any other PEM is handed to that module.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import os
 import secrets
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from .errors import KeyFileError
 from .files import OpenToOthersError, read_private, write_private
+from .libcrypto import ed25519_public, ed25519_sign, ed25519_verify
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +41,13 @@ _PEM_BEGIN, _PEM_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY---
 class SigningKey:
     """An Ed25519 private key. Build with `generate()`, `from_seed()` or `load()`."""
 
-    __slots__ = ("_key", "_seed", "_public_hex")
+    __slots__ = ("_seed", "_public_hex")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != SEED_BYTES:
             raise ValueError("an Ed25519 seed is 32 bytes")
         self._seed = bytes(seed)
-        self._key = Ed25519PrivateKey.from_private_bytes(self._seed)
-        self._public_hex = self._key.public_key().public_bytes_raw().hex()
+        self._public_hex = ed25519_public(self._seed).hex()
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -76,7 +71,7 @@ class SigningKey:
 
     def sign(self, msg: bytes) -> bytes:
         """Sign `msg`; returns the 64-byte signature."""
-        return self._key.sign(msg)
+        return ed25519_sign(self._seed, msg)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the key as PKCS#8 PEM, created with mode 0600 and moved into place
@@ -149,19 +144,12 @@ def _seed_of_pem(text: bytes) -> bytes | None:
 def _seed_of_other_pem(text: bytes) -> bytes | None:
     """Any other PEM (e.g. PKCS#8 v2 with the public key): `cryptography` parses it."""
     from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = ser.load_pem_private_key(text, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         return None
     return key.private_bytes_raw()
-
-
-@functools.lru_cache(maxsize=4096)
-def _verifier(public_hex: str) -> Ed25519PublicKey:
-    """The cached verifier for a public key; ValueError if `public_hex` is not one."""
-    if len(public_hex) != 2 * PUBLIC_KEY_BYTES:
-        raise ValueError("bad public key length")
-    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
 
 
 def verify(public_hex: str, msg: bytes, sig: bytes) -> bool:
@@ -170,12 +158,12 @@ def verify(public_hex: str, msg: bytes, sig: bytes) -> bool:
     Never raises: a malformed key, message or signature of any type gives False.
     """
     try:
-        if not isinstance(public_hex, str) or len(sig) != SIGNATURE_BYTES:
+        if (
+            not isinstance(public_hex, str)
+            or len(public_hex) != 2 * PUBLIC_KEY_BYTES
+            or len(sig) != SIGNATURE_BYTES
+        ):
             return False
-        _verifier(public_hex).verify(bytes(sig), bytes(msg))
-        return True
-    except (InvalidSignature, ValueError, TypeError, IndexError):
-        return False
-    except Exception:  # OpenSSL may raise other types on exotic input
-        log.debug("verify: unexpected error on malformed input", exc_info=True)
+        return ed25519_verify(bytes.fromhex(public_hex), bytes(sig), bytes(msg))
+    except (ValueError, TypeError):
         return False

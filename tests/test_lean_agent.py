@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What an agent never needs at start, and why it used to come.
 NOT_ON_AN_AGENT = (
-    "Crypto",  # pycryptodome: cryptography signs too (ledger_lite/keys.py)
+    "Crypto",  # pycryptodome: the system's OpenSSL signs (ledger_lite/libcrypto.py)
     "cffi",  # pycryptodome's binding
-    "cryptography.hazmat.primitives.serialization",  # fixed-form PEMs are read here
+    "cryptography",  # its own copy of OpenSSL, 7.7 MiB: the one Python loaded serves
     "asyncio",  # the embedded broker (edge_swarm.io.broker)
     "sqlite3",  # a gateway's ledger file (ledger_lite.store)
     "statistics",  # one fmean (swarm/convergence.py), a poisoning harness

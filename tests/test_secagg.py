@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,6 +51,7 @@ from edge_swarm.swarm.secagg import (
     split_seed,
     unmask_sum,
 )
+from edge_swarm.trust.keyring import EncryptionKey
 
 H1 = hashlib.sha256(b"round_open 1").hexdigest()
 H2 = hashlib.sha256(b"round_open 2").hexdigest()
@@ -136,32 +136,38 @@ def test_default_degree_and_threshold() -> None:
 
 
 def test_pair_keys_agree_at_both_ends_and_differ_per_round() -> None:
-    ka, kb = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    ka, kb = EncryptionKey.generate(), EncryptionKey.generate()
     kw = {"swarm": SWARM, "round_no": 3, "round_hash": H1}
-    ab = pair_keys(ka, kb.public_key(), a="alice", b="bob", **kw)
-    ba = pair_keys(kb, ka.public_key(), a="bob", b="alice", **kw)
+    ab = pair_keys(ka.private_bytes, kb.public_bytes, a="alice", b="bob", **kw)
+    ba = pair_keys(kb.private_bytes, ka.public_bytes, a="bob", b="alice", **kw)
     assert ab == ba and ab.mask_seed != ab.share_key
     assert "secret" in repr(ab) and ab.mask_seed.hex() not in repr(ab)
     others = [
-        pair_keys(ka, kb.public_key(), a="alice", b="bob", **{**kw, "round_no": 4}),
-        pair_keys(ka, kb.public_key(), a="alice", b="bob", **{**kw, "round_hash": H2}),
-        pair_keys(ka, kb.public_key(), a="alice", b="bob", **{**kw, "swarm": "clinic-b"}),
-        pair_keys(ka, kb.public_key(), a="alice", b="carol", **kw),
+        pair_keys(ka.private_bytes, kb.public_bytes, a="alice", b="bob", **{**kw, "round_no": 4}),
+        pair_keys(
+            ka.private_bytes, kb.public_bytes, a="alice", b="bob", **{**kw, "round_hash": H2}
+        ),
+        pair_keys(
+            ka.private_bytes, kb.public_bytes, a="alice", b="bob", **{**kw, "swarm": "clinic-b"}
+        ),
+        pair_keys(ka.private_bytes, kb.public_bytes, a="alice", b="carol", **kw),
     ]
     seeds = {k.mask_seed for k in [ab, *others]} | {k.share_key for k in [ab, *others]}
     assert len(seeds) == 10
 
 
 def test_pair_keys_refuse_a_low_order_peer_key_and_bad_ids() -> None:
-    ka = X25519PrivateKey.generate()
-    zero = X25519PublicKey.from_public_bytes(bytes(32))
+    ka = EncryptionKey.generate()
+    zero = bytes(32)
     kw = {"swarm": SWARM, "round_no": 3, "round_hash": H1}
     with pytest.raises(SecAggError, match="not usable"):
-        pair_keys(ka, zero, a="alice", b="bob", **kw)
+        pair_keys(ka.private_bytes, zero, a="alice", b="bob", **kw)
     with pytest.raises(SecAggError, match="itself"):
-        pair_keys(ka, ka.public_key(), a="alice", b="alice", **kw)
+        pair_keys(ka.private_bytes, ka.public_bytes, a="alice", b="alice", **kw)
     with pytest.raises(SecAggError, match="round hash"):
-        pair_keys(ka, ka.public_key(), a="alice", b="bob", **{**kw, "round_hash": "00"})
+        pair_keys(
+            ka.private_bytes, ka.public_bytes, a="alice", b="bob", **{**kw, "round_hash": "00"}
+        )
     with pytest.raises(SecAggError):
         PairKeys(b"short", bytes(32))
 
@@ -606,12 +612,18 @@ def test_a_round_of_eight_with_two_dropouts_end_to_end() -> None:
     degree = default_degree(len(agents))
     t = default_threshold(degree)
     g = neighbours(H1, agents, degree)
-    keys = {a: X25519PrivateKey.generate() for a in agents}
+    keys = {a: EncryptionKey.generate() for a in agents}
     rng = np.random.default_rng(7)
 
     def pk(a: str, b: str) -> PairKeys:
         return pair_keys(
-            keys[a], keys[b].public_key(), swarm=SWARM, round_no=9, round_hash=H1, a=a, b=b
+            keys[a].private_bytes,
+            keys[b].public_bytes,
+            swarm=SWARM,
+            round_no=9,
+            round_hash=H1,
+            a=a,
+            b=b,
         )
 
     selfs = {a: new_self_seed() for a in agents}

@@ -244,7 +244,7 @@ def test_key_file_bytes_are_cryptography_s_and_other_pems_still_load(tmp_path) -
         raw = X25519PrivateKey.generate()
         pem = raw.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
         path = tmp_path / f"k{i}"
-        EncryptionKey(raw).save(path)
+        EncryptionKey(raw.private_bytes_raw()).save(path)
         assert path.read_bytes() == pem
         assert EncryptionKey.load(path).private_bytes == raw.private_bytes_raw()
     other = tmp_path / "ed25519"

@@ -196,15 +196,10 @@ class SecureRounds:
 
     def _pair(self, r: _Round, rnd: int, peer: str) -> secagg.PairKeys:
         if peer not in r.pair:
-            from cryptography.hazmat.primitives.asymmetric.x25519 import (
-                X25519PrivateKey,
-                X25519PublicKey,
-            )
-
             assert self._enc is not None
             r.pair[peer] = secagg.pair_keys(
-                X25519PrivateKey.from_private_bytes(self._enc),
-                X25519PublicKey.from_public_bytes(bytes.fromhex(r.pubs[peer])),
+                self._enc,
+                bytes.fromhex(r.pubs[peer]),
                 swarm=self.swarm,
                 round_no=rnd,
                 round_hash=r.round_hash,

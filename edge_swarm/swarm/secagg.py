@@ -56,10 +56,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge_swarm.swarm.secagg_shares import (
     MAX_HOLDERS,
@@ -79,6 +75,7 @@ from edge_swarm.swarm.secagg_shares import (
     share_aad,
     split_seed,
 )
+from ledger_lite.libcrypto import aes_ctr, hkdf_sha256, x25519
 
 __all__ = [
     "GRAPH_DOMAIN",
@@ -211,8 +208,8 @@ def _hkdf_info(label: bytes, swarm: str, round_no: int, a: str, b: str) -> bytes
 
 
 def pair_keys(
-    own_private: X25519PrivateKey,
-    peer_public: X25519PublicKey,
+    own_private: bytes,
+    peer_public: bytes,
     *,
     swarm: str,
     round_no: int,
@@ -220,7 +217,8 @@ def pair_keys(
     a: str,
     b: str,
 ) -> PairKeys:
-    """The edge ``{a, b}``'s keys for one round, from an X25519 agreement.
+    """The edge ``{a, b}``'s keys for one round, from an X25519 agreement of ``a``'s raw
+    private key and ``b``'s raw public key (32 bytes each).
 
     HKDF-SHA256 over the shared secret, salt = the round hash, info = domain, purpose,
     swarm, round and the two ids sorted, so both ends get the same keys and a new round
@@ -234,23 +232,16 @@ def pair_keys(
     if a == b:
         raise SecAggError("an agent has no pair keys with itself")
     salt = _check_hash(round_hash)
-    if not isinstance(own_private, X25519PrivateKey) or not isinstance(
-        peer_public, X25519PublicKey
-    ):
-        raise SecAggError("pair_keys needs an X25519 private key and an X25519 public key")
+    if not all(isinstance(k, bytes) and len(k) == 32 for k in (own_private, peer_public)):
+        raise SecAggError("pair_keys needs a raw X25519 private key and public key (32 bytes)")
     try:
-        shared = own_private.exchange(peer_public)
+        shared = x25519(own_private, peer_public)
     except ValueError:
         raise SecAggError(f"the X25519 key of the edge {a}-{b} is not usable") from None
     keys = {}
     for label in (b"mask", b"share"):
-        hkdf = HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=salt,
-            info=_hkdf_info(label, swarm, round_no, a, b),
-        )
-        keys[label] = hkdf.derive(shared)
+        info = _hkdf_info(label, swarm, round_no, a, b)
+        keys[label] = hkdf_sha256(shared, 32, salt=salt, info=info)
     return PairKeys(mask_seed=keys[b"mask"], share_key=keys[b"share"])
 
 
@@ -278,8 +269,7 @@ def prg(seed: bytes, n: int, bits: int) -> np.ndarray:
         raise SecAggError(f"a PRG seed is {SEED_LEN} or {PAIR_SEED_LEN} bytes")
     _check_int(n, "n", 0)
     _check_bits(bits)
-    enc = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    words = np.frombuffer(enc.update(bytes(4 * n)), dtype="<u4").astype(np.uint32)
+    words = np.frombuffer(aes_ctr(seed, bytes(16), bytes(4 * n)), dtype="<u4").astype(np.uint32)
     return words if bits == 32 else words & np.uint32((1 << bits) - 1)
 
 

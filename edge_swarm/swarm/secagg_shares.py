@@ -44,12 +44,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from edge_swarm.swarm.topics import TopicError, validate_id, validate_round
 from ledger_lite.canonical import canonical_bytes, parse_json
 from ledger_lite.errors import DecodeError
+from ledger_lite.libcrypto import aesgcm_open, aesgcm_seal
 
 __all__ = [
     "MAX_HOLDERS",
@@ -177,7 +175,7 @@ def seal_share(share: bytes, share_key: bytes, *, aad: bytes) -> bytes:
     if not isinstance(share, bytes) or len(share) != SHARE_LEN:
         raise SecAggError(f"a share is {SHARE_LEN} bytes")
     nonce = os.urandom(_NONCE_LEN)
-    return nonce + AESGCM(_key(share_key)).encrypt(nonce, share, _aad(aad))
+    return nonce + aesgcm_seal(_key(share_key), nonce, share, _aad(aad))
 
 
 def open_share(blob: bytes, share_key: bytes, *, aad: bytes) -> bytes:
@@ -186,10 +184,10 @@ def open_share(blob: bytes, share_key: bytes, *, aad: bytes) -> bytes:
     if not isinstance(blob, (bytes, bytearray)) or len(blob) != SEALED_LEN:
         raise SecAggError(f"a sealed share is {SEALED_LEN} bytes")
     blob = bytes(blob)
-    try:
-        return AESGCM(_key(share_key)).decrypt(blob[:_NONCE_LEN], blob[_NONCE_LEN:], _aad(aad))
-    except InvalidTag:
-        raise SecAggError("sealed share does not open (bad tag)") from None
+    share = aesgcm_open(_key(share_key), blob[:_NONCE_LEN], blob[_NONCE_LEN:], _aad(aad))
+    if share is None:
+        raise SecAggError("sealed share does not open (bad tag)")
+    return share
 
 
 def _key(key: bytes) -> bytes:

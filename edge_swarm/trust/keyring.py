@@ -36,9 +36,10 @@ Threat model
   recipient of (epochs are public on the ledger). Rotation limits the damage to the epochs
   before revocation.
 
-Libraries: X25519, HKDF and AES-GCM all come from ``cryptography``: OpenSSL-backed (constant-
-time X25519 and AES, hardware AES where the CPU has it), already a dependency of the project,
-and one library for the whole scheme (see ``payload.py`` for the AES-GCM measurements).
+Libraries: X25519 and AES-GCM come from the system's OpenSSL, which every Python on a device
+already loads (``ledger_lite.libcrypto``: constant-time X25519 and AES, hardware AES where the
+CPU has it); HKDF-SHA256 is two HMACs from ``hmac``. One library for the whole scheme (see
+``payload.py`` for the AES-GCM measurements).
 
 Files: ``EncryptionKey.save`` writes PKCS#8 PEM with mode 0600, atomically; ``load``
 refuses a file group or other may access (``chmod 600``), as ssh does. Nothing else here
@@ -54,15 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from edge_swarm.trust.payload import KEY_LEN, TrustError, build_aad
 from ledger_lite.entry import ID_RE
 from ledger_lite.files import OpenToOthersError, read_private, write_private
 from ledger_lite.keys import pem_of_seed, seed_of_fixed_pem
+from ledger_lite.libcrypto import aesgcm_open, aesgcm_seal, hkdf_sha256, x25519, x25519_public
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -111,30 +108,29 @@ class NotRecipientError(TrustError):
 class EncryptionKey:
     """A device's X25519 private key. Build with ``generate()``, ``from_bytes()``, ``load()``."""
 
-    __slots__ = ("_key", "_public")
+    __slots__ = ("_private", "_public")
 
-    def __init__(self, key: X25519PrivateKey) -> None:
-        if not isinstance(key, X25519PrivateKey):
-            raise TypeError("EncryptionKey needs an X25519 private key")
-        self._key = key
-        self._public = key.public_key().public_bytes_raw()
+    def __init__(self, raw: bytes) -> None:
+        """The key whose 32 raw private bytes are ``raw``; ValueError if not 32 bytes."""
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
+            raise ValueError("an X25519 private key is 32 bytes")
+        self._private = bytes(raw)
+        self._public = x25519_public(self._private)
 
     @classmethod
     def generate(cls) -> EncryptionKey:
-        """A fresh random key (OpenSSL's CSPRNG)."""
-        return cls(X25519PrivateKey.generate())
+        """A fresh random key (the OS's CSPRNG; any 32 bytes are an X25519 private key)."""
+        return cls(os.urandom(32))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> EncryptionKey:
         """The key whose 32 raw private bytes are ``raw``; ValueError if not 32 bytes."""
-        if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
-            raise ValueError("an X25519 private key is 32 bytes")
-        return cls(X25519PrivateKey.from_private_bytes(bytes(raw)))
+        return cls(raw)
 
     @property
     def private_bytes(self) -> bytes:
         """The 32 raw private bytes. Secret: never log or send them."""
-        return self._key.private_bytes_raw()
+        return self._private
 
     @property
     def public_bytes(self) -> bytes:
@@ -151,7 +147,7 @@ class EncryptionKey:
 
         Raises ValueError for a malformed or low-order peer key (an all-zero secret).
         """
-        return self._key.exchange(X25519PublicKey.from_public_bytes(bytes(peer_public)))
+        return x25519(self._private, peer_public)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the key as PKCS#8 PEM, created with mode 0600 and moved into place
@@ -190,10 +186,11 @@ class EncryptionKey:
                 # Another PKCS#8 form: cryptography's parser (2.6 MiB of imports on a device
                 # that never needs it, issue 20).
                 from cryptography.hazmat.primitives import serialization
+                from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
                 key = serialization.load_pem_private_key(text, password=None)
                 if isinstance(key, X25519PrivateKey):
-                    return cls(key)
+                    return cls(key.private_bytes_raw())
             elif len(text) == 64:
                 return cls.from_bytes(bytes.fromhex(text.decode("ascii")))
         except (ValueError, TypeError, UnicodeDecodeError):
@@ -235,12 +232,7 @@ def _check_epoch(epoch: object) -> int:
 
 
 def _kek(shared: bytes, eph_pub: bytes, rcpt_pub: bytes, context: bytes) -> tuple[bytes, bytes]:
-    okm = HKDF(
-        algorithm=hashes.SHA256(),
-        length=KEY_LEN + 12,
-        salt=None,
-        info=_HKDF_LABEL + eph_pub + rcpt_pub + context,
-    ).derive(shared)
+    okm = hkdf_sha256(shared, KEY_LEN + 12, info=_HKDF_LABEL + eph_pub + rcpt_pub + context)
     return okm[:KEY_LEN], okm[KEY_LEN:]
 
 
@@ -268,7 +260,7 @@ def wrap_key(data_key: bytes, recipient_public_hex: str, context: bytes) -> byte
     eph = EncryptionKey.generate()
     shared = eph.exchange(rcpt_pub)  # ValueError for a low-order point
     kek, iv = _kek(shared, eph.public_bytes, rcpt_pub, context)
-    sealed = AESGCM(kek).encrypt(iv, bytes(data_key), b"")
+    sealed = aesgcm_seal(kek, iv, bytes(data_key))
     return bytes([_WRAP_VERSION]) + eph.public_bytes + sealed
 
 
@@ -292,9 +284,12 @@ def unwrap_key(blob: bytes, private_key: EncryptionKey, context: bytes) -> bytes
     try:
         shared = private_key.exchange(eph_pub)
         kek, iv = _kek(shared, eph_pub, private_key.public_bytes, context)
-        return AESGCM(kek).decrypt(iv, blob[1 + PUBLIC_KEY_LEN :], b"")
-    except Exception:  # noqa: BLE001 - InvalidTag, low-order point: all mean "cannot open"
-        raise TrustError("wrapped key does not open for this device and context") from None
+        key = aesgcm_open(kek, iv, blob[1 + PUBLIC_KEY_LEN :])
+    except ValueError:  # a low-order ephemeral key: cannot open either
+        key = None
+    if key is None:
+        raise TrustError("wrapped key does not open for this device and context")
+    return key
 
 
 # --------------------------------------------------------------------------- epochs

@@ -42,13 +42,15 @@ Nonces: 96-bit random nonces are safe for up to 2**32 messages under one key (NI
 800-38D); a swarm seals one delta per node per round and rotates keys on revocation, many
 orders of magnitude below that.
 
-Library: AES-GCM comes from ``cryptography`` (OpenSSL), which the project already depends on
-and which also supplies X25519 and HKDF, so the whole scheme sits on one audited library.
-Measured on this project's x86 machines it seals 4 MB at 8.6 GB/s (pycryptodome: 1.9 GB/s),
-and without AES instructions, as on a Raspberry Pi 4, OpenSSL uses its constant-time
-vector-permute AES (245 MB/s here with AES-NI masked) where pycryptodome falls back to
-table-based AES (147 MB/s, and table lookups are a cache-timing target). The AEAD calls live
-in ``_encrypt``/``_decrypt`` alone, so swapping the library is a two-function change.
+Library: AES-GCM comes from OpenSSL, the system's libcrypto that Python's ``hashlib`` and
+``ssl`` already load, called through ``ledger_lite.libcrypto`` (which also supplies X25519
+and Ed25519), so the whole scheme sits on one audited library and a device holds one copy
+of it (``cryptography``'s own OpenSSL cost an agent 7.7 MiB, issue 20). Measured on this
+project's x86 machines OpenSSL seals 4 MB at 8.6 GB/s (pycryptodome: 1.9 GB/s), and without
+AES instructions, as on a Raspberry Pi 4, it uses its constant-time vector-permute AES (245
+MB/s here with AES-NI masked) where pycryptodome falls back to table-based AES (147 MB/s,
+and table lookups are a cache-timing target). The AEAD calls live in ``_encrypt``/
+``_decrypt`` alone, so swapping the library is a two-function change.
 
 Invariants
 ----------
@@ -66,8 +68,7 @@ import os
 import re
 import struct
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from ledger_lite.libcrypto import aesgcm_open, aesgcm_seal
 
 __all__ = [
     "DEFAULT_MAX_SEALED",
@@ -130,15 +131,15 @@ def _check_bytes(value: object, what: str) -> bytes:
 
 def _encrypt(key: bytes, nonce: bytes, body: bytes, aad: bytes) -> bytes:
     """ciphertext || tag."""
-    return AESGCM(key).encrypt(nonce, body, aad)
+    return aesgcm_seal(key, nonce, body, aad)
 
 
 def _decrypt(key: bytes, nonce: bytes, ct_and_tag: bytes, aad: bytes) -> bytes:
     """The plaintext; raises TrustError if the tag does not verify."""
-    try:
-        return AESGCM(key).decrypt(nonce, ct_and_tag, aad)
-    except InvalidTag:
-        raise TrustError("sealed payload failed authentication (wrong key, AAD or data)") from None
+    body = aesgcm_open(key, nonce, ct_and_tag, aad)
+    if body is None:
+        raise TrustError("sealed payload failed authentication (wrong key, AAD or data)")
+    return body
 
 
 def seal(body: bytes, data_key: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
