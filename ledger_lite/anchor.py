@@ -397,10 +397,16 @@ class Anchorer:
             self._tree.append(bytes.fromhex(entry.hash))
             self._head = (self._tree.size, entry.hash)
 
-    def write(self) -> int:
-        """Make the anchor cover every entry extended so far; return what it covers."""
+    def write(self, durable: Callable[[], None] | None = None) -> int:
+        """Make the anchor cover every entry extended so far; return what it covers.
+
+        ``durable()``, if given, is called after the entries to cover are fixed and before
+        the anchor is written: it makes them durable (the store's group commit), so that
+        the anchor never names an entry a power cut could take back."""
         with self._write_lock:
             size, tip = self._head
+            if durable is not None and (self.anchor is None or size > self.anchor.tree_size):
+                durable()
             old = self.anchor
             if old is not None:
                 if size < old.tree_size:

@@ -76,7 +76,8 @@ class Ledger:
         file was lost: no new chain in its place), CorruptStore as `SqliteStore` does.
         """
         check = None if anchor is None else AnchorCheck(path, anchor)
-        store = SqliteStore(path, check=check)
+        # With an anchor, it is the acknowledgement: commits are synced in groups before it.
+        store = SqliteStore(path, check=check, deferred_sync=check is not None)
         try:
             if len(store):
                 raise LedgerError(f"{path} already holds a ledger ({len(store)} entries)")
@@ -85,7 +86,7 @@ class Ledger:
             anchorer = None
             if check is not None:
                 anchorer = check.anchorer(state, key=key, gateway_id=gateway_id)
-                anchorer.write()
+                anchorer.write(store.sync)
         except BaseException:
             store.close()
             raise
@@ -113,7 +114,7 @@ class Ledger:
             if check is not None:
                 check.missing()
             raise FileNotFoundError(f"no such ledger file: {path}")
-        store = SqliteStore(path, check=check)
+        store = SqliteStore(path, check=check, deferred_sync=check is not None)
         try:
             ledger = cls(store)
             if check is not None:
@@ -125,12 +126,13 @@ class Ledger:
             raise
 
     def sync_anchor(self) -> int:
-        """Make the anchor cover every entry appended so far (one fsynced write, or none if
-        it already does); return how many entries it covers. Without an anchor: all.
-        Raises OSError if the anchor cannot be written."""
+        """Make the anchor cover every entry appended so far (the store's commits synced as
+        a group, then one fsynced write; nothing if it already does); return how many
+        entries it covers. Without an anchor: all. Raises OSError if the commits cannot be
+        synced or the anchor cannot be written."""
         if self._anchorer is None:
             return self._state.height + 1
-        return self._anchorer.write()
+        return self._anchorer.write(self._store.sync)
 
     @property
     def acknowledged(self) -> int:

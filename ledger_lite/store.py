@@ -16,6 +16,14 @@ last commits on power loss, which a ledger that peers have already seen must not
 `append_many` writes several entries (and meta values) in one such transaction: all of
 them or none, for one fsync.
 
+Group commit (``deferred_sync=True``, what an anchored `Ledger` asks for): ``synchronous=
+NORMAL``, so a commit is whole and ordered but not yet fsynced, and `sync` fsyncs the WAL,
+making every commit before it durable at once. The anchor is written only after that sync
+(`Ledger.sync_anchor`) and acknowledges only what it covers, so a power cut can cost only
+entries nobody was told of. The writer no longer waits for an fsync per entry: an entry
+costs ~2 ms less on the gateway's loop, and entries that arrive together share one fsync
+(on an SD card an fsync is 10-50 ms; issue 20).
+
 One process writes a ledger file at a time; the in-process lock makes a store safe to
 share between threads. Opening re-verifies the whole chain and raises `CorruptStore`
 naming the first bad height. A `check` given to the constructor (`anchor.AnchorCheck`)
@@ -113,7 +121,8 @@ StoreCheck = Callable[[LedgerState | None, MerkleTree], None]
 class SqliteStore:
     """The entries of one ledger in a SQLite file.
 
-    `SqliteStore(path)` opens or creates the file (WAL, synchronous=FULL) and verifies
+    `SqliteStore(path)` opens or creates the file (WAL, synchronous=FULL; NORMAL with
+    ``deferred_sync``, whose commits `sync` makes durable) and verifies
     every stored entry; `verify_only=True` opens an existing file read-only (never creating
     or writing it), as the CLI does. Raises CorruptStore(height) if the stored chain fails
     verification, FileNotFoundError for a missing file in verify_only mode, LedgerError
@@ -132,9 +141,12 @@ class SqliteStore:
         *,
         verify_only: bool = False,
         check: StoreCheck | None = None,
+        deferred_sync: bool = False,
     ) -> None:
         self.path = Path(path)
         self.read_only = verify_only
+        self.deferred_sync = deferred_sync
+        self._dir_synced = False
         self._lock = threading.Lock()
         self.verified_tree: MerkleTree | None = None
         exists = self.path.is_file()
@@ -176,7 +188,7 @@ class SqliteStore:
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={'NORMAL' if self.deferred_sync else 'FULL'}")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -286,6 +298,32 @@ class SqliteStore:
                 raise LedgerError(f"append at height {height} failed: {exc}") from exc
             if rows:
                 self._tip = (height, prev)
+
+    def sync(self) -> None:
+        """Make every commit so far durable (group commit: see the module header). A no-op
+        unless ``deferred_sync``. Raises OSError if the WAL cannot be fsynced.
+
+        SQLite has no call for this, so the WAL file is fsynced here (fsync flushes the
+        file, whoever wrote it); a checkpoint has already synced what it moved into the main
+        file. The first call also syncs the directory, which holds the new WAL's name."""
+        if not self.deferred_sync or self.read_only:
+            return
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:  # no WAL: every commit is in the main file, synced
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not self._dir_synced:
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self._dir_synced = True
 
     def _rollback(self) -> None:
         """Undo a failed transaction (SQLite may have rolled it back already: a full disk
