@@ -204,8 +204,11 @@ class EmbeddedBroker:
         from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
         from amqtt.broker import Broker
 
+        from edge_swarm.io._amqtt_fixes import fix_broker
+
         self._stop_event = asyncio.Event()
         broker = Broker(self._config())  # must be built inside the running loop
+        fix_broker(broker)  # concurrent subscribers dropped connections (_amqtt_fixes.py)
         writers: set[asyncio.StreamWriter] = set()
 
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
