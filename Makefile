@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml
 	# Byte-compiled now, as a wheel install on a device is: where PYTHONDONTWRITEBYTECODE is
 	# set, every node process would otherwise compile the project again at each start.
 	$(PY) -m compileall -q edge_swarm ledger_lite
+	# Agents run with -OO (edge_swarm/site/runtime_env.py), whose .opt-2.pyc nobody else
+	# writes: the modules an agent imports (the project, numpy, paho, the stdlib), here too.
+	$(PY) -OO -m compileall -q -j0 -x '/tests?/' edge_swarm ledger_lite \
+	  $$($(PY) -c 'import sysconfig, os; l = sysconfig.get_paths()["purelib"]; \
+	  print(os.path.join(l, "numpy"), os.path.join(l, "paho"))')
+	$(PY) -OO -m compileall -q -j0 -x '/(tests?|idlelib|tkinter|turtledemo|lib2to3|ensurepip|site-packages)/' \
+	  $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') \
+	  || echo "the stdlib is not writable here: agents compile what they import of it at start"
 	touch $(STAMP)
 
 demo: $(STAMP)   ## the standard workload; then a head fine-tuned over a backbone made from public data

@@ -118,7 +118,7 @@ def import_cost(pythonpath: str | None) -> tuple[float, float]:
     """(RSS MiB, seconds) of importing what ``edge-swarm agent`` imports, fresh interpreter."""
     env = {"PYTHONPATH": pythonpath} if pythonpath else {}
     out = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE],
+        [sys.executable, *(() if pythonpath else ("-OO",)), "-c", IMPORT_PROBE],  # as it runs
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -139,7 +139,8 @@ def one_run(workdir: Path, pythonpath: str | None, rounds: int) -> dict[str, Any
     )
     if pythonpath:
         nodes = ["gateway-1", *(f"agent-{i:02d}" for i in range(1, N_AGENTS + 1))]
-        env = (("PYTHONPATH", pythonpath),)
+        # The baseline's agents run as they did then: without -OO (site/runtime_env.py).
+        env = (("PYTHONPATH", pythonpath), ("PYTHONOPTIMIZE", "0"))
         cfg = replace(cfg, wrappers=tuple((n, Wrapper(env=env)) for n in nodes))
     started: list[float] = []
     recorder: dict[str, Any] = {}
@@ -215,6 +216,8 @@ def byte_compile(*trees: Path) -> None:
     PYTHONDONTWRITEBYTECODE would otherwise have every process compile them at each start."""
     dirs = [str(t / pkg) for t in trees for pkg in ("edge_swarm", "ledger_lite")]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True)
+    # and for -OO, as this tree's agents run (site/runtime_env.py; `make` did the libraries)
+    subprocess.run([sys.executable, "-OO", "-m", "compileall", "-q", *dirs[:2]], check=True)
 
 
 def baseline_tree(ref: str, into: Path) -> Path:

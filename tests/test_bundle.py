@@ -520,7 +520,9 @@ def test_an_x86_bundle_holds_what_the_device_needs(x86_bundle: Path, site: Swarm
         "10",
         "/var/lib/edge-swarm",
     )
-    assert unit["Environment"] == "PYTHONUNBUFFERED=1"
+    assert unit["Environment"] == (
+        "PYTHONUNBUFFERED=1 PYTHONOPTIMIZE=2 PYTHONPYCACHEPREFIX=/var/lib/edge-swarm/pycache"
+    )
     subprocess.run(["sh", "-n", str(x86_bundle / "install.sh")], check=True, timeout=10)
     yaml = pytest.importorskip("yaml")
     user_data = (x86_bundle / "cloud-init" / "user-data").read_text()

@@ -9,6 +9,7 @@ slashes for the same reason.
 from __future__ import annotations
 
 from edge_swarm.site.bundle_spec import BROKER_PORT, BundleSpec
+from edge_swarm.site.runtime_env import AGENT_ENV, AGENT_ROLES
 
 
 def unit_names(spec: BundleSpec) -> list[str]:
@@ -23,6 +24,20 @@ def exec_start(spec: BundleSpec) -> str:
     return (
         f"{p.install_dir}/venv/bin/edge-swarm {spec.role} --config {p.config_dir}/{spec.role}.toml"
     )
+
+
+def environment(spec: BundleSpec) -> str:
+    """The node's environment, one ``Environment=`` line: an agent runs as on a demo site
+    (``runtime_env.py``: -OO), its bytecode cached under its state directory."""
+    env = {"PYTHONUNBUFFERED": "1"}
+    if spec.role in AGENT_ROLES:
+        env |= {**AGENT_ENV, "PYTHONPYCACHEPREFIX": pycache_dir(spec)}
+    return " ".join(f"{k}={v}" for k, v in env.items())
+
+
+def pycache_dir(spec: BundleSpec) -> str:
+    """Where a device's agent keeps its -OO bytecode (writable under ProtectSystem=strict)."""
+    return f"{spec.profile.paths.state_dir}/pycache"
 
 
 def systemd_units(spec: BundleSpec) -> dict[str, str]:
@@ -75,7 +90,7 @@ def _unit(spec: BundleSpec, description: str, after: str, extra: list[str], argv
         f"User={p.systemd.user}",
         f"Group={p.systemd.user}",
         f"WorkingDirectory={p.paths.state_dir}",
-        "Environment=PYTHONUNBUFFERED=1",
+        f"Environment={environment(spec)}",
         f"ExecStart={argv}",
         f"Restart={p.systemd.restart}",
         f"RestartSec={p.systemd.restart_sec}",

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edge_swarm.site.runtime_env import AGENT_ENV, AGENT_ROLES
+
 STOP_TIMEOUT_S = 10.0
 
 
@@ -52,8 +54,15 @@ class NodeProcess:
     def start(self, role: str, extra_env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(self.wrapper.env), **(extra_env or {})}
-        cmd = [*self.wrapper.prefix, sys.executable, "-m", "edge_swarm", *self._args(role)]
+        args = self._args(role)
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            **(AGENT_ENV if args[0] in AGENT_ROLES else {}),  # as its unit runs it (-OO)
+            **dict(self.wrapper.env),
+            **(extra_env or {}),
+        }
+        cmd = [*self.wrapper.prefix, sys.executable, "-m", "edge_swarm", *args]
         # A session (and process group) of its own: a wrapper such as faketime forks the node
         # and waits, so signals go to the whole group, or the node would outlive its wrapper.
         self.proc = subprocess.Popen(
