@@ -75,6 +75,28 @@ def test_closes_when_all_expected_committed_sorted() -> None:
     assert merge.sample_counts == {"a": 10, "b": 10}
 
 
+def test_an_agent_back_during_the_round_is_waited_for() -> None:
+    """After a broker restart the agents come back one by one: one that is seen online
+    after the open trains the round too, and the round does not close without it (it did,
+    and its commit was refused as out of round: CI, test_e2e_faults)."""
+    c = coordinator(["a", "b", "c"], online=["a", "b"])
+    (op,) = c.handle(P.Tick(10_000))  # the grace is over: opens with a and b
+    append(c, op, 10_000)
+    assert c.handle(P.PeerSeen("c", True)) == []
+    assert c.handle(commit("a", 1)) == []
+    assert c.handle(commit("b", 1)) == []  # c is expected now
+    (close,) = c.handle(commit("c", 1))
+    assert close.payload["included"] == ["a", "b", "c"]
+    # ... and if it never commits, the deadline closes without it
+    c = coordinator(["a", "b", "c"], online=["a", "b"])
+    append(c, c.handle(P.Tick(10_000))[0], 10_000)
+    c.handle(P.PeerSeen("c", True))
+    c.handle(commit("a", 1))
+    assert c.handle(commit("b", 1)) == []
+    (close,) = c.handle(P.Tick(11_000))
+    assert close.payload == {"round": 1, "included": ["a", "b"], "reason": "deadline"}
+
+
 def test_offline_peer_is_not_waited_for_and_deadline_closes() -> None:
     c = coordinator(["a", "b", "c"])
     append(c, c.handle(P.Tick(0))[0], 0)

@@ -148,6 +148,11 @@ class Coordinator:
             if event.online:
                 self.online.add(event.node)
                 self.offline.discard(event.node)
+                cur = self.current
+                if cur is not None and not cur.closed and event.node in self.agents:
+                    # Back during the round (after a broker restart, say): it trains this
+                    # round too, so an early close waits for it (the deadline still bounds).
+                    cur.expected = cur.expected | {event.node}
             else:
                 self.online.discard(event.node)
                 self.offline.add(event.node)
