@@ -216,8 +216,9 @@ def byte_compile(*trees: Path) -> None:
     PYTHONDONTWRITEBYTECODE would otherwise have every process compile them at each start."""
     dirs = [str(t / pkg) for t in trees for pkg in ("edge_swarm", "ledger_lite")]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True)
-    # and for -OO, as this tree's agents run (site/runtime_env.py; `make` did the libraries)
-    subprocess.run([sys.executable, "-OO", "-m", "compileall", "-q", *dirs[:2]], check=True)
+    # and this tree's for -OO, as its agents run (site/runtime_env.py; `make` did the libraries)
+    ours = [str(trees[0] / pkg) for pkg in ("edge_swarm", "ledger_lite")]
+    subprocess.run([sys.executable, "-OO", "-m", "compileall", "-q", *ours], check=True)
 
 
 def baseline_tree(ref: str, into: Path) -> Path:
